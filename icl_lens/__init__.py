@@ -1,0 +1,1 @@
+from icl_lens._version import __version__
