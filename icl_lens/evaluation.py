@@ -1,0 +1,323 @@
+"""Scoring queries and recording activations, for every setting (ZSL, ICL, FT, LCGD).
+
+One function, :func:`evaluate`, serves all settings: a setting is a model plus a shared token
+prefix (``[start]`` for zero-shot and finetuned models, ``[start] + demonstrations`` for in-context
+learning). The prefix is encoded once; its key/value cache is reused for every batch of queries.
+Queries are right-padded (causal attention makes padding after a token invisible to it), sorted by
+length to waste little compute on padding, and run with hooks that keep only the recorded position
+of the few hook points the metrics need (SPEC §3) — never a full activation cache.
+
+Prediction (SPEC §1): the score of class j is the mean log-softmax (over the full vocabulary) of
+label j's tokens after the prompt; the prediction is the argmax.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from icl_lens.errors import ConfigError
+from icl_lens.lens import logit_lens
+
+logger = logging.getLogger(__name__)
+
+RecordPosition = Literal["answer", "prompt_end"]
+ATTN_OUT = "blocks.{layer}.hook_attn_out"
+ATTN_SCORES = "blocks.{layer}.attn.hook_attn_scores"
+ATTN_PATTERN = "blocks.{layer}.attn.hook_pattern"
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """What to record at one position per example (SPEC §3).
+
+    Args:
+        position: ``"answer"`` (reference): the last token of prompt + class-0 answer, one
+            position after the one that predicts the label; ``"prompt_end"``: the prompt's last token.
+        top_k: how many of the most likely next tokens (at the prediction position) to keep,
+            for the output-distribution metrics.
+    """
+
+    position: RecordPosition = "answer"
+    top_k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.position not in ("answer", "prompt_end"):
+            raise ConfigError(f"record position must be 'answer' or 'prompt_end', got {self.position!r}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SettingRun:
+    """Everything one setting produced on the queries (tensors on CPU, float32).
+
+    ``activations`` is an :class:`~transformer_lens.ActivationCache` with, per layer,
+    ``blocks.{l}.hook_attn_out`` [n_examples, d_model] and ``blocks.{l}.attn.hook_attn_scores`` /
+    ``hook_pattern`` [n_examples, n_heads, max_keys]: the recorded position's attention row over
+    the keys of the query part only (zero-padded beyond ``key_lengths``).
+    """
+
+    setting: str
+    class_scores: Float[torch.Tensor, "n_examples n_classes"]
+    activations: ActivationCache
+    key_lengths: Int[torch.Tensor, "n_examples"]
+    demo_attention_mass: Float[torch.Tensor, "n_examples n_layers n_heads"]
+    sink_attention_mass: Float[torch.Tensor, "n_examples n_layers n_heads"]
+    next_token_ids: Int[torch.Tensor, "n_examples top_k"]
+    next_token_probs: Float[torch.Tensor, "n_examples top_k"]
+
+    @property
+    def predictions(self) -> Int[torch.Tensor, "n_examples"]:
+        return self.class_scores.argmax(dim=-1)
+
+    @property
+    def n_examples(self) -> int:
+        return self.class_scores.shape[0]
+
+
+def _expand_prefix_cache(
+    prefix_cache: TransformerLensKeyValueCache, batch_size: int
+) -> TransformerLensKeyValueCache:
+    """A frozen view of a batch-1 prefix cache for ``batch_size`` rows (no copy)."""
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            past_keys=e.past_keys.expand(batch_size, -1, -1, -1),
+            past_values=e.past_values.expand(batch_size, -1, -1, -1),
+            frozen=True,
+        )
+        for e in prefix_cache.entries
+    ]
+    mask = prefix_cache.previous_attention_mask.expand(batch_size, -1)
+    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+
+
+@torch.no_grad()
+def encode_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache | None:
+    """Run the shared prefix once and return its frozen key/value cache (None if empty)."""
+    if not prefix:
+        return None
+    device = model.cfg.device
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=1)
+    tokens = torch.tensor([list(prefix)], device=device)
+    model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), return_type=None)
+    cache.freeze()
+    return cache
+
+
+def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return tokens.to(device), mask.to(device)
+
+
+class _PositionRecorder:
+    """Forward hooks that keep one row per example of the hook points the metrics need."""
+
+    def __init__(self, n_layers: int, rows: torch.Tensor, key_start: int, key_lengths: torch.Tensor, n_start: int):
+        self.rows = rows  # [batch] local position of the recorded token
+        self.key_start = key_start  # absolute key index where the query part begins (= prefix length)
+        self.key_lengths = key_lengths  # [batch] keys of the query part up to the recorded token
+        self.n_start = n_start
+        self.n_layers = n_layers
+        self.store: dict[str, torch.Tensor] = {}
+        self.demo_mass: list[torch.Tensor] = [torch.empty(0)] * n_layers
+        self.sink_mass: list[torch.Tensor] = [torch.empty(0)] * n_layers
+
+    def _row(self, act: torch.Tensor) -> torch.Tensor:  # [batch, head, q, k] -> [batch, head, k]
+        batch_index = torch.arange(act.shape[0], device=act.device)
+        return act.transpose(1, 2)[batch_index, self.rows.to(act.device)]
+
+    def _query_keys(self, row: torch.Tensor) -> torch.Tensor:
+        width = int(self.key_lengths.max())
+        keys = row[..., self.key_start : self.key_start + width].float()
+        valid = torch.arange(width, device=row.device)[None, :] < self.key_lengths.to(row.device)[:, None]
+        return torch.where(valid[:, None, :], keys, torch.zeros_like(keys)).cpu()
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        hooks = []
+        for layer in range(self.n_layers):
+            hooks.append((ATTN_OUT.format(layer=layer), self._attn_out_hook))
+            hooks.append((ATTN_SCORES.format(layer=layer), self._scores_hook))
+            hooks.append((ATTN_PATTERN.format(layer=layer), self._make_pattern_hook(layer)))
+        return hooks
+
+    def _attn_out_hook(self, act, hook):
+        batch_index = torch.arange(act.shape[0], device=act.device)
+        self.store[hook.name] = act[batch_index, self.rows.to(act.device)].float().cpu()
+
+    def _scores_hook(self, act, hook):
+        self.store[hook.name] = self._query_keys(self._row(act))
+
+    def _make_pattern_hook(self, layer: int):
+        def hook_fn(act, hook):
+            row = self._row(act)  # [batch, head, keys]
+            self.store[hook.name] = self._query_keys(row)
+            self.demo_mass[layer] = row[..., self.n_start : self.key_start].sum(-1).float().cpu()
+            sink = row[..., 0] if self.n_start else torch.zeros_like(row[..., 0])
+            self.sink_mass[layer] = sink.float().cpu()
+
+        return hook_fn
+
+
+def _label_log_probs(
+    model: HookedTransformer,
+    final_resid: Float[torch.Tensor, "batch pos d_model"],
+    first_pred_pos: torch.Tensor,
+    label: Sequence[int],
+) -> Float[torch.Tensor, "batch n_label_tokens vocab"]:
+    """Log-softmax over the vocabulary at the positions predicting each label token."""
+    offsets = torch.arange(len(label), device=final_resid.device)
+    positions = first_pred_pos.to(final_resid.device)[:, None] + offsets[None, :]
+    batch_index = torch.arange(final_resid.shape[0], device=final_resid.device)[:, None]
+    picked = final_resid[batch_index, positions]  # [batch, n_label_tokens, d_model]
+    return logit_lens(model, picked).float().log_softmax(dim=-1)
+
+
+def _mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch.Tensor:
+    index = torch.tensor(label, device=log_probs.device)[None, :, None].expand(log_probs.shape[0], -1, 1)
+    return log_probs.gather(-1, index).squeeze(-1).mean(-1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: HookedTransformer,
+    prefix: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    setting: str = "",
+    n_start: int = 1,
+    record: RecordSpec = RecordSpec(),
+    batch_size: int = 16,
+    reuse_prefix: bool = True,
+    progress: bool = True,
+) -> SettingRun:
+    """Score every query after ``prefix`` and record its activations at one position.
+
+    Args:
+        model: the model of this setting (base model for ZSL/ICL, a finetuned copy for FT).
+        prefix: token ids shared by every prompt (start token, then demonstrations for ICL).
+        queries: token ids of each query's prompt (template filled, no answer).
+        labels: token ids of each class's answer; class 0's answer is appended to every query
+            so the recorded ``"answer"`` position exists (SPEC §3).
+        n_start: how many leading prefix tokens are the start/sink token (0 or 1): they are
+            excluded from the demonstration attention mass (α) and reported as sink mass.
+        reuse_prefix: encode the prefix once and reuse its key/value cache (fast path); False
+            re-encodes it inside every sequence (the straightforward path, kept for checking).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not queries:
+        raise ConfigError("no queries to evaluate")
+    cfg = model.cfg
+    device = cfg.device
+    n_classes = len(labels)
+    answer = list(labels[0])
+    prefix = list(prefix)
+    key_start = len(prefix)
+    prefix_cache = encode_prefix(model, prefix) if reuse_prefix else None
+    pad_id = 0
+
+    n = len(queries)
+    order = sorted(range(n), key=lambda i: -len(queries[i]))
+    scores = torch.zeros(n, n_classes)
+    key_lengths = torch.zeros(n, dtype=torch.long)
+    demo_mass = torch.zeros(n, cfg.n_layers, cfg.n_heads)
+    sink_mass = torch.zeros(n, cfg.n_layers, cfg.n_heads)
+    top_ids = torch.zeros(n, record.top_k, dtype=torch.long)
+    top_probs = torch.zeros(n, record.top_k)
+    store_chunks: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
+
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    for batch in tqdm(batches, desc=f"eval {setting}".strip(), disable=not progress, leave=False):
+        local_offset = 0 if reuse_prefix else key_start
+        rows = [([] if reuse_prefix else prefix) + list(queries[i]) + answer for i in batch]
+        tokens, mask = _pad_right(rows, pad_id, device)
+        query_len = torch.tensor([len(queries[i]) for i in batch])
+        pred_pos = local_offset + query_len - 1  # predicts the answer's first token
+        if record.position == "answer":
+            rec_pos = pred_pos + len(answer)
+            n_keys = query_len + len(answer)
+        else:
+            rec_pos = pred_pos
+            n_keys = query_len
+        recorder = _PositionRecorder(cfg.n_layers, rec_pos, key_start, n_keys, n_start)
+        kv = _expand_prefix_cache(prefix_cache, len(batch)) if prefix_cache is not None else None
+        with model.hooks(fwd_hooks=recorder.hooks()):
+            final_resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=cfg.n_layers)
+
+        answer_log_probs = _label_log_probs(model, final_resid, pred_pos, answer)
+        batch_scores = torch.zeros(len(batch), n_classes, device=final_resid.device)
+        batch_scores[:, 0] = _mean_token_log_prob(answer_log_probs, answer)
+        first = answer_log_probs[:, 0]  # [batch, vocab]: next-token distribution after the prompt
+        for class_id in range(1, n_classes):
+            label = list(labels[class_id])
+            if len(label) == 1:
+                batch_scores[:, class_id] = first[:, label[0]]
+            else:
+                batch_scores[:, class_id] = _score_other_answer(
+                    model, prefix, prefix_cache, [queries[i] for i in batch], label, pad_id, reuse_prefix
+                )
+        probs = first.exp()
+        top = probs.topk(record.top_k, dim=-1)
+        index = torch.tensor(batch)
+        scores[index] = batch_scores.float().cpu()
+        key_lengths[index] = n_keys
+        top_ids[index] = top.indices.cpu()
+        top_probs[index] = top.values.float().cpu()
+        demo_mass[index] = torch.stack(recorder.demo_mass, dim=1)
+        sink_mass[index] = torch.stack(recorder.sink_mass, dim=1)
+        for name, value in recorder.store.items():
+            store_chunks.setdefault(name, []).append((batch, value))
+
+    activations = {}
+    max_keys = int(key_lengths.max())
+    for name, chunks in store_chunks.items():
+        first_value = chunks[0][1]
+        if first_value.ndim == 2:  # attn_out [batch, d_model]
+            full = torch.zeros(n, first_value.shape[-1])
+        else:  # attention rows [batch, head, keys]
+            full = torch.zeros(n, first_value.shape[1], max_keys)
+        for batch, value in chunks:
+            if value.ndim == 2:
+                full[torch.tensor(batch)] = value
+            else:
+                full[torch.tensor(batch), :, : value.shape[-1]] = value
+        activations[name] = full
+    return SettingRun(
+        setting=setting,
+        class_scores=scores,
+        activations=ActivationCache(activations, model, has_batch_dim=True),
+        key_lengths=key_lengths,
+        demo_attention_mass=demo_mass,
+        sink_attention_mass=sink_mass,
+        next_token_ids=top_ids,
+        next_token_probs=top_probs,
+    )
+
+
+def _score_other_answer(model, prefix, prefix_cache, queries, label, pad_id, reuse_prefix) -> torch.Tensor:
+    """Mean log-prob of a multi-token answer that is not class 0 (an extra, unhooked pass)."""
+    local_offset = 0 if reuse_prefix else len(prefix)
+    rows = [([] if reuse_prefix else list(prefix)) + list(q) + label for q in queries]
+    tokens, mask = _pad_right(rows, pad_id, model.cfg.device)
+    kv = _expand_prefix_cache(prefix_cache, len(rows)) if prefix_cache is not None else None
+    resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+    pred_pos = local_offset + torch.tensor([len(q) for q in queries]) - 1
+    return _mean_token_log_prob(_label_log_probs(model, resid, pred_pos, label), label)
