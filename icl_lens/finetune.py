@@ -1,0 +1,243 @@
+"""Gradient-descent finetuning on the demonstrations (GD, SPEC §2).
+
+The comparison's "FT" setting: a copy of the model (the loaded model is never modified) whose
+chosen parameter group — by default only the key and value projections, the parameters Dai et al.'s
+dual form says ICL implicitly updates — takes one SGD step per demonstration. Each step's per-layer
+gradient ℓ2 norm is recorded (the heatmaps of Deutch et al. Fig. 4).
+
+The helpers here (parameter groups, batching, masked next-token loss, clipping, the NaN guard) are
+shared with layer-causal GD in :mod:`icl_lens.lcgd`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from icl_lens.errors import ConfigError, TrainingDivergedError
+
+logger = logging.getLogger(__name__)
+
+PARAM_GROUPS: dict[str, str] = {
+    "kv": r"^blocks\.\d+\.attn\._?[Wb]_[KV]$",
+    "q": r"^blocks\.\d+\.attn\._?[Wb]_Q$",
+    "o": r"^blocks\.\d+\.attn\.[Wb]_O$",
+    "mlp": r"^blocks\.\d+\.mlp\.",
+    "all": r"^blocks\.\d+\.",
+}
+"""Trainable parameter groups (TransformerLens names; ``_W_K``/``_W_V`` are GQA-shaped)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the model is finetuned on the k demonstrations (reference defaults, SPEC §2).
+
+    Args:
+        params: trainable group: ``kv`` (W_K, W_V, b_K, b_V), ``q``, ``o``, ``mlp`` or ``all``
+            (every parameter inside the blocks); several joined by ``+`` (e.g. ``"kv+o"``).
+        optimizer: ``sgd`` or ``adam``.
+        lr: learning rate (constant).
+        momentum: SGD momentum.
+        weight_decay: weight decay of either optimizer.
+        epochs: passes over the demonstrations.
+        batch_size: demonstrations per step (1: one step per demonstration).
+        loss_on: ``all`` tokens of each demonstration (input and answer) or ``answer`` tokens only.
+        clip_value: per-layer ℓ∞ gradient value clip (None: off).
+        clip_norm: per-layer ℓ2 gradient norm clip (None: off).
+    """
+
+    params: str = "kv"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 1
+    loss_on: Literal["all", "answer"] = "all"
+    clip_value: float | None = None
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        for group in self.params.split("+"):
+            if group not in PARAM_GROUPS:
+                raise ConfigError(f"unknown parameter group {group!r}; choose from {sorted(PARAM_GROUPS)}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must be >= 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.loss_on not in ("all", "answer"):
+            raise ConfigError(f"loss_on must be 'all' or 'answer', got {self.loss_on!r}")
+        for name in ("clip_value", "clip_norm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainingTrace:
+    """What happened during finetuning.
+
+    ``grad_norms[step][layer]`` is the ℓ2 norm of that layer's trainable-parameter gradient
+    (before clipping) at that step; ``losses[step]`` the step's loss (the sum over layers for
+    LCGD, whose per-layer losses are in ``layer_losses``).
+    """
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[list[float]] = field(default_factory=list)
+    layer_losses: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layer_of(param_name: str) -> int:
+    match = re.match(r"^blocks\.(\d+)\.", param_name)
+    if match is None:
+        raise ValueError(f"{param_name} is not a block parameter")
+    return int(match.group(1))
+
+
+def select_trainable(model: HookedTransformer, params: str) -> dict[str, torch.nn.Parameter]:
+    """Freeze everything, then unfreeze and return the parameters of the chosen group(s)."""
+    patterns = [re.compile(PARAM_GROUPS[g]) for g in params.split("+")]
+    chosen = {}
+    for name, param in model.named_parameters():
+        trainable = any(p.search(name) for p in patterns)
+        param.requires_grad_(trainable)
+        if trainable:
+            chosen[name] = param
+    if not chosen:
+        raise ConfigError(f"parameter group {params!r} matches no parameter of this model")
+    return chosen
+
+
+def trainable_copy(model: HookedTransformer, params: str) -> tuple[HookedTransformer, dict[str, torch.nn.Parameter]]:
+    """A deep copy of ``model`` with only the chosen group trainable (the original is untouched)."""
+    student = copy.deepcopy(model)
+    student.train(False)  # no dropout in these models, but keep eval semantics explicit
+    return student, select_trainable(student, params)
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def demo_batches(
+    sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int], cfg: FinetuneConfig, device
+) -> Iterator[tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos_minus_1"]]]:
+    """Right-padded token batches in demonstration order: tokens, attention mask, loss mask.
+
+    ``loss_mask[b, t]`` is 1 where position t's prediction of token t+1 counts in the loss.
+    """
+    for _ in range(cfg.epochs):
+        for start in range(0, len(sequences), cfg.batch_size):
+            rows = sequences[start : start + cfg.batch_size]
+            answers = answer_lengths[start : start + cfg.batch_size]
+            width = max(len(r) for r in rows)
+            tokens = torch.zeros(len(rows), width, dtype=torch.long)
+            attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+            loss_mask = torch.zeros(len(rows), width - 1)
+            for i, (row, n_answer) in enumerate(zip(rows, answers)):
+                tokens[i, : len(row)] = torch.tensor(row)
+                attention_mask[i, : len(row)] = 1
+                first_target = len(row) - n_answer if cfg.loss_on == "answer" else 1
+                loss_mask[i, first_target - 1 : len(row) - 1] = 1.0
+            yield tokens.to(device), attention_mask.to(device), loss_mask.to(device)
+
+
+def masked_next_token_loss(
+    logits: Float[torch.Tensor, "batch pos vocab"],
+    tokens: Int[torch.Tensor, "batch pos"],
+    mask: Float[torch.Tensor, "batch pos_minus_1"],
+) -> torch.Tensor:
+    """Mean cross-entropy per counted token of predicting token t+1 at position t."""
+    log_probs = logits[:, :-1].float().log_softmax(dim=-1)
+    token_loss = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def layer_grad_norms(trainable: dict[str, torch.nn.Parameter], n_layers: int) -> list[float]:
+    """ℓ2 norm of each layer's trainable-parameter gradient (0 where a layer has none)."""
+    squared = [0.0] * n_layers
+    for name, param in trainable.items():
+        if param.grad is not None:
+            squared[layer_of(name)] += float(param.grad.detach().float().pow(2).sum())
+    return [math.sqrt(s) for s in squared]
+
+
+def check_finite(step: int, loss: float, norms: Sequence[float], what: str = "loss") -> None:
+    """Stop with a clear error at the first NaN/inf loss or gradient, naming step and layer."""
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"finetuning diverged: {what} is {loss} at step {step}; lower the learning rate")
+    for layer, norm in enumerate(norms):
+        if not math.isfinite(norm):
+            raise TrainingDivergedError(
+                f"finetuning diverged: gradient of layer {layer} is {norm} at step {step}; lower the learning rate"
+            )
+
+
+def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: FinetuneConfig, n_layers: int) -> None:
+    """Per-layer ℓ∞ value clip and/or ℓ2 norm clip (SPEC §5), in place."""
+    if cfg.clip_value is not None:
+        for param in trainable.values():
+            if param.grad is not None:
+                param.grad.clamp_(-cfg.clip_value, cfg.clip_value)
+    if cfg.clip_norm is not None:
+        norms = layer_grad_norms(trainable, n_layers)
+        for name, param in trainable.items():
+            norm = norms[layer_of(name)]
+            if param.grad is not None and norm > cfg.clip_norm:
+                param.grad.mul_(cfg.clip_norm / (norm + 1e-12))
+
+
+def finetune(
+    model: HookedTransformer,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    progress: bool = True,
+) -> tuple[HookedTransformer, TrainingTrace]:
+    """Plain GD: finetune a copy of ``model`` on the demonstrations; return it and its trace."""
+    if not demo_sequences:
+        raise ConfigError("no demonstrations to finetune on (k = 0)")
+    student, trainable = trainable_copy(model, cfg.params)
+    optimizer = make_optimizer(list(trainable.values()), cfg)
+    trace = TrainingTrace()
+    n_layers = student.cfg.n_layers
+    batches = list(demo_batches(demo_sequences, answer_lengths, cfg, student.cfg.device))
+    for step, (tokens, attention_mask, loss_mask) in enumerate(
+        tqdm(batches, desc="finetune", disable=not progress, leave=False)
+    ):
+        optimizer.zero_grad(set_to_none=True)
+        logits = student(tokens, attention_mask=attention_mask, return_type="logits")
+        loss = masked_next_token_loss(logits, tokens, loss_mask)
+        loss.backward()
+        norms = layer_grad_norms(trainable, n_layers)
+        check_finite(step, float(loss.detach()), norms)
+        clip_layer_gradients(trainable, cfg, n_layers)
+        optimizer.step()
+        trace.losses.append(float(loss))
+        trace.grad_norms.append(norms)
+    for param in student.parameters():
+        param.requires_grad_(False)
+    student.eval()
+    return student, trace

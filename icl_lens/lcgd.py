@@ -1,0 +1,154 @@
+"""Layer-causal gradient descent (LCGD, Deutch et al. 2024; SPEC §5).
+
+In-context learning cannot send information from a higher layer back down to a lower one, but GD
+can: the gradient reaching layer l's W_K/W_V flows back from the loss through every layer above l.
+LCGD removes that path. With TransformerLens hooks (no re-implemented forward pass):
+
+* ``blocks.{l}.hook_resid_pre`` returns the residual stream *detached*, so block l's parameters
+  receive gradient only from what is computed at and after block l within this same block;
+* ``blocks.{l}.hook_resid_post`` is read through the model's own final norm and unembedding
+  (the logit lens, :func:`icl_lens.lens.logit_lens`) into a per-layer prediction, with
+  loss_l = the same next-token cross-entropy as GD;
+* the total loss is Σ_l loss_l. Because the blocks are cut apart, ∂total/∂θ_l = ∂loss_l/∂θ_l,
+  so each layer's backward can run on its own (one layer's logits in memory at a time).
+
+Schedules: ``simultaneous`` (reference: one backward and one step per demonstration, all layers at
+once) and ``sequential`` (layer 0 trained on every demonstration first, then layer 1 on the updated
+lower layers, and so on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from icl_lens.errors import ConfigError
+from icl_lens.finetune import (
+    FinetuneConfig,
+    TrainingTrace,
+    check_finite,
+    clip_layer_gradients,
+    demo_batches,
+    layer_grad_norms,
+    layer_of,
+    make_optimizer,
+    masked_next_token_loss,
+    trainable_copy,
+)
+from icl_lens.lens import logit_lens
+
+logger = logging.getLogger(__name__)
+
+Schedule = Literal["simultaneous", "sequential"]
+
+
+def _detach_hook(resid, hook):
+    return resid.detach()
+
+
+def layer_causal_losses(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    n_layers: int | None = None,
+    backward: bool = False,
+    only_last: bool = False,
+) -> list[torch.Tensor]:
+    """Per-layer logit-lens losses of layer-causal GD for the first ``n_layers`` blocks
+    (only the last of them with ``only_last``).
+
+    Every block's input is detached, so loss_l depends on block l's parameters only through
+    block l. With ``backward=True`` each loss is back-propagated as soon as it is computed
+    (the same gradients as ``sum(losses).backward()``, with one layer's logits alive at a time);
+    the returned losses are then detached.
+    """
+    n_layers = model.cfg.n_layers if n_layers is None else n_layers
+    block_outputs: dict[int, torch.Tensor] = {}
+
+    def capture(resid, hook):
+        block_outputs[hook.layer()] = resid
+        return resid
+
+    hooks = []
+    for layer in range(n_layers):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
+        hooks.append((f"blocks.{layer}.hook_resid_post", capture))
+    with model.hooks(fwd_hooks=hooks):
+        model(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
+    losses = []
+    for layer in range(n_layers - 1 if only_last else 0, n_layers):
+        loss = masked_next_token_loss(logit_lens(model, block_outputs.pop(layer)), tokens, loss_mask)
+        if backward:
+            loss.backward()
+            loss = loss.detach()
+        losses.append(loss)
+    return losses
+
+
+def layer_causal_finetune(
+    model: HookedTransformer,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    cfg: FinetuneConfig = FinetuneConfig(),
+    schedule: Schedule = "simultaneous",
+    progress: bool = True,
+) -> tuple[HookedTransformer, TrainingTrace]:
+    """LCGD on a copy of ``model``; returns it and its trace.
+
+    The trace's ``grad_norms[i][l]`` is layer l's gradient norm at its i-th step for both
+    schedules, so the layers × demonstration heatmap reads the same way.
+    """
+    if schedule not in ("simultaneous", "sequential"):
+        raise ConfigError(f"LCGD schedule must be 'simultaneous' or 'sequential', got {schedule!r}")
+    if not demo_sequences:
+        raise ConfigError("no demonstrations to finetune on (k = 0)")
+    student, trainable = trainable_copy(model, cfg.params)
+    n_layers = student.cfg.n_layers
+    optimizer = make_optimizer(list(trainable.values()), cfg)
+    batches = list(demo_batches(demo_sequences, answer_lengths, cfg, student.cfg.device))
+    trace = TrainingTrace()
+
+    if schedule == "simultaneous":
+        for step, (tokens, attention_mask, loss_mask) in enumerate(
+            tqdm(batches, desc="lcgd", disable=not progress, leave=False)
+        ):
+            optimizer.zero_grad(set_to_none=True)
+            losses = [float(l) for l in layer_causal_losses(student, tokens, attention_mask, loss_mask, backward=True)]
+            norms = layer_grad_norms(trainable, n_layers)
+            check_finite(step, sum(losses), norms, what="layer-causal loss")
+            clip_layer_gradients(trainable, cfg, n_layers)
+            optimizer.step()
+            trace.losses.append(sum(losses))
+            trace.layer_losses.append(losses)
+            trace.grad_norms.append(norms)
+    else:
+        norm_rows = [[0.0] * n_layers for _ in batches]
+        loss_rows = [[0.0] * n_layers for _ in batches]
+        layer_params = [{n: p for n, p in trainable.items() if layer_of(n) == layer} for layer in range(n_layers)]
+        for layer in tqdm(range(n_layers), desc="lcgd (sequential)", disable=not progress, leave=False):
+            for step, (tokens, attention_mask, loss_mask) in enumerate(batches):
+                optimizer.zero_grad(set_to_none=True)
+                # Blocks above `layer` are not run; blocks below are detached, so only this layer learns.
+                (loss,) = layer_causal_losses(
+                    student, tokens, attention_mask, loss_mask, n_layers=layer + 1, only_last=True
+                )
+                loss.backward()
+                norms = layer_grad_norms(layer_params[layer], n_layers)
+                check_finite(step, float(loss.detach()), norms, what=f"layer-{layer} loss")
+                clip_layer_gradients(layer_params[layer], cfg, n_layers)
+                optimizer.step()
+                norm_rows[step][layer] = norms[layer]
+                loss_rows[step][layer] = float(loss.detach())
+        trace.grad_norms = norm_rows
+        trace.layer_losses = loss_rows
+        trace.losses = [sum(row) for row in loss_rows]
+
+    for param in student.parameters():
+        param.requires_grad_(False)
+    student.eval()
+    return student, trace
