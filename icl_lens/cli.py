@@ -1,0 +1,224 @@
+"""The ``icl-lens`` command line.
+
+Subcommands: ``run`` (one or more cells: ZSL, ICL, FT, LCGD and every metric), ``tasks``,
+``models``. The ``run`` flags are generated from :class:`~icl_lens.experiment.ExperimentConfig`
+and its nested configs, so the CLI and the Python API cannot drift apart. Every
+:class:`~icl_lens.errors.IclLensError` ends the command with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from icl_lens.errors import ConfigError, IclLensError
+from icl_lens.evaluation import RecordSpec
+from icl_lens.experiment import ExperimentConfig
+from icl_lens.finetune import FinetuneConfig
+from icl_lens.prompts import PromptFormat
+
+logger = logging.getLogger("icl_lens")
+
+# Nested config -> flag prefix ("" = flags named after the field itself).
+NESTED = {"prompt": (PromptFormat, ""), "record": (RecordSpec, "record-"), "finetune": (FinetuneConfig, "ft-")}
+SWEEPABLE = ("task", "model", "k", "seed")  # may take comma-separated lists: one cell per combination
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _parser_for(tp: Any):
+    """A string -> value converter for a field type (handles Optional, Literal, tuples)."""
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        base = lambda s: s
+    elif origin is tuple:
+        item = typing.get_args(tp)[0]
+        base = lambda s, item=item: tuple(item(x.strip()) for x in s.split(",") if x.strip())
+    elif tp in (int, float, str):
+        base = tp
+    else:
+        base = str
+
+    def convert(text: str):
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+
+    return convert
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str, dest_prefix: str, skip=()) -> None:
+    hints = typing.get_type_hints(cls)
+    doc = cls.__doc__ or ""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name in NESTED:
+            continue
+        flag = "--" + prefix + f.name.replace("_", "-")
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = _field_help(doc, f.name)
+        dest = dest_prefix + f.name
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {default})")
+            continue
+        choices = None
+        inner, _ = _unwrap_optional(tp)
+        if typing.get_origin(inner) is typing.Literal:
+            choices = list(typing.get_args(inner))
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(flag, dest=dest, type=_parser_for(tp), default=None, choices=choices,
+                            help=f"{help_text} (default: {shown})")
+
+
+def _field_help(doc: str, name: str) -> str:
+    """The field's line from the dataclass's ``Args:`` docstring section."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(f"{name}:") or stripped.startswith(f"{name} /"):
+            text = stripped.split(":", 1)[1].strip()
+            for nxt in lines[i + 1:]:
+                if not nxt.startswith(" " * 12):
+                    break
+                text += " " + nxt.strip()
+            return text.replace("%", "%%")
+    return ""
+
+
+def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> ExperimentConfig:
+    """ExperimentConfig from parsed flags (only the flags given; the rest keep their defaults)."""
+    values: dict[str, Any] = {}
+    nested_values: dict[str, dict[str, Any]] = {name: {} for name in NESTED}
+    for key, value in vars(args).items():
+        if value is None or not key.startswith("cfg__"):
+            continue
+        parts = key.split("__")
+        if len(parts) == 3:
+            nested_values[parts[1]][parts[2]] = value
+        else:
+            values[parts[1]] = value
+    values.update(overrides)
+    for name, (cls, _) in NESTED.items():
+        values[name] = cls(**nested_values[name])
+    return ExperimentConfig(**values)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
+    """One config per combination of the comma-separated task/model/k/seed values."""
+    import itertools
+
+    lists = {}
+    for name in SWEEPABLE:
+        raw = getattr(args, name)
+        if raw is not None:
+            lists[name] = _split_list(raw)
+    combos = [dict(zip(lists, values)) for values in itertools.product(*lists.values())] or [{}]
+    cells = []
+    for combo in combos:
+        for int_field in ("k", "seed"):
+            if int_field in combo:
+                try:
+                    combo[int_field] = int(combo[int_field])
+                except ValueError:
+                    raise ConfigError(f"--{int_field} must be an integer or a comma-separated list of integers")
+        cells.append(build_config(args, combo))
+    return cells
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icl-lens", description="In-context learning vs gradient descent, "
+                                     "through TransformerLens.")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
+    run.add_argument("--task", help="task name or task file; comma-separated for several (default: sst2)")
+    run.add_argument("--model", help="model name or path; comma-separated for several (default: smollm2-135m)")
+    run.add_argument("--k", help="demonstrations; comma-separated for several (default: 16)")
+    run.add_argument("--seed", help="demonstration seed(s), comma-separated (default: 0)")
+    run.add_argument("--out", default="results", help="results folder (one sub-folder per cell)")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
+    for name, (cls, prefix) in NESTED.items():
+        _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
+
+    sub.add_parser("tasks", help="list the built-in tasks")
+    sub.add_parser("models", help="list the named offline models")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from icl_lens.summary import summary
+    from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
+
+    cells = expand_cells(args)
+    runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    results = run_cells(cells, args.out, runtime)
+    print(summary(results))
+    for cfg in cells:
+        print(f"results: {cell_path(args.out, cfg)}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from icl_lens.tasks import BUILTIN_TASK_NAMES, builtin_tasks
+
+    tasks = builtin_tasks()
+    for name in BUILTIN_TASK_NAMES:
+        t = tasks[name]
+        print(f"{name:8s} {t.description}")
+        print(f"{'':8s}   template: {t.template!r}")
+        print(f"{'':8s}   labels:   {', '.join(t.label_words)}   (eval split: {t.eval_split})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from icl_lens.models import list_models
+
+    for m in list_models():
+        print(f"{m.name:14s} {m.description}")
+        print(f"{'':14s}   licence: {m.licence}")
+    print("Also accepted: a local HF model directory, a .gguf file, or a TransformerLens hub name (online).")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    commands = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models}
+    try:
+        return commands[args.command](args)
+    except IclLensError as exc:
+        print(f"icl-lens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icl-lens: interrupted; finished cells are saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Choosing the finetuning learning rate per task and model (SPEC §2).
+
+The reference learning rates were tuned for a 1.3B model; a small model needs its own. The sweep
+finetunes a copy of the model at every rate of a grid (starting from the reference rates) and keeps
+the rate with the best criterion, ties going to the smaller rate; diverged rates are skipped.
+Criteria: ``dev`` — FT accuracy on a held-out slice of the train split that shares no row with the
+demonstrations (default); ``demos`` — FT accuracy on the demonstrations themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from icl_lens.errors import TrainingDivergedError
+from icl_lens.evaluation import RecordSpec, evaluate
+from icl_lens.finetune import FinetuneConfig, finetune
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_LRS: dict[str, float] = {
+    "sst2": 5e-4, "sst5": 1.6e-4, "mr": 3e-3, "subj": 3e-3, "agnews": 0.2, "cb": 0.08,
+}
+"""Per-task reference learning rates of Dai et al. / Deutch et al. for a 1.3B GPT (SPEC §2)."""
+
+DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
+
+Criterion = Literal["dev", "demos"]
+
+
+@dataclass
+class LearningRateChoice:
+    """The sweep's outcome: the chosen rate and every rate's score (None = diverged)."""
+
+    lr: float
+    criterion: str
+    scores: dict[float, float | None] = field(default_factory=dict)
+    n_scored: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr, "mode": "sweep", "criterion": self.criterion, "n_scored": self.n_scored,
+            "scores": {repr(lr): score for lr, score in self.scores.items()},
+        }
+
+
+def sweep_learning_rate(
+    model: HookedTransformer,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    base: FinetuneConfig,
+    score_prefix: Sequence[int],
+    score_queries: Sequence[Sequence[int]],
+    score_labels: Sequence[int],
+    label_tokens: Sequence[Sequence[int]],
+    grid: Sequence[float] = DEFAULT_LR_GRID,
+    criterion: Criterion = "dev",
+    n_start: int = 1,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LearningRateChoice:
+    """Finetune at each rate of ``grid``; score FT accuracy on the given queries; pick the best."""
+    scores: dict[float, float | None] = {}
+    for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
+        try:
+            student, _ = finetune(model, demo_sequences, answer_lengths, replace(base, lr=lr), progress=False)
+        except TrainingDivergedError as exc:
+            logger.info("lr %g diverged: %s", lr, exc)
+            scores[lr] = None
+            continue
+        run = evaluate(student, score_prefix, score_queries, label_tokens, n_start=n_start,
+                       record=RecordSpec(), batch_size=batch_size, progress=False)
+        correct = (run.predictions == torch.tensor(list(score_labels))).float().mean()
+        scores[lr] = float(correct)
+        del student
+        logger.info("lr %g: %s accuracy %.3f", lr, criterion, scores[lr])
+    finite = [(score, -lr) for lr, score in scores.items() if score is not None]
+    if not finite:
+        raise TrainingDivergedError(f"every learning rate of the sweep diverged: {sorted(grid)}")
+    best_score, neg_lr = max(finite)
+    return LearningRateChoice(lr=-neg_lr, criterion=criterion, scores=scores, n_scored=len(score_queries))

@@ -1,0 +1,107 @@
+"""Resumable sweeps over cells (task × model × k × seed × variant).
+
+Every cell's results are written atomically to ``OUT/<cell>/results.json`` the moment the cell
+finishes. A rerun skips every cell whose file verifies and was made with the same configuration;
+a damaged, partial or differently-configured file is recomputed. Killing a sweep at any point and
+rerunning it therefore ends with exactly the files an uninterrupted sweep writes (timestamps and
+timings aside). Models are loaded once per (model, untrained) group.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.results import RESULTS_FILE, is_complete, read_results, write_results
+from icl_lens.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[..., HookedTransformer]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how cells run; not part of a cell's identity (results record them)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    progress: bool = True
+
+
+def cell_path(out_dir: str | Path, cfg: ExperimentConfig) -> Path:
+    return Path(out_dir) / cfg.cell_name() / RESULTS_FILE
+
+
+def finished_results(path: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The cell's verified results if they exist and match ``cfg``; None means (re)compute."""
+    if not is_complete(path):
+        return None
+    results = read_results(path)
+    if results.get("config") != _json_roundtrip(cfg.to_dict()):
+        logger.warning("%s was made with another configuration; it will be recomputed", path)
+        return None
+    return results
+
+
+def _json_roundtrip(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def run_cells(
+    cells: Sequence[ExperimentConfig],
+    out_dir: str | Path,
+    runtime: RuntimeOptions = RuntimeOptions(),
+    model_loader: ModelLoader | None = None,
+    on_result: Callable[[ExperimentConfig, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell not already finished in ``out_dir``; return all cells' results in order."""
+    if model_loader is None:
+        from icl_lens.models import load_model as model_loader
+    out_dir = Path(out_dir)
+    results: list[dict[str, Any] | None] = []
+    todo: list[int] = []
+    for index, cfg in enumerate(cells):
+        done = finished_results(cell_path(out_dir, cfg), cfg)
+        results.append(done)
+        if done is None:
+            todo.append(index)
+        else:
+            logger.info("cell %s already finished; skipping", cfg.cell_name())
+    groups: dict[tuple, list[int]] = {}
+    for index in todo:
+        cfg = cells[index]
+        groups.setdefault((cfg.model, cfg.untrained, cfg.untrained_seed), []).append(index)
+    bar = tqdm(total=len(todo), desc="cells", disable=not runtime.progress or not todo)
+    for (model_name, untrained, untrained_seed), indices in groups.items():
+        model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
+                             untrained=untrained, seed=untrained_seed)
+        for index in indices:
+            cfg = cells[index]
+            bar.set_postfix_str(cfg.cell_name())
+            output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress)
+            payload = dict(output.results)
+            payload["meta"] = {
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "python": platform.python_version(),
+                "device": runtime.device, "dtype": runtime.dtype,
+            }
+            write_results(cell_path(out_dir, cfg), payload)
+            results[index] = read_results(cell_path(out_dir, cfg))
+            if on_result is not None:
+                on_result(cfg, results[index])
+            bar.update(1)
+        del model
+    bar.close()
+    return [r for r in results if r is not None]
