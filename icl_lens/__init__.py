@@ -12,6 +12,11 @@ Quick start (notebook)::
     out.results["accuracy"], out.results["metrics"]["ft"]["simaou"]["mean"]
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from icl_lens._version import __version__
 from icl_lens.errors import (
     ConfigError,
@@ -24,19 +29,28 @@ from icl_lens.errors import (
     TaskError,
     TrainingDivergedError,
 )
-from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
-from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment
-from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
-from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lens import logit_lens
-from icl_lens.models import list_models, load_model
-from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts
-from icl_lens.tasks import Task, builtin_tasks, get_task, load_split, sample_demonstrations, sample_queries
+
+# Public names -> defining module, imported on first use so `import icl_lens` stays light.
+_LAZY = {
+    "RecordSpec": "evaluation", "SettingRun": "evaluation", "evaluate": "evaluation",
+    "ExperimentConfig": "experiment", "ExperimentOutput": "experiment", "run_experiment": "experiment",
+    "FinetuneConfig": "finetune", "TrainingTrace": "finetune", "finetune": "finetune",
+    "layer_causal_finetune": "lcgd", "logit_lens": "lens",
+    "list_models": "models", "load_model": "models",
+    "EncodedPrompts": "prompts", "PromptFormat": "prompts", "encode_prompts": "prompts",
+    "Task": "tasks", "builtin_tasks": "tasks", "get_task": "tasks", "load_split": "tasks",
+    "sample_demonstrations": "tasks", "sample_queries": "tasks",
+}
 
 __all__ = [
     "__version__", "ConfigError", "DataFormatError", "IclLensError", "MetricInputError", "ModelLoadError",
-    "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", "RecordSpec", "SettingRun", "evaluate",
-    "ExperimentConfig", "ExperimentOutput", "run_experiment", "FinetuneConfig", "TrainingTrace", "finetune",
-    "layer_causal_finetune", "logit_lens", "list_models", "load_model", "EncodedPrompts", "PromptFormat",
-    "encode_prompts", "Task", "builtin_tasks", "get_task", "load_split", "sample_demonstrations", "sample_queries",
+    "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"icl_lens.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'icl_lens' has no attribute {name!r}")

@@ -235,7 +235,7 @@ def finetune(
         check_finite(step, float(loss.detach()), norms)
         clip_layer_gradients(trainable, cfg, n_layers)
         optimizer.step()
-        trace.losses.append(float(loss))
+        trace.losses.append(float(loss.detach()))
         trace.grad_norms.append(norms)
     for param in student.parameters():
         param.requires_grad_(False)

@@ -1,0 +1,92 @@
+"""The prefix-cached, batched evaluation against straightforward full forward passes."""
+
+import pytest
+import torch
+
+from icl_lens.evaluation import RecordSpec, evaluate
+from icl_lens.lens import logit_lens
+from icl_lens.prompts import PromptFormat, encode_prompts
+from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
+
+
+def _prompts(model, k=3, n=6, task="sst2", fmt=PromptFormat()):
+    t = get_task(task)
+    return encode_prompts(model.tokenizer, t, sample_demonstrations(t, k, 0), sample_queries(t, n), fmt,
+                          model.cfg.n_ctx)
+
+
+@pytest.mark.parametrize("position", ["answer", "prompt_end"])
+def test_fast_path_equals_straightforward_path(any_tiny, position):
+    p = _prompts(any_tiny)
+    spec = RecordSpec(position=position)
+    fast = evaluate(any_tiny, p.icl_prefix, p.queries, p.labels, record=spec, batch_size=4, progress=False)
+    slow = evaluate(any_tiny, p.icl_prefix, p.queries, p.labels, record=spec, batch_size=1,
+                    reuse_prefix=False, progress=False)
+    assert (fast.class_scores - slow.class_scores).abs().max() <= 1e-4
+    for name in fast.activations.keys():
+        assert (fast.activations[name] - slow.activations[name]).abs().max() <= 1e-4, name
+    assert (fast.demo_attention_mass - slow.demo_attention_mass).abs().max() <= 1e-5
+    assert torch.equal(fast.next_token_ids, slow.next_token_ids)
+
+
+def test_scores_and_recordings_match_a_full_forward_pass(any_tiny):
+    """Class scores = mean log-softmax of label tokens; recorded rows = run_with_cache values."""
+    model = any_tiny
+    p = _prompts(model, k=2, n=3)
+    run = evaluate(model, p.icl_prefix, p.queries, p.labels, batch_size=2, progress=False)
+    P = len(p.icl_prefix)
+    for i, query in enumerate(p.queries):
+        for c, label in enumerate(p.labels):
+            seq = torch.tensor([p.icl_prefix + query + label])
+            log_probs = model(seq).log_softmax(-1)[0]
+            first = P + len(query) - 1
+            expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+            assert abs(float(expected) - float(run.class_scores[i, c])) < 1e-4
+        seq = torch.tensor([p.icl_prefix + query + p.labels[0]])
+        _, cache = model.run_with_cache(seq)
+        rec = seq.shape[1] - 1  # reference position: last token of prompt + class-0 answer
+        for layer in range(model.cfg.n_layers):
+            assert torch.allclose(run.activations[f"blocks.{layer}.hook_attn_out"][i],
+                                  cache[f"blocks.{layer}.hook_attn_out"][0, rec], atol=1e-5)
+            scores = cache[f"blocks.{layer}.attn.hook_attn_scores"][0, :, rec, P:]
+            n_keys = scores.shape[-1]
+            assert run.key_lengths[i] == n_keys
+            assert torch.allclose(run.activations[f"blocks.{layer}.attn.hook_attn_scores"][i, :, :n_keys],
+                                  scores, atol=1e-4)
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, rec]
+            assert torch.allclose(run.sink_attention_mass[i, layer], pattern[:, 0], atol=1e-5)
+            assert torch.allclose(run.demo_attention_mass[i, layer], pattern[:, 1:P].sum(-1), atol=1e-5)
+            # the three parts of the row sum to one
+            total = run.sink_attention_mass[i, layer] + run.demo_attention_mass[i, layer] + \
+                run.activations[f"blocks.{layer}.attn.hook_pattern"][i].sum(-1)
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+
+
+def test_padding_beyond_each_query_is_zero(tiny_gpt):
+    p = _prompts(tiny_gpt, k=0, n=6)
+    run = evaluate(tiny_gpt, p.zsl_prefix, p.queries, p.labels, batch_size=6, progress=False)
+    scores = run.activations["blocks.0.attn.hook_attn_scores"]
+    for i, n in enumerate(run.key_lengths):
+        assert torch.all(scores[i, :, n:] == 0)
+        assert torch.all(scores[i, :, :n] != 0)
+    assert torch.all(run.demo_attention_mass == 0)  # zero-shot: no demonstrations
+
+
+def test_multi_token_labels_are_scored_per_class(tiny_llama):
+    """Byte tokens make every label multi-token: scores must match separate full passes (class 1)."""
+    p = _prompts(tiny_llama, k=1, n=2, task="sst5")
+    run = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=2, progress=False)
+    assert run.class_scores.shape == (2, 5)
+    label = p.labels[3]
+    seq = torch.tensor([p.icl_prefix + p.queries[1] + label])
+    log_probs = tiny_llama(seq).log_softmax(-1)[0]
+    first = len(p.icl_prefix) + len(p.queries[1]) - 1
+    expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+    assert abs(float(expected) - float(run.class_scores[1, 3])) < 1e-4
+
+
+def test_final_layer_logit_lens_equals_model_logits(any_tiny):
+    tokens = torch.tensor([[1, 5, 9, 30, 2]])
+    logits, cache = any_tiny.run_with_cache(tokens)
+    last = cache[f"blocks.{any_tiny.cfg.n_layers - 1}.hook_resid_post"]
+    assert torch.allclose(logit_lens(any_tiny, last), logits, atol=1e-5)

@@ -1,0 +1,140 @@
+import copy
+
+import pytest
+import torch
+
+from icl_lens.errors import ConfigError, TrainingDivergedError
+from icl_lens.finetune import FinetuneConfig, demo_batches, finetune, masked_next_token_loss, select_trainable
+from icl_lens.lcgd import layer_causal_finetune, layer_causal_losses
+from icl_lens.prompts import PromptFormat, encode_prompts
+from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
+
+
+def _demos(model, k=4):
+    t = get_task("sst2")
+    p = encode_prompts(model.tokenizer, t, sample_demonstrations(t, k, 0), sample_queries(t, 2), PromptFormat(),
+                       model.cfg.n_ctx)
+    return p.demo_sequences, p.demo_answer_lengths
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("trainer", ["gd", "lcgd", "lcgd-sequential"])
+def test_only_kv_parameters_of_a_copy_change(tiny_llama, trainer):
+    before = _state(tiny_llama)
+    seqs, answers = _demos(tiny_llama)
+    cfg = FinetuneConfig(lr=1e-2)
+    if trainer == "gd":
+        tuned, trace = finetune(tiny_llama, seqs, answers, cfg, progress=False)
+    else:
+        schedule = "sequential" if trainer.endswith("sequential") else "simultaneous"
+        tuned, trace = layer_causal_finetune(tiny_llama, seqs, answers, cfg, schedule, progress=False)
+    # the loaded model is never modified
+    for name, p in tiny_llama.named_parameters():
+        assert torch.equal(p, before[name]), name
+    changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.split(".")[-1] in ("_W_K", "_W_V", "_b_K", "_b_V") for n in changed)
+    assert len(trace.grad_norms) == 4 and all(len(row) == tiny_llama.cfg.n_layers for row in trace.grad_norms)
+    assert all(v > 0 for row in trace.grad_norms for v in row)
+
+
+def test_sgd_step_matches_hand_update(tiny_gpt):
+    """One demonstration, batch 1: θ' = θ - lr · ∂loss/∂θ for W_K/W_V, nothing else."""
+    seqs, answers = _demos(tiny_gpt, k=1)
+    lr = 0.05
+    tuned, trace = finetune(tiny_gpt, seqs, answers, FinetuneConfig(lr=lr), progress=False)
+    ref = copy.deepcopy(tiny_gpt)
+    params = select_trainable(ref, "kv")
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(), "cpu"))
+    loss = masked_next_token_loss(ref(tokens, attention_mask=attn), tokens, mask)
+    loss.backward()
+    assert abs(float(loss) - trace.losses[0]) < 1e-5
+    for name, p in params.items():
+        assert torch.allclose(dict(tuned.named_parameters())[name], p - lr * p.grad, atol=1e-6), name
+
+
+def test_answer_only_loss_mask():
+    cfg = FinetuneConfig(loss_on="answer", batch_size=2)
+    tokens, attn, mask = next(demo_batches([[9, 1, 2, 3, 4], [9, 5, 6]], [2, 1], cfg, "cpu"))
+    assert mask.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    all_mask = next(demo_batches([[9, 1, 2]], [1], FinetuneConfig(), "cpu"))[2]
+    assert all_mask.tolist() == [[1, 1]]
+
+
+def test_divergence_names_the_step(tiny_gpt):
+    seqs, answers = _demos(tiny_gpt, k=3)
+    with pytest.raises(TrainingDivergedError, match=r"at step [0-9]+"):
+        finetune(tiny_gpt, seqs, answers, FinetuneConfig(lr=1e30, params="all"), progress=False)
+
+
+def test_bad_finetune_configs():
+    with pytest.raises(ConfigError, match="unknown parameter group"):
+        FinetuneConfig(params="kvx")
+    with pytest.raises(ConfigError, match="lr must be"):
+        FinetuneConfig(lr=float("nan"))
+
+
+def _layer_grads(model, layer, seqs, answers, layer_causal: bool):
+    model.zero_grad(set_to_none=True)
+    params = select_trainable(model, "kv")
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(batch_size=len(seqs)), "cpu"))
+    if layer_causal:
+        layer_causal_losses(model, tokens, attn, mask, backward=True)
+    else:
+        masked_next_token_loss(model(tokens, attention_mask=attn), tokens, mask).backward()
+    return {n: p.grad.clone() for n, p in params.items() if n.startswith(f"blocks.{layer}.")}
+
+
+def _perturb_above(model, layer):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("blocks.") and int(name.split(".")[1]) > layer:
+                p.add_(0.5 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_lcgd_gradient_is_causal(tiny_llama, layer):
+    """LCGD: layer l's gradient ignores every layer above l, and equals ∂loss_l/∂θ_l alone."""
+    seqs, answers = _demos(tiny_llama, k=2)
+    model = copy.deepcopy(tiny_llama)
+    grads = _layer_grads(model, layer, seqs, answers, layer_causal=True)
+    perturbed = copy.deepcopy(tiny_llama)
+    _perturb_above(perturbed, layer)
+    grads_perturbed = _layer_grads(perturbed, layer, seqs, answers, layer_causal=True)
+    for name in grads:
+        assert torch.allclose(grads[name], grads_perturbed[name], atol=1e-6), name
+    # gradient of layer l's own loss alone
+    own = copy.deepcopy(tiny_llama)
+    own.zero_grad(set_to_none=True)
+    params = select_trainable(own, "kv")
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(batch_size=len(seqs)), "cpu"))
+    (loss_l,) = layer_causal_losses(own, tokens, attn, mask, n_layers=layer + 1, only_last=True)
+    loss_l.backward()
+    for name in grads:
+        assert torch.allclose(grads[name], params[name].grad, atol=1e-6), name
+
+
+def test_plain_gd_gradient_is_not_causal(tiny_llama):
+    seqs, answers = _demos(tiny_llama, k=2)
+    grads = _layer_grads(copy.deepcopy(tiny_llama), 0, seqs, answers, layer_causal=False)
+    perturbed = copy.deepcopy(tiny_llama)
+    _perturb_above(perturbed, 0)
+    grads_perturbed = _layer_grads(perturbed, 0, seqs, answers, layer_causal=False)
+    assert any(not torch.allclose(grads[n], grads_perturbed[n], atol=1e-4) for n in grads)
+
+
+def test_gradient_clipping_bounds_each_layer(tiny_gpt):
+    seqs, answers = _demos(tiny_gpt, k=2)
+    lr = 1.0
+    tuned, trace = finetune(tiny_gpt, seqs[:1], answers[:1], FinetuneConfig(lr=lr, clip_value=1e-3), progress=False)
+    for name, p in tuned.named_parameters():
+        delta = (p - dict(tiny_gpt.named_parameters())[name]).abs().max()
+        assert delta <= lr * 1e-3 + 1e-7
+    tuned, _ = finetune(tiny_gpt, seqs[:1], answers[:1], FinetuneConfig(lr=lr, clip_norm=1e-2), progress=False)
+    for layer in range(tiny_gpt.cfg.n_layers):
+        sq = sum(float((p - dict(tiny_gpt.named_parameters())[n]).pow(2).sum())
+                 for n, p in tuned.named_parameters() if n.startswith(f"blocks.{layer}."))
+        assert sq ** 0.5 <= lr * 1e-2 + 1e-6

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from icl_lens.errors import DataFormatError, TaskError
+from icl_lens.tasks import (
+    BUILTIN_TASK_NAMES,
+    Task,
+    builtin_tasks,
+    get_task,
+    load_split,
+    load_task_file,
+    sample_demonstrations,
+    sample_queries,
+)
+
+# Split sizes documented in icl_lens/data/README.md.
+EXPECTED_SIZES = {
+    ("sst2", "train"): 6920, ("sst2", "validation"): 872, ("sst5", "validation"): 1101,
+    ("mr", "validation"): 1066, ("subj", "test"): 2000, ("agnews", "train"): 5000, ("cb", "test"): 56,
+}
+
+
+@pytest.mark.parametrize("task_name,split", sorted(EXPECTED_SIZES))
+def test_bundled_split_sizes(task_name, split):
+    assert len(load_split(get_task(task_name), split)) == EXPECTED_SIZES[(task_name, split)]
+
+
+def test_builtin_templates_and_label_words_follow_spec():
+    tasks = builtin_tasks()
+    assert set(tasks) == set(BUILTIN_TASK_NAMES)
+    assert tasks["sst5"].label_words == ("terrible", "bad", "neutral", "good", "great")
+    assert tasks["cb"].format_input({"premise": "P.", "hypothesis": "H"}) == \
+        "P. Question: H. True, False, or Neither? Answer:"
+    assert tasks["subj"].eval_split == "test" and tasks["sst2"].eval_split == "validation"
+
+
+def test_sampling_is_seeded_and_disjoint_from_order():
+    task = get_task("sst2")
+    a = sample_demonstrations(task, 8, seed=0)
+    b = sample_demonstrations(task, 8, seed=0)
+    c = sample_demonstrations(task, 8, seed=1)
+    assert [r["row_index"] for r in a] == [r["row_index"] for r in b]
+    assert [r["row_index"] for r in a] != [r["row_index"] for r in c]
+    q = sample_queries(task, 20)
+    assert len(q) == 20 and len({r["row_index"] for r in q}) == 20
+
+
+def test_k_larger_than_train_split_is_an_error():
+    with pytest.raises(TaskError, match="k=300 demonstrations.*250 rows"):
+        sample_demonstrations(get_task("cb"), 300, seed=0)
+
+
+def test_unknown_task():
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        get_task("nope")
+
+
+def _write_task(tmp_path, rows, name="train.jsonl", **extra):
+    (tmp_path / name).write_text(rows)
+    cfg = {"name": "mine", "template": "Text: {text} Verdict:", "label_words": ["bad", "good"],
+           "data_files": {"train": name, "test": name}, **extra}
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_user_task_from_json_config(tmp_path):
+    path = _write_task(tmp_path, '{"text": "awful", "label": 0}\n{"text": "great", "label": "good"}\n')
+    task = get_task(str(path))
+    rows = load_split(task, "test")
+    assert rows["label"] == [0, 1] and rows["text"] == ["awful", "great"]
+
+
+def test_user_task_from_csv_and_toml(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\nfine,1\nbad,0\n")
+    (tmp_path / "t.toml").write_text(
+        'name = "csvtask"\ntemplate = "{text} ->"\nlabel_words = ["no", "yes"]\n'
+        '[data_files]\ntrain = "d.csv"\ntest = "d.csv"\n')
+    task = load_task_file(tmp_path / "t.toml")
+    assert load_split(task, "train")["label"] == [1, 0]
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    path = _write_task(tmp_path, '{"text": "a", "label": 0}\n{"text": "b", "label": 1\n')
+    with pytest.raises(DataFormatError, match=r"train.jsonl: line 2: invalid JSON"):
+        load_split(get_task(str(path)), "train")
+
+
+def test_missing_field_names_field_and_line(tmp_path):
+    path = _write_task(tmp_path, '{"text": "a", "label": 0}\n{"txt": "b", "label": 1}\n')
+    with pytest.raises(DataFormatError, match=r"line 2: missing field 'text'"):
+        load_split(get_task(str(path)), "train")
+
+
+def test_label_out_of_range(tmp_path):
+    path = _write_task(tmp_path, '{"text": "a", "label": 2}\n')
+    with pytest.raises(DataFormatError, match=r"line 1: label id 2 is out of range 0..1"):
+        load_split(get_task(str(path)), "train")
+
+
+def test_empty_or_repeated_label_words_are_rejected():
+    with pytest.raises(TaskError, match="label word 1 is empty"):
+        Task(name="t", template="{text}", label_words=("a", " "), data_files={"train": "x", "test": "x"})
+    with pytest.raises(TaskError, match="repeat"):
+        Task(name="t", template="{text}", label_words=("a", "a"), data_files={"train": "x", "test": "x"})
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    path = _write_task(tmp_path, '{"text": "a", "label": 0}\n', labelwords=["x"])
+    with pytest.raises(TaskError, match=r"unknown keys \['labelwords'\]"):
+        get_task(str(path))
