@@ -22,7 +22,7 @@ from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens._version import __version__
-from icl_lens.errors import ConfigError
+from icl_lens.errors import ConfigError, PromptError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
@@ -225,6 +225,11 @@ def run_experiment(
     prompts = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
     labels = torch.tensor([q["label"] for q in queries])
     n_start = prompts.n_start
+    if prompts.k == 0 and any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS)):
+        raise PromptError(
+            f"task {task.name!r}: no demonstration fits in the model's context of {model.cfg.n_ctx} tokens "
+            f"beside the longest query; lower limit/choose shorter queries or run settings=('zsl',)"
+        )
 
     def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
         t0 = time.perf_counter()

@@ -1,0 +1,60 @@
+"""Every metric of the ICL-vs-finetuning comparison (SPEC §4), one concept per module:
+
+- :mod:`~icl_lens.metrics.predictions`: accuracy, Rec2FTP, Jaccard index of prediction changes;
+- :mod:`~icl_lens.metrics.attention`: SimAOU (+ random baseline), SimAM, SimAM_Δ, α, from
+  recorded :class:`~transformer_lens.ActivationCache` objects or stacked tensors;
+- :mod:`~icl_lens.metrics.distributions`: top-k token overlap, overlap cosine, order sensitivity;
+- :mod:`~icl_lens.metrics.weights`: weight sparsity, finetuning update norms, dual-form updates.
+"""
+
+from icl_lens.metrics.attention import alpha, layer_mean, simam, simam_delta, simaou, simaou_random_baseline
+from icl_lens.metrics.distributions import (
+    DEFAULT_TOP_K,
+    TopKDistribution,
+    accuracy_std,
+    order_sensitivity,
+    overlap_cosine,
+    token_overlap,
+)
+from icl_lens.metrics.predictions import PredictionChangeOverlap, accuracy, prediction_change_overlap, rec2ftp
+from icl_lens.metrics.weights import (
+    HANDBUILT_ICL_GD_SPARSITY,
+    SPARSITY_PARAMETERS,
+    DualFormCosine,
+    attention_parameter,
+    dual_form_cosine,
+    dual_form_ft_update,
+    dual_form_icl_update,
+    model_weight_sparsity,
+    weight_sparsity,
+    weight_update_norms,
+)
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "HANDBUILT_ICL_GD_SPARSITY",
+    "SPARSITY_PARAMETERS",
+    "DualFormCosine",
+    "PredictionChangeOverlap",
+    "TopKDistribution",
+    "accuracy",
+    "accuracy_std",
+    "alpha",
+    "attention_parameter",
+    "dual_form_cosine",
+    "dual_form_ft_update",
+    "dual_form_icl_update",
+    "layer_mean",
+    "model_weight_sparsity",
+    "order_sensitivity",
+    "overlap_cosine",
+    "prediction_change_overlap",
+    "rec2ftp",
+    "simam",
+    "simam_delta",
+    "simaou",
+    "simaou_random_baseline",
+    "token_overlap",
+    "weight_sparsity",
+    "weight_update_norms",
+]
