@@ -39,7 +39,10 @@ MapKind = Literal["scores", "pattern"]
 #: TransformerLens short names (``utils.get_act_name``) of the recorded hook points.
 _ATTN_OUT = "attn_out"
 _MAP_NAMES: dict[str, str] = {"scores": "attn_scores", "pattern": "pattern"}
-_MAP_HOOKS: dict[str, str] = {"scores": "blocks.{layer}.attn.hook_attn_scores", "pattern": "blocks.{layer}.attn.hook_pattern"}
+_MAP_HOOKS: dict[str, str] = {
+    "scores": "blocks.{layer}.attn.hook_attn_scores",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+}
 
 AttnOutInput = ActivationCache | Float[torch.Tensor, "n_layers batch d_model"]
 AttnMapInput = ActivationCache | Float[torch.Tensor, "n_layers batch n_heads query_len"]
@@ -47,7 +50,7 @@ AttnMapInput = ActivationCache | Float[torch.Tensor, "n_layers batch n_heads que
 
 def _stacked_activation(
     activations: ActivationCache | torch.Tensor, short_name: str, hook_template: str, expected_ndim: int, what: str
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "n_layers batch *rest"]:
     """The activation ``short_name`` stacked layer-first, from a cache or a ready tensor."""
     if isinstance(activations, ActivationCache):
         try:
@@ -57,7 +60,8 @@ def _stacked_activation(
                 n_layers = 0
                 while hook_template.format(layer=n_layers) in activations.cache_dict:
                     n_layers += 1
-                stacked = torch.stack([activations.cache_dict[hook_template.format(layer=l)] for l in range(n_layers)])
+                layers = [activations.cache_dict[hook_template.format(layer=l)] for l in range(n_layers)]
+                stacked = torch.stack(layers)
         except (KeyError, RuntimeError) as error:
             raise MetricInputError(
                 f"{what}: the cache lacks {hook_template.format(layer='{l}')} for some layer"
@@ -80,7 +84,9 @@ def _attn_out(activations: AttnOutInput, what: str) -> Float[torch.Tensor, "n_la
     return _stacked_activation(activations, _ATTN_OUT, "blocks.{layer}.hook_attn_out", 3, f"{what} attention output")
 
 
-def _attn_map(activations: AttnMapInput, kind: MapKind, what: str) -> Float[torch.Tensor, "n_layers batch n_heads query_len"]:
+def _attn_map(
+    activations: AttnMapInput, kind: MapKind, what: str
+) -> Float[torch.Tensor, "n_layers batch n_heads query_len"]:
     if kind not in _MAP_NAMES:
         raise MetricInputError(f"kind must be 'scores' or 'pattern', got {kind!r}")
     return _stacked_activation(activations, _MAP_NAMES[kind], _MAP_HOOKS[kind], 4, f"{what} attention {kind}")
@@ -94,7 +100,9 @@ def _unit(vectors: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]
 def layer_mean(per_layer: Float[torch.Tensor, "n_layers"]) -> float:
     """The overall value of a per-layer metric: the mean over layers, (1/L) Σ_l m_l."""
     if per_layer.ndim != 1 or per_layer.numel() == 0:
-        raise MetricInputError(f"layer_mean expects a non-empty 1-d per-layer tensor, got shape {tuple(per_layer.shape)}")
+        raise MetricInputError(
+            f"layer_mean expects a non-empty 1-d per-layer tensor, got shape {tuple(per_layer.shape)}"
+        )
     return per_layer.to(torch.float64).mean().item()
 
 
@@ -112,7 +120,10 @@ def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torc
     zsl_out, icl_out, ft_out = _attn_out(zsl, "ZSL"), _attn_out(icl, "ICL"), _attn_out(ft, "FT")
     require_same_shape({"zsl": zsl_out, "icl": icl_out, "ft": ft_out}, "simaou")
     zsl_unit = _unit(zsl_out)
-    per_example = cosine(_unit(icl_out) - zsl_unit, _unit(ft_out) - zsl_unit)  # [n_layers, batch]
+    icl_update, ft_update = _unit(icl_out) - zsl_unit, _unit(ft_out) - zsl_unit
+    _log_zero_updates(icl_update, "SimAOU ICL")
+    _log_zero_updates(ft_update, "SimAOU FT")
+    per_example = cosine(icl_update, ft_update)  # [n_layers, batch]
     return per_example.mean(dim=1)
 
 
@@ -130,6 +141,12 @@ def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> F
     generator = torch.Generator().manual_seed(int(seed))
     random_directions = torch.rand(icl_update.shape, generator=generator, dtype=torch.float64)
     return cosine(icl_update, random_directions).mean(dim=1)
+
+
+def _log_zero_updates(update: torch.Tensor, what: str) -> None:
+    n_zero = int((update.norm(dim=-1) < COSINE_EPS).sum())
+    if n_zero:
+        logger.debug("%s: %d of %d update vectors are zero and score cosine 0", what, n_zero, update.shape[:-1].numel())
 
 
 def _head_cosine_mean(map_a: torch.Tensor, map_b: torch.Tensor) -> Float[torch.Tensor, "n_layers"]:
@@ -168,7 +185,10 @@ def simam_delta(
     zsl_map, icl_map, ft_map = _attn_map(zsl, kind, "ZSL"), _attn_map(icl, kind, "ICL"), _attn_map(ft, kind, "FT")
     require_same_shape({"zsl": zsl_map, "icl": icl_map, "ft": ft_map}, "simam_delta")
     zsl_map = zsl_map.to(torch.float64)
-    return _head_cosine_mean(icl_map.to(torch.float64) - zsl_map, ft_map.to(torch.float64) - zsl_map)
+    icl_update, ft_update = icl_map.to(torch.float64) - zsl_map, ft_map.to(torch.float64) - zsl_map
+    _log_zero_updates(icl_update, "SimAM_Δ ICL")
+    _log_zero_updates(ft_update, "SimAM_Δ FT")
+    return _head_cosine_mean(icl_update, ft_update)
 
 
 def alpha(

@@ -84,7 +84,9 @@ def _as_top_k(distribution: DistributionInput, k: int, what: str) -> TopKDistrib
         return distribution.top(k)
     if isinstance(distribution, torch.Tensor):
         return TopKDistribution.from_probs(distribution, k)
-    raise MetricInputError(f"{what}: expected a [batch, d_vocab] tensor or a TopKDistribution, got {type(distribution).__name__}")
+    raise MetricInputError(
+        f"{what}: expected a [batch, d_vocab] tensor or a TopKDistribution, got {type(distribution).__name__}"
+    )
 
 
 def _overlap(
@@ -98,7 +100,9 @@ def _overlap(
     return top_a, top_b, match
 
 
-def token_overlap(p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K) -> Float[torch.Tensor, "batch"]:
+def token_overlap(
+    p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
+) -> Float[torch.Tensor, "batch"]:
     """Top-k token overlap (Shen et al., *unverified*), per example:
 
         overlap_i = |TopK(p_a,i) ∩ TopK(p_b,i)| / k
@@ -109,7 +113,9 @@ def token_overlap(p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAU
     return match.any(dim=2).sum(dim=1).to(torch.float64) / k
 
 
-def overlap_cosine(p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K) -> Float[torch.Tensor, "batch"]:
+def overlap_cosine(
+    p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
+) -> Float[torch.Tensor, "batch"]:
     """Cosine of two distributions restricted to their shared top-k tokens, per example:
 
         O_i = TopK(p_a,i) ∩ TopK(p_b,i),  overlap_cosine_i = cos(p_a,i[O_i], p_b,i[O_i])
@@ -130,12 +136,16 @@ def _std(values: torch.Tensor, dim: int, unbiased: bool) -> torch.Tensor:
     return values.std(dim=dim, correction=1 if unbiased else 0)
 
 
-def _dense_over_permutations(distributions: Sequence[TopKDistribution]) -> list[Float[torch.Tensor, "n_perm n_tokens"]]:
+def _dense_over_permutations(
+    distributions: Sequence[TopKDistribution],
+) -> list[Float[torch.Tensor, "n_perm n_tokens"]]:
     """Per example, the permutations' probabilities over the union of their stored tokens
     (a token missing from a permutation's top k counts as probability 0)."""
     batch_sizes = {d.batch_size for d in distributions}
     if len(batch_sizes) != 1:
-        raise MetricInputError(f"every permutation must cover the same examples, got batch sizes {sorted(batch_sizes)}")
+        raise MetricInputError(
+            f"every permutation must cover the same examples, got batch sizes {sorted(batch_sizes)}"
+        )
     ids = torch.stack([d.ids for d in distributions], dim=1)  # [batch, n_perm, k]
     probs = torch.stack([d.probs for d in distributions], dim=1).to(torch.float64)
     per_example = []

@@ -213,8 +213,11 @@ def _projected(
     projected = torch.einsum("pd,hde->phe", inputs, weight.to(inputs.device))
     if bias is not None:
         if tuple(bias.shape[1:]) != (weight.shape[2],) or bias.ndim != 2:
-            raise MetricInputError(f"bias of {what} must be [heads, d_head={weight.shape[2]}], got {tuple(bias.shape)}")
-        projected = projected + _expand_heads(bias.detach().to(torch.float64), n_heads, f"bias of {what}").to(inputs.device)
+            raise MetricInputError(
+                f"bias of {what} must be [heads, d_head={weight.shape[2]}], got {tuple(bias.shape)}"
+            )
+        bias = _expand_heads(bias.detach().to(torch.float64), n_heads, f"bias of {what}")
+        projected = projected + bias.to(inputs.device)
     return projected
 
 

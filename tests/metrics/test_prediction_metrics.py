@@ -69,7 +69,9 @@ def test_partition_counts_add_up_on_random_predictions():
     assert overlap.n_icl_changed == (
         overlap.icl_only_correct + overlap.icl_only_incorrect + both_same + overlap.both_different
     )
-    assert overlap.n_ft_changed == overlap.ft_only_correct + overlap.ft_only_incorrect + both_same + overlap.both_different
+    assert overlap.n_ft_changed == (
+        overlap.ft_only_correct + overlap.ft_only_incorrect + both_same + overlap.both_different
+    )
     assert overlap.jaccard == pytest.approx(both_same / (overlap.n_icl_changed + overlap.n_ft_changed - both_same))
 
 
@@ -82,7 +84,7 @@ def test_identical_changes_give_jaccard_one():
 
 def test_no_change_gives_nan_jaccards():
     overlap = prediction_change_overlap([0, 1], [0, 1], [0, 1], [0, 0])
-    assert math.isnan(overlap.jaccard) and math.isnan(overlap.jaccard_correct) and math.isnan(overlap.jaccard_incorrect)
+    assert all(math.isnan(j) for j in (overlap.jaccard, overlap.jaccard_correct, overlap.jaccard_incorrect))
     assert isinstance(overlap, PredictionChangeOverlap) and overlap.n_unchanged == 2
 
 

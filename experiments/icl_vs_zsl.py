@@ -1,0 +1,101 @@
+"""Zero-shot vs in-context accuracy over prompt formats, models, tasks and k (issue: foundation §9).
+
+Does the model learn in context at all? The comparison icl_lens exists for needs a model and a
+prompt format where ICL beats zero-shot. For every (model, format, task) this scores the same
+queries zero-shot and with k = 4, 8, 16 demonstrations (the first k of one seeded draw, so larger
+k extends smaller k), and writes one JSON per cell plus a markdown table.
+
+    python experiments/icl_vs_zsl.py --models smollm2-135m,gemma3-270m --limit 200 --out results/icl_vs_zsl
+
+Resumable: finished cells (verified JSON) are skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from icl_lens.evaluation import evaluate
+from icl_lens.metrics import accuracy
+from icl_lens.models import load_model
+from icl_lens.prompts import PromptFormat, encode_prompts
+from icl_lens.results import is_complete, read_results, write_results
+from icl_lens.tasks import BUILTIN_TASK_NAMES, get_task, sample_demonstrations, sample_queries
+
+FORMATS = {
+    # name: (prompt format, label-word transform)
+    "spec": (PromptFormat(separator="\n", start="bos"), None),
+    "blankline": (PromptFormat(separator="\n\n", start="bos"), None),
+    "eos-sep": (PromptFormat(separator="<eos>", start="bos"), None),
+    "eos-start": (PromptFormat(separator="\n", start="eos"), None),
+    "lowercase": (PromptFormat(separator="\n", start="bos"), str.lower),
+    "blankline-lower": (PromptFormat(separator="\n\n", start="bos"), str.lower),
+}
+
+
+def run_cell(model, task_name: str, fmt: PromptFormat, transform, ks, limit, seed, batch_size) -> dict:
+    task = get_task(task_name)
+    if transform is not None:
+        task = task.with_overrides(label_words=tuple(transform(w) for w in task.label_words))
+    demos = sample_demonstrations(task, max(ks), seed)
+    queries = sample_queries(task, limit)
+    labels = torch.tensor([q["label"] for q in queries])
+    out = {"task": task_name, "label_words": list(task.label_words), "format": fmt.to_dict(), "seed": seed,
+           "n_examples": len(queries), "accuracy": {}, "k_used": {}}
+    for k in (0, *ks):
+        prompts = encode_prompts(model.tokenizer, task, demos[:k], queries, fmt, model.cfg.n_ctx)
+        prefix = prompts.icl_prefix if k else prompts.zsl_prefix
+        run = evaluate(model, prefix, prompts.queries, prompts.labels, n_start=prompts.n_start,
+                       batch_size=batch_size, progress=False)
+        out["accuracy"][str(k)] = accuracy(run.predictions, labels)
+        out["k_used"][str(k)] = prompts.k
+        logging.info("%s %s k=%d acc=%.3f", task_name, fmt, k, out["accuracy"][str(k)])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m")
+    parser.add_argument("--tasks", default=",".join(BUILTIN_TASK_NAMES))
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"any of {list(FORMATS)}")
+    parser.add_argument("--ks", default="4,8,16")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default="results/icl_vs_zsl")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ks = [int(k) for k in args.ks.split(",")]
+    out_dir = Path(args.out)
+    rows = []
+    for model_name in args.models.split(","):
+        model = None
+        for fmt_name in args.formats.split(","):
+            fmt, transform = FORMATS[fmt_name]
+            for task_name in args.tasks.split(","):
+                path = out_dir / f"{model_name}__{fmt_name}__{task_name}.json"
+                if not is_complete(path):
+                    if model is None:
+                        model = load_model(model_name)
+                    cell = run_cell(model, task_name, fmt, transform, ks, args.limit, args.seed, args.batch_size)
+                    cell.update(model=model_name, format_name=fmt_name)
+                    write_results(path, cell)
+                rows.append(read_results(path))
+        del model
+    lines = ["| model | format | task | ZSL | " + " | ".join(f"ICL k={k}" for k in ks) + " | ICL>ZSL |",
+             "|---|---|---|---|" + "---|" * len(ks) + "---|"]
+    for r in rows:
+        acc = r["accuracy"]
+        better = sum(acc[str(k)] > acc["0"] for k in ks)
+        lines.append(f"| {r['model']} | {r['format_name']} | {r['task']} | {acc['0']:.3f} | " +
+                     " | ".join(f"{acc[str(k)]:.3f}" for k in ks) + f" | {better}/{len(ks)} |")
+    table = "\n".join(lines) + "\n"
+    (out_dir / "table.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
