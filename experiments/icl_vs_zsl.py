@@ -33,6 +33,8 @@ FORMATS = {
     "eos-start": (PromptFormat(separator="\n", start="eos"), None),
     "lowercase": (PromptFormat(separator="\n", start="bos"), str.lower),
     "blankline-lower": (PromptFormat(separator="\n\n", start="bos"), str.lower),
+    "endoftext-start": (PromptFormat(separator="\n", start="<|endoftext|>"), None),
+    "endoftext-blankline": (PromptFormat(separator="\n\n", start="<|endoftext|>"), None),
 }
 
 

@@ -165,6 +165,17 @@ def make_parser() -> argparse.ArgumentParser:
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
+    bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
+    bench.add_argument("--model", default="smollm2-135m")
+    bench.add_argument("--task", default="sst2")
+    bench.add_argument("--k", type=int, default=16)
+    bench.add_argument("--n-naive", type=int, default=8, help="queries for the (slow) naive loop")
+    bench.add_argument("--n-fast", type=int, default=64, help="queries for the optimized path")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+
     sub.add_parser("tasks", help="list the built-in tasks")
     sub.add_parser("models", help="list the named offline models")
     return parser
@@ -180,6 +191,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(summary(results))
     for cfg in cells:
         print(f"results: {cell_path(args.out, cfg)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from icl_lens.bench import run_benchmark
+    from icl_lens.models import load_model
+    from icl_lens.prompts import PromptFormat, encode_prompts
+    from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    task = get_task(args.task)
+    queries = sample_queries(task, max(args.n_naive, args.n_fast))
+    prompts = encode_prompts(model.tokenizer, task, sample_demonstrations(task, args.k, 0), queries,
+                             PromptFormat(), model.cfg.n_ctx)
+    result = run_benchmark(model, prompts, args.n_naive, args.n_fast, args.batch_size)
+    print(result.report())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0
 
 
@@ -209,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "tasks": cmd_tasks, "models": cmd_models}
+    commands = {"run": cmd_run, "bench": cmd_bench, "tasks": cmd_tasks, "models": cmd_models}
     try:
         return commands[args.command](args)
     except IclLensError as exc:

@@ -62,6 +62,8 @@ class ExperimentConfig:
         alpha_include_sink: count the first (BOS/sink) token as a demonstration token in α.
         random_seed: seed of the SimAOU random baseline.
         batch_size: queries per forward pass.
+        reuse_prefix: encode the shared demonstration prefix once and reuse its key/value cache
+            (fast path); False re-encodes it for every query (the straightforward path).
         template / label_words: override the task's template and label words.
     """
 
@@ -86,6 +88,7 @@ class ExperimentConfig:
     alpha_include_sink: bool = False
     random_seed: int = 0
     batch_size: int = 16
+    reuse_prefix: bool = True
     untrained: bool = False
     untrained_seed: int = 0
     template: str | None = None
@@ -234,7 +237,8 @@ def run_experiment(
     def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
         t0 = time.perf_counter()
         result = evaluate(setting_model, prefix, prompts.queries, prompts.labels, setting=name, n_start=n_start,
-                          record=cfg.record, batch_size=cfg.batch_size, progress=progress)
+                          record=cfg.record, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
+                          progress=progress)
         timings[f"eval_{name}"] = time.perf_counter() - t0
         return result
 

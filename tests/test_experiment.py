@@ -1,0 +1,70 @@
+"""End-to-end comparison cells on tiny random models."""
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from icl_lens.errors import ConfigError
+from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.tasks import get_task
+
+CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3)
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _flatten(v, f"{prefix}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield prefix, float(value)
+
+
+def test_every_setting_and_metric_is_reported(tiny_llama):
+    r = run_experiment(tiny_llama, get_task("sst2"), CFG, progress=False).results
+    n_layers = tiny_llama.cfg.n_layers
+    assert set(r["accuracy"]) == {"zsl", "icl", "ft", "lcgd"}
+    for setting in ("ft", "lcgd"):
+        m = r["metrics"][setting]
+        for name in ("simaou", "simam", "simam_delta"):
+            assert len(m[name]["per_layer"]) == n_layers
+            assert m[name]["mean"] == pytest.approx(sum(m[name]["per_layer"]) / n_layers)
+            assert all(-1 - 1e-9 <= v <= 1 + 1e-9 for v in m[name]["per_layer"])
+        counts = m["prediction_changes"]
+        assert counts["n_examples"] == 6
+        assert 0 <= m["token_overlap"]["token_overlap"] <= 1
+        assert len(r["training"][setting]["grad_norms"]) == 3
+    assert 0 < r["metrics"]["alpha"]["mean"] < 1
+    assert len(r["examples"]) == 6 and set(r["examples"][0]["prediction"]) == {"zsl", "icl", "ft", "lcgd"}
+
+
+def test_fast_path_metrics_equal_straightforward_path(tiny_llama):
+    """Prefix reuse + batching changes no class score and no metric by more than 1e-4."""
+    fast = run_experiment(tiny_llama, get_task("sst2"), CFG, progress=False).results
+    slow = run_experiment(tiny_llama, get_task("sst2"), replace(CFG, reuse_prefix=False, batch_size=1),
+                          progress=False).results
+    fast_values = dict(_flatten({"metrics": fast["metrics"], "examples": fast["examples"],
+                                 "accuracy": fast["accuracy"]}))
+    slow_values = dict(_flatten({"metrics": slow["metrics"], "examples": slow["examples"],
+                                 "accuracy": slow["accuracy"]}))
+    assert fast_values.keys() == slow_values.keys()
+    worst = max(abs(fast_values[k] - slow_values[k]) for k in fast_values
+                if not (math.isnan(fast_values[k]) and math.isnan(slow_values[k])))
+    assert worst <= 1e-4
+
+
+def test_zero_shot_only_run(tiny_gpt):
+    r = run_experiment(tiny_gpt, get_task("subj"), replace(CFG, settings=("zsl",), k=0), progress=False).results
+    assert set(r["accuracy"]) == {"zsl"} and "ft" not in r["metrics"]
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unknown settings"):
+        ExperimentConfig(settings=("zsl", "gd"))
+    with pytest.raises(ConfigError, match="k = 0"):
+        ExperimentConfig(k=0)
+    cfg = ExperimentConfig(k=4, lr=1e-3)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
