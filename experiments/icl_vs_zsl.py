@@ -18,41 +18,52 @@ from pathlib import Path
 
 import torch
 
+from icl_lens.calibration import calibrate, content_free_row
+from icl_lens.errors import IclLensError
 from icl_lens.evaluation import evaluate
 from icl_lens.metrics import accuracy
 from icl_lens.models import load_model
-from icl_lens.prompts import PromptFormat, encode_prompts
+from icl_lens.prompts import PromptFormat, encode_prompts, encode_text
 from icl_lens.results import is_complete, read_results, write_results
 from icl_lens.tasks import BUILTIN_TASK_NAMES, get_task, sample_demonstrations, sample_queries
 
-FORMATS = {
-    # name: (prompt format, label-word transform)
-    "spec": (PromptFormat(separator="\n", start="bos"), None),
-    "blankline": (PromptFormat(separator="\n\n", start="bos"), None),
-    "eos-sep": (PromptFormat(separator="<eos>", start="bos"), None),
-    "eos-start": (PromptFormat(separator="\n", start="eos"), None),
-    "lowercase": (PromptFormat(separator="\n", start="bos"), str.lower),
-    "blankline-lower": (PromptFormat(separator="\n\n", start="bos"), str.lower),
-    "endoftext-start": (PromptFormat(separator="\n", start="<|endoftext|>"), None),
-    "endoftext-blankline": (PromptFormat(separator="\n\n", start="<|endoftext|>"), None),
+FORMATS: dict[str, dict] = {
+    # name: prompt format, whether label words are lower-cased, whether scores are calibrated
+    "spec": {"fmt": PromptFormat(separator="\n", start="bos")},
+    "blankline": {"fmt": PromptFormat(separator="\n\n", start="bos")},
+    "eos-sep": {"fmt": PromptFormat(separator="<eos>", start="bos")},
+    "eos-start": {"fmt": PromptFormat(separator="\n", start="eos")},
+    "lowercase": {"fmt": PromptFormat(separator="\n", start="bos"), "lower": True},
+    "blankline-lower": {"fmt": PromptFormat(separator="\n\n", start="bos"), "lower": True},
+    "endoftext-start": {"fmt": PromptFormat(separator="\n", start="<|endoftext|>")},
+    "endoftext-blankline": {"fmt": PromptFormat(separator="\n\n", start="<|endoftext|>")},
+    "spec-calibrated": {"fmt": PromptFormat(separator="\n", start="bos"), "calibrate": True},
+    "blankline-calibrated": {"fmt": PromptFormat(separator="\n\n", start="bos"), "calibrate": True},
 }
 
 
-def run_cell(model, task_name: str, fmt: PromptFormat, transform, ks, limit, seed, batch_size) -> dict:
+def run_cell(model, task_name: str, variant: dict, ks, limit, seed, batch_size) -> dict:
+    fmt = variant["fmt"]
     task = get_task(task_name)
-    if transform is not None:
-        task = task.with_overrides(label_words=tuple(transform(w) for w in task.label_words))
+    if variant.get("lower"):
+        task = task.with_overrides(label_words=tuple(w.lower() for w in task.label_words))
     demos = sample_demonstrations(task, max(ks), seed)
     queries = sample_queries(task, limit)
     labels = torch.tensor([q["label"] for q in queries])
+    content_free = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
     out = {"task": task_name, "label_words": list(task.label_words), "format": fmt.to_dict(), "seed": seed,
+           "calibration": "content_free" if variant.get("calibrate") else "none",
            "n_examples": len(queries), "accuracy": {}, "k_used": {}}
     for k in (0, *ks):
         prompts = encode_prompts(model.tokenizer, task, demos[:k], queries, fmt, model.cfg.n_ctx)
         prefix = prompts.icl_prefix if k else prompts.zsl_prefix
         run = evaluate(model, prefix, prompts.queries, prompts.labels, n_start=prompts.n_start,
                        batch_size=batch_size, progress=False)
-        out["accuracy"][str(k)] = accuracy(run.predictions, labels)
+        scores = run.class_scores
+        if variant.get("calibrate"):
+            cf = evaluate(model, prefix, [content_free], prompts.labels, n_start=prompts.n_start, progress=False)
+            scores = calibrate(scores, cf.class_scores)
+        out["accuracy"][str(k)] = accuracy(scores.argmax(-1), labels)
         out["k_used"][str(k)] = prompts.k
         logging.info("%s %s k=%d acc=%.3f", task_name, fmt, k, out["accuracy"][str(k)])
     return out
@@ -76,13 +87,17 @@ def main() -> None:
     for model_name in args.models.split(","):
         model = None
         for fmt_name in args.formats.split(","):
-            fmt, transform = FORMATS[fmt_name]
+            variant = FORMATS[fmt_name]
             for task_name in args.tasks.split(","):
                 path = out_dir / f"{model_name}__{fmt_name}__{task_name}.json"
                 if not is_complete(path):
                     if model is None:
                         model = load_model(model_name)
-                    cell = run_cell(model, task_name, fmt, transform, ks, args.limit, args.seed, args.batch_size)
+                    try:
+                        cell = run_cell(model, task_name, variant, ks, args.limit, args.seed, args.batch_size)
+                    except IclLensError as exc:  # e.g. a start token this tokenizer lacks
+                        logging.warning("%s / %s / %s: %s", model_name, fmt_name, task_name, exc)
+                        continue
                     cell.update(model=model_name, format_name=fmt_name)
                     write_results(path, cell)
                 rows.append(read_results(path))

@@ -22,12 +22,13 @@ from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens._version import __version__
+from icl_lens.calibration import calibrate, content_free_row
 from icl_lens.errors import ConfigError, PromptError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
 from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, sweep_learning_rate
-from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts
+from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts, encode_text
 from icl_lens.tasks import Task, load_split, sample_demonstrations, sample_queries, shuffled_indices
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ExperimentConfig:
         batch_size: queries per forward pass.
         reuse_prefix: encode the shared demonstration prefix once and reuse its key/value cache
             (fast path); False re-encodes it for every query (the straightforward path).
+        calibration: ``none`` (reference) or ``content_free`` (contextual calibration of every
+            setting's class scores against an "N/A" query, Zhao et al. 2021).
         template / label_words: override the task's template and label words.
     """
 
@@ -89,6 +92,7 @@ class ExperimentConfig:
     random_seed: int = 0
     batch_size: int = 16
     reuse_prefix: bool = True
+    calibration: Literal["none", "content_free"] = "none"
     untrained: bool = False
     untrained_seed: int = 0
     template: str | None = None
@@ -111,6 +115,8 @@ class ExperimentConfig:
             raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
         if self.attention_map not in ("scores", "pattern"):
             raise ConfigError(f"attention_map must be 'scores' or 'pattern', got {self.attention_map!r}")
+        if self.calibration not in ("none", "content_free"):
+            raise ConfigError(f"calibration must be 'none' or 'content_free', got {self.calibration!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.k == 0 and any(s in self.settings for s in ("icl", *FINETUNED_SETTINGS)):
@@ -228,6 +234,8 @@ def run_experiment(
     prompts = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
     labels = torch.tensor([q["label"] for q in queries])
     n_start = prompts.n_start
+    content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
+    content_free_scores: dict[str, list[float]] = {}
     if prompts.k == 0 and any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS)):
         raise PromptError(
             f"task {task.name!r}: no demonstration fits in the model's context of {model.cfg.n_ctx} tokens "
@@ -239,6 +247,11 @@ def run_experiment(
         result = evaluate(setting_model, prefix, prompts.queries, prompts.labels, setting=name, n_start=n_start,
                           record=cfg.record, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
                           progress=progress)
+        if cfg.calibration == "content_free":
+            content_free = evaluate(setting_model, prefix, [content_free_query], prompts.labels, n_start=n_start,
+                                    progress=False)
+            content_free_scores[name] = [float(v) for v in content_free.class_scores[0]]
+            result.class_scores = calibrate(result.class_scores, content_free.class_scores)
         timings[f"eval_{name}"] = time.perf_counter() - t0
         return result
 
@@ -283,6 +296,7 @@ def run_experiment(
         "n_examples": len(queries),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
         "lr": lr_record,
+        "calibration": {"method": cfg.calibration, "content_free_scores": content_free_scores},
         "metrics": {},
         "training": {name: trace.to_dict() for name, trace in traces.items()},
     }

@@ -1,6 +1,8 @@
 """End-to-end comparison cells on tiny random models."""
 
 import math
+
+import torch
 from dataclasses import replace
 
 import pytest
@@ -68,3 +70,15 @@ def test_config_validation():
         ExperimentConfig(k=0)
     cfg = ExperimentConfig(k=4, lr=1e-3)
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_content_free_calibration_shifts_scores_by_a_per_class_constant(tiny_gpt):
+    raw = run_experiment(tiny_gpt, get_task("sst2"), replace(CFG, settings=("zsl", "icl")), progress=False)
+    cal = run_experiment(tiny_gpt, get_task("sst2"), replace(CFG, settings=("zsl", "icl"),
+                                                             calibration="content_free"), progress=False)
+    for setting in ("zsl", "icl"):
+        raw_scores = raw.runs[setting].class_scores.log_softmax(-1)
+        shift = raw_scores - cal.runs[setting].class_scores
+        assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-5)  # same offset for every query
+        cf = torch.tensor(cal.results["calibration"]["content_free_scores"][setting]).log_softmax(-1)
+        assert torch.allclose(shift[0], cf, atol=1e-5)
