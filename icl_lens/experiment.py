@@ -11,6 +11,8 @@ predictions by :mod:`icl_lens.metrics`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -155,11 +157,13 @@ class ExperimentConfig:
         return cls(**values)
 
     def cell_name(self) -> str:
-        """A file-system-safe name for this cell (task, model, k, seed, variant)."""
+        """A file-system-safe, unique name for this cell: task, model, k, seed, variant, and a short
+        digest of the whole configuration (so two cells differing in any option never collide)."""
         model = self.model.replace("/", "_").replace("\\", "_")
-        task = self.task.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".toml")
-        name = f"{task}__{model}__k{self.k}__seed{self.seed}"
-        return name + ("__untrained" if self.untrained else "")
+        task = self.task.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".toml")
+        name = f"{task}__{model}__k{self.k}__seed{self.seed}" + ("__untrained" if self.untrained else "")
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{name}__{digest}"
 
 
 def apply_task_overrides(task: Task, cfg: ExperimentConfig) -> Task:

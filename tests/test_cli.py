@@ -39,7 +39,8 @@ def test_run_writes_results_and_prints_tables(tmp_path, tiny_loader, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "ZSL" in out and "SimAOU FT" in out
-    results = json.loads((tmp_path / "sst2__tiny__k2__seed0" / "results.json").read_text())
+    (cell,) = tmp_path.glob("sst2__tiny__k2__seed0__*")
+    results = json.loads((cell / "results.json").read_text())
     assert set(results["accuracy"]) == {"zsl", "icl", "ft", "lcgd"}
     assert len(results["examples"]) == 4
 

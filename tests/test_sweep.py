@@ -64,13 +64,22 @@ def test_damaged_cell_is_recomputed_and_others_skipped(tmp_path):
     assert stable_payload(read_results(bad)) == expected
 
 
-def test_changed_config_is_recomputed(tmp_path):
-    cfg = cells()[0]
-    run_cells([cfg], tmp_path, RuntimeOptions(progress=False), model_loader=loader)
-    path = cell_path(tmp_path, cfg)
+def test_cells_differing_in_any_option_get_their_own_file(tmp_path):
     from dataclasses import replace
 
+    cfg = cells()[0]
     changed = replace(cfg, lr=2e-2)
-    assert changed.cell_name() == cfg.cell_name()
-    run_cells([changed], tmp_path, RuntimeOptions(progress=False), model_loader=loader)
-    assert read_results(path)["config"]["lr"] == 2e-2
+    assert changed.cell_name() != cfg.cell_name()
+    assert changed.cell_name().startswith("sst2__tiny__k2__seed0__")
+
+
+def test_file_from_another_config_is_recomputed(tmp_path):
+    from dataclasses import replace
+
+    cfg, other = cells()[0], replace(cells()[0], lr=2e-2)
+    run_cells([other], tmp_path, RuntimeOptions(progress=False), model_loader=loader)
+    path = cell_path(tmp_path, cfg)
+    path.parent.mkdir(parents=True)
+    cell_path(tmp_path, other).rename(path)  # a file made with lr=2e-2 where lr=1e-2 belongs
+    run_cells([cfg], tmp_path, RuntimeOptions(progress=False), model_loader=loader)
+    assert read_results(path)["config"]["lr"] == 1e-2
