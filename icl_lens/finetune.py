@@ -130,7 +130,8 @@ def select_trainable(model: HookedTransformer, params: str) -> dict[str, torch.n
 
 def trainable_copy(model: HookedTransformer, params: str) -> tuple[HookedTransformer, dict[str, torch.nn.Parameter]]:
     """A deep copy of ``model`` with only the chosen group trainable (the original is untouched)."""
-    student = copy.deepcopy(model)
+    # Share the tokenizer instead of copying it (Gemma's 262k-entry tokenizer takes seconds to copy).
+    student = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})
     student.train(False)  # no dropout in these models, but keep eval semantics explicit
     return student, select_trainable(student, params)
 

@@ -72,7 +72,8 @@ def start_token_ids(tokenizer, fmt: PromptFormat) -> list[int]:
     if fmt.start in ("bos", "eos"):
         return [_special_token_id(tokenizer, fmt.start)]
     token_id = tokenizer.convert_tokens_to_ids(fmt.start)
-    if token_id is None or token_id == getattr(tokenizer, "unk_token_id", object()):
+    unknown = token_id == getattr(tokenizer, "unk_token_id", None) and fmt.start != getattr(tokenizer, "unk_token", None)
+    if token_id is None or unknown:
         raise PromptError(f"start token {fmt.start!r} is not a single token of this tokenizer")
     return [int(token_id)]
 

@@ -64,3 +64,11 @@ class _CollidingTokenizer:
 def test_encode_text_adds_no_special_tokens():
     tok = byte_tokenizer()
     assert tok.bos_token_id not in encode_text(tok, "hello")
+
+
+def test_literal_start_token():
+    tok = byte_tokenizer()
+    p = encode_prompts(tok, TASK, DEMOS, QUERIES, PromptFormat(start="<|eos|>"), n_ctx=512)
+    assert p.zsl_prefix == [tok.eos_token_id]
+    with pytest.raises(PromptError, match="not a single token"):
+        encode_prompts(tok, TASK, DEMOS, QUERIES, PromptFormat(start="<|nope|>"), n_ctx=512)
