@@ -1,6 +1,7 @@
 """The ``icl-lens`` command line.
 
-Subcommands: ``run`` (one or more cells: ZSL, ICL, FT, LCGD and every metric), ``tasks``,
+Subcommands: ``run`` (one or more cells: ZSL, ICL, FT, LCGD and every metric), ``report``
+(self-contained HTML pages of a results folder), ``bench`` (naive vs optimized evaluation), ``tasks``,
 ``models``. The ``run`` flags are generated from :class:`~icl_lens.experiment.ExperimentConfig`
 and its nested configs, so the CLI and the Python API cannot drift apart. Every
 :class:`~icl_lens.errors.IclLensError` ends the command with one line on stderr and exit code 2.
@@ -22,6 +23,7 @@ from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
+from icl_lens.report import add_report_command, cmd_report
 
 logger = logging.getLogger("icl_lens")
 
@@ -161,6 +163,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--attention-examples", type=int, default=4,
+                     help="queries whose full attention maps (all settings) are saved for the report (0: none)")
     _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
@@ -176,6 +180,7 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
+    add_report_command(sub)
     sub.add_parser("tasks", help="list the built-in tasks")
     sub.add_parser("models", help="list the named offline models")
     return parser
@@ -186,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
     cells = expand_cells(args)
-    runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress,
+                             attention_examples=args.attention_examples)
     results = run_cells(cells, args.out, runtime)
     print(summary(results))
     for cfg in cells:
@@ -240,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "tasks": cmd_tasks, "models": cmd_models}
+    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "tasks": cmd_tasks, "models": cmd_models}
     try:
         return commands[args.command](args)
     except IclLensError as exc:

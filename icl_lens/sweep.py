@@ -23,6 +23,7 @@ from transformer_lens import HookedTransformer
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.results import RESULTS_FILE, is_complete, read_results, write_results
 from icl_lens.tasks import get_task
+from icl_lens.viz import save_experiment_attention_maps
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,16 @@ ModelLoader = Callable[..., HookedTransformer]
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Where and how cells run; not part of a cell's identity (results record them)."""
+    """Where and how cells run; not part of a cell's identity (results record them).
+
+    ``attention_examples``: how many queries get their full attention maps (every setting) saved
+    beside the results for the HTML report (0: none; about 4 MB per example on SmolLM2).
+    """
 
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True
+    attention_examples: int = 2
 
 
 def cell_path(out_dir: str | Path, cfg: ExperimentConfig) -> Path:
@@ -90,7 +96,13 @@ def run_cells(
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
-            output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress)
+            output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
+                                    keep_models=runtime.attention_examples > 0)
+            if runtime.attention_examples > 0:
+                # maps first: a cell whose results.json exists always has its maps
+                save_experiment_attention_maps(cell_path(out_dir, cfg).parent, output, model,
+                                               n_examples=runtime.attention_examples)
+            output.models.clear()
             payload = dict(output.results)
             payload["meta"] = {
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
