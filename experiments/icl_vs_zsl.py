@@ -39,6 +39,8 @@ FORMATS: dict[str, dict] = {
     "endoftext-blankline": {"fmt": PromptFormat(separator="\n\n", start="<|endoftext|>")},
     "spec-calibrated": {"fmt": PromptFormat(separator="\n", start="bos"), "calibrate": True},
     "blankline-calibrated": {"fmt": PromptFormat(separator="\n\n", start="bos"), "calibrate": True},
+    "balanced": {"fmt": PromptFormat(separator="\n", start="bos"), "balanced": True},
+    "balanced-calibrated": {"fmt": PromptFormat(separator="\n", start="bos"), "balanced": True, "calibrate": True},
 }
 
 
@@ -47,7 +49,7 @@ def run_cell(model, task_name: str, variant: dict, ks, limit, seed, batch_size) 
     task = get_task(task_name)
     if variant.get("lower"):
         task = task.with_overrides(label_words=tuple(w.lower() for w in task.label_words))
-    demos = sample_demonstrations(task, max(ks), seed)
+    demos = sample_demonstrations(task, max(ks), seed, sampling="balanced" if variant.get("balanced") else "random")
     queries = sample_queries(task, limit)
     labels = torch.tensor([q["label"] for q in queries])
     content_free = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))

@@ -49,6 +49,8 @@ class ExperimentConfig:
         k: demonstrations (reference 32; the true k after truncation is recorded).
         limit: at most this many evaluation queries (reference 2000).
         seed: demonstration sampling seed.
+        demo_sampling: ``random`` (reference: the first k of a seeded shuffle) or ``balanced``
+            (the same shuffle taken round-robin over labels).
         eval_seed: seed of the evaluation-set shuffle (reference 1).
         settings: which of ``zsl, icl, ft, lcgd`` to run (``zsl`` and ``icl`` are always run
             when a comparison metric needs them).
@@ -77,6 +79,7 @@ class ExperimentConfig:
     k: int = 16
     limit: int | None = 200
     seed: int = 0
+    demo_sampling: Literal["random", "balanced"] = "random"
     eval_seed: int = 1
     settings: tuple[str, ...] = SETTINGS
     prompt: PromptFormat = field(default_factory=PromptFormat)
@@ -117,6 +120,8 @@ class ExperimentConfig:
             raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
         if self.attention_map not in ("scores", "pattern"):
             raise ConfigError(f"attention_map must be 'scores' or 'pattern', got {self.attention_map!r}")
+        if self.demo_sampling not in ("random", "balanced"):
+            raise ConfigError(f"demo_sampling must be 'random' or 'balanced', got {self.demo_sampling!r}")
         if self.calibration not in ("none", "content_free"):
             raise ConfigError(f"calibration must be 'none' or 'content_free', got {self.calibration!r}")
         if self.batch_size < 1:
@@ -233,7 +238,7 @@ def run_experiment(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     train = load_split(task, task.train_split)
-    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train)
+    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train, sampling=cfg.demo_sampling)
     queries = sample_queries(task, cfg.limit, cfg.eval_seed)
     prompts = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
     labels = torch.tensor([q["label"] for q in queries])

@@ -334,13 +334,37 @@ def shuffled_indices(n: int, seed: int) -> list[int]:
     return order
 
 
-def sample_demonstrations(task: Task, k: int, seed: int, train=None) -> list[dict[str, Any]]:
-    """The first k rows of the train split shuffled with ``seed`` (SPEC §1)."""
+def sample_demonstrations(
+    task: Task, k: int, seed: int, train=None, sampling: str = "random"
+) -> list[dict[str, Any]]:
+    """k demonstrations from the train split shuffled with ``seed``.
+
+    ``random`` (reference, SPEC §1): the first k rows of the shuffle. ``balanced``: the same
+    shuffle, taken round-robin over the labels (in a seeded label order), so every label appears
+    ⌊k/C⌋ or ⌈k/C⌉ times and no label ends the prompt twice in a row — small models copy the
+    majority and the most recent demonstration label.
+    """
     train = load_split(task, task.train_split) if train is None else train
     if k > len(train):
         raise TaskError(f"task {task.name!r}: k={k} demonstrations requested but the train split has {len(train)} rows")
-    order = shuffled_indices(len(train), seed)[:k]
-    return [dict(train[i], row_index=i) for i in order]
+    order = shuffled_indices(len(train), seed)
+    if sampling == "random":
+        chosen = order[:k]
+    elif sampling == "balanced":
+        labels = train["label"]
+        queues: dict[int, list[int]] = {}
+        for i in order:
+            queues.setdefault(labels[i], []).append(i)
+        label_order = sorted(queues)
+        random.Random(seed).shuffle(label_order)
+        chosen = []
+        while len(chosen) < k:
+            for label in label_order:
+                if queues[label] and len(chosen) < k:
+                    chosen.append(queues[label].pop(0))
+    else:
+        raise TaskError(f"demonstration sampling must be 'random' or 'balanced', got {sampling!r}")
+    return [dict(train[i], row_index=i) for i in chosen]
 
 
 def sample_queries(task: Task, limit: int | None, eval_seed: int = 1, dataset=None) -> list[dict[str, Any]]:

@@ -110,3 +110,17 @@ def test_unknown_config_key_is_named(tmp_path):
     path = _write_task(tmp_path, '{"text": "a", "label": 0}\n', labelwords=["x"])
     with pytest.raises(TaskError, match=r"unknown keys \['labelwords'\]"):
         get_task(str(path))
+
+
+def test_balanced_demonstrations_cycle_through_labels():
+    task = get_task("agnews")
+    demos = sample_demonstrations(task, 8, seed=3, sampling="balanced")
+    labels = [d["label"] for d in demos]
+    assert sorted(labels) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert labels[:4] == labels[4:] and len(set(labels[:4])) == 4
+    assert demos == sample_demonstrations(task, 8, seed=3, sampling="balanced")
+    # per label, the rows are the first of that label in the same seeded shuffle random sampling uses
+    shuffled = sample_demonstrations(task, 200, seed=3)
+    for label in range(4):
+        expected = [d["row_index"] for d in shuffled if d["label"] == label][:2]
+        assert [d["row_index"] for d in demos if d["label"] == label] == expected
