@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,7 +99,11 @@ def cmd_order(args, out: Path, model: _LazyModel) -> None:
     for task in args.tasks:
         path = out / "order" / f"{task}__{model.name}__k{args.k}__P{args.permutations}.json"
         request = {"task": task, "model": model.name, "config": cfg.to_dict()}
-        results.append(_resumable(path, request, lambda: run_order_sensitivity(model.get(), task, cfg).to_dict()))
+
+        def compute(task=task):
+            return run_order_sensitivity(model.get(), task, cfg).to_dict()
+
+        results.append(_resumable(path, request, compute))
     plot_order_sensitivity(results, out / "order_sensitivity.png")
 
 
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=(*COMMANDS, "all"))
     parser.add_argument("--model", default="smollm2-135m", help="model of order/agreement/weights")
-    parser.add_argument("--models", default=None, help="comma-separated models of sparsity/sweep (default: all named)")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated models of sparsity/sweep (default: all named)")
     parser.add_argument("--tasks", default="sst2")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--limit", type=int, default=50, help="queries per task")

@@ -70,3 +70,14 @@ def test_tasks_and_models_listings(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "Apache-2.0" in out and "gemma3-270m" in out
+
+
+def test_unavailable_cuda_device_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    code = main(["run", "--device", "cuda", "--k", "2", "--limit", "2", "--lr", "0.01", "--out", str(tmp_path),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "has no CUDA GPU" in err and len(err.splitlines()) == 1

@@ -9,7 +9,7 @@ centering rewrite W_Q, W_K and W_V.
 
 **Dual form** (Dai et al. 2023). Drop the softmax (linear attention). In TransformerLens
 notation, head h maps a token's attention input x (the layer's normalised residual stream,
-``blocks.{l}.ln1.hook_normalized``, a row vector) to the key k = x W_K[h] + b_K[h] and value
+``blocks[l].ln1(hook_resid_pre)``, the output of the norm with its scale, a row vector) to the key k = x W_K[h] + b_K[h] and value
 v = x W_V[h] + b_V[h], and the query q = x_q W_Q[h] + b_Q[h] reads
 
     F(q) = Σ_j v_j (k_j · q) = (Σ_j v_j ⊗ k_j) q.
@@ -246,7 +246,7 @@ def dual_form_icl_update(
         ΔW_ICL[h] = Σ_i (x'_i W_V[h] + b_V[h]) ⊗ (x'_i W_K[h] + b_K[h])   ([d_head(value), d_head(key)])
 
     Args:
-        demo_inputs: the layer's attention inputs x'_i (``blocks.{l}.ln1.hook_normalized``) at the
+        demo_inputs: the layer's attention inputs x'_i (``blocks[l].ln1`` applied to ``hook_resid_pre``; not ``ln1.hook_normalized``, which is taken before the scale on unprocessed weights) at the
             demonstration tokens of the ICL prompt.
         W_K, W_V: the layer's key/value weights [heads, d_model, d_head]; GQA: the unexpanded
             [n_kv_heads, ...] weights, expanded to ``n_heads`` by ``repeat_interleave``.

@@ -97,10 +97,7 @@ def load_model(
         ModelLoadError: the model cannot be found, fetched, verified or converted.
     """
     torch_dtype = _resolve_dtype(dtype)
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"invalid device {device!r}: {exc}") from exc
+    _check_device(device)
     key = str(name_or_path).strip()
     if not key:
         raise ModelLoadError("empty model name")
@@ -127,6 +124,21 @@ def load_model(
     logger.info("loaded %s (%s, %s, processed=%s, untrained=%s) in %.1f s", model.cfg.model_name,
                 device, torch_dtype, processed, untrained, time.perf_counter() - started)
     return model
+
+
+def _check_device(device: str) -> None:
+    """A clear error for a device this torch build or machine cannot use."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"invalid device {device!r}: {exc}") from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested, but this torch build or machine has no CUDA GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} requested, but MPS is not available")
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
