@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from icl_lens.experiment import ExperimentConfig

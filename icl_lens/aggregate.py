@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any, Callable, Sequence
 
 from icl_lens.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
+from icl_lens.results import dig
 
 # Scalar summaries pulled out of one cell's results: name -> getter.
 SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
@@ -16,30 +17,23 @@ SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "acc_icl": lambda r: r["accuracy"].get("icl"),
     "acc_ft": lambda r: r["accuracy"].get("ft"),
     "acc_lcgd": lambda r: r["accuracy"].get("lcgd"),
-    "rec2ftp": lambda r: _get(r, "metrics", "ft", "rec2ftp"),
-    "jaccard": lambda r: _get(r, "metrics", "ft", "prediction_changes", "jaccard"),
-    "jaccard_correct": lambda r: _get(r, "metrics", "ft", "prediction_changes", "jaccard_correct"),
-    "jaccard_incorrect": lambda r: _get(r, "metrics", "ft", "prediction_changes", "jaccard_incorrect"),
-    "simaou_ft": lambda r: _get(r, "metrics", "ft", "simaou", "mean"),
-    "simaou_lcgd": lambda r: _get(r, "metrics", "lcgd", "simaou", "mean"),
-    "simaou_random": lambda r: _get(r, "metrics", "simaou_random", "mean"),
-    "simam_ft": lambda r: _get(r, "metrics", "ft", "simam", "mean"),
-    "simam_lcgd": lambda r: _get(r, "metrics", "lcgd", "simam", "mean"),
-    "simam_zsl": lambda r: _get(r, "metrics", "simam_zsl", "mean"),
-    "simam_delta_ft": lambda r: _get(r, "metrics", "ft", "simam_delta", "mean"),
-    "simam_delta_lcgd": lambda r: _get(r, "metrics", "lcgd", "simam_delta", "mean"),
-    "alpha": lambda r: _get(r, "metrics", "alpha", "mean"),
-    "lr": lambda r: _get(r, "lr", "lr"),
-    "k_used": lambda r: _get(r, "prompts", "k_used"),
+    "rec2ftp": lambda r: dig(r, "metrics", "ft", "rec2ftp"),
+    "jaccard": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard"),
+    "jaccard_correct": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard_correct"),
+    "jaccard_incorrect": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard_incorrect"),
+    "simaou_ft": lambda r: dig(r, "metrics", "ft", "simaou", "mean"),
+    "simaou_lcgd": lambda r: dig(r, "metrics", "lcgd", "simaou", "mean"),
+    "simaou_random": lambda r: dig(r, "metrics", "simaou_random", "mean"),
+    "simam_ft": lambda r: dig(r, "metrics", "ft", "simam", "mean"),
+    "simam_lcgd": lambda r: dig(r, "metrics", "lcgd", "simam", "mean"),
+    "simam_zsl": lambda r: dig(r, "metrics", "simam_zsl", "mean"),
+    "simam_delta_ft": lambda r: dig(r, "metrics", "ft", "simam_delta", "mean"),
+    "simam_delta_lcgd": lambda r: dig(r, "metrics", "lcgd", "simam_delta", "mean"),
+    "alpha": lambda r: dig(r, "metrics", "alpha", "mean"),
+    "lr": lambda r: dig(r, "lr", "lr"),
+    "k_used": lambda r: dig(r, "prompts", "k_used"),
 }
 
-
-def _get(mapping: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
 
 
 def group_key(results: dict[str, Any]) -> tuple[str, str, int, bool]:

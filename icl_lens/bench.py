@@ -17,7 +17,7 @@ import logging
 import resource
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

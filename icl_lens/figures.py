@@ -33,7 +33,8 @@ PARTITION = [
 ]
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as a 120-dpi PNG (creating folders) and close ``fig``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -66,7 +67,7 @@ def plot_prediction_changes(results_list: Sequence[dict[str, Any]], path: str | 
     ax.set_ylabel("% of examples whose prediction changed")
     ax.set_title(f"Prediction changes vs zero-shot: ICL and {setting.upper()}")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_metric(results_list: Sequence[dict[str, Any]], path: str | Path, metric: str = "simaou",
@@ -93,7 +94,7 @@ def plot_layer_metric(results_list: Sequence[dict[str, Any]], path: str | Path, 
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title or f"{metric} per layer")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_alpha(results_list: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -109,7 +110,7 @@ def plot_alpha(results_list: Sequence[dict[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("α: attention on demonstrations")
     ax.set_ylim(0, 1)
     ax.set_title("α per task")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grad_norms(results: dict[str, Any], path: str | Path, settings: Sequence[str] = ("ft", "lcgd")) -> Path:
@@ -124,4 +125,4 @@ def plot_grad_norms(results: dict[str, Any], path: str | Path, settings: Sequenc
         ax.set_title(f"{'GD' if setting == 'ft' else 'LCGD'}: log10 ‖∇‖ per layer")
         fig.colorbar(image, ax=ax)
     fig.suptitle(f"{results['task']['name']}, {results['config']['model']}")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 
 from icl_lens.errors import ConfigError, ResultsError
-from icl_lens.results import RESULTS_FILE, atomic_write_text, read_results
+from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
 
 logger = logging.getLogger(__name__)
 
@@ -216,13 +216,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _dig(mapping: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
-
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
@@ -237,10 +230,10 @@ def _label(setting: str) -> str:
 
 def _title(results: dict[str, Any]) -> str:
     cfg = results.get("config", {})
-    k = _dig(results, "prompts", "k_used")
+    k = dig(results, "prompts", "k_used")
     untrained = " (untrained)" if cfg.get("untrained") else ""
     k = k if k is not None else cfg.get("k")
-    return f"{_dig(results, 'task', 'name')} · {cfg.get('model')}{untrained} · k={k} · seed {cfg.get('seed')}"
+    return f"{dig(results, 'task', 'name')} · {cfg.get('model')}{untrained} · k={k} · seed {cfg.get('seed')}"
 
 
 def metric_tables(results: dict[str, Any]) -> str:
@@ -261,8 +254,8 @@ def metric_tables(results: dict[str, Any]) -> str:
             rows.append([
                 _label(s), _fmt(m.get("rec2ftp"), 1), _fmt(None if jaccard is None else 100 * jaccard, 1),
                 _fmt(changes.get("jaccard_correct")), _fmt(changes.get("jaccard_incorrect")),
-                _fmt(_dig(m, "simaou", "mean")), _fmt(_dig(m, "simam", "mean")), _fmt(_dig(m, "simam_delta", "mean")),
-                _fmt(_dig(m, "token_overlap", "token_overlap")), _fmt(_dig(m, "token_overlap", "overlap_cosine")),
+                _fmt(dig(m, "simaou", "mean")), _fmt(dig(m, "simam", "mean")), _fmt(dig(m, "simam_delta", "mean")),
+                _fmt(dig(m, "token_overlap", "token_overlap")), _fmt(dig(m, "token_overlap", "overlap_cosine")),
             ])
         parts.append("<h3>ICL vs finetuning (means over layers)</h3>" + _table(
             ["setting", "Rec2FTP %", "Jaccard %", "Jaccard correct", "Jaccard incorrect", "SimAOU", "SimAM",
@@ -271,7 +264,7 @@ def metric_tables(results: dict[str, Any]) -> str:
 
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
-        rows = [[_label(s), *(_fmt(_dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned]
+        rows = [[_label(s), *(_fmt(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned]
         parts.append("<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
                      + _table(["tuned setting", *(name for _, name in partition)], rows))
     columns: list[tuple[str, list]] = []
@@ -280,7 +273,7 @@ def metric_tables(results: dict[str, Any]) -> str:
         ("SimAM FT", ("ft", "simam")), ("SimAM LCGD", ("lcgd", "simam")), ("SimAM ZSL", ("simam_zsl",)),
         ("SimAM_Δ FT", ("ft", "simam_delta")), ("SimAM_Δ LCGD", ("lcgd", "simam_delta")), ("α", ("alpha",)),
     ]:
-        per_layer = _dig(metrics, *path, "per_layer")
+        per_layer = dig(metrics, *path, "per_layer")
         if per_layer:
             columns.append((name, list(per_layer)))
     if columns:
@@ -314,7 +307,7 @@ def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Pat
         for s in tuned:
             out.append((f"prediction changes from zero-shot: ICL and {_label(s)}", figures.plot_prediction_changes(
                 [results], cell_dir / f"report_prediction_changes_{s}.png", setting=s)))
-    trained = tuple(s for s in FINETUNED if _dig(results, "training", s, "grad_norms"))
+    trained = tuple(s for s in FINETUNED if dig(results, "training", s, "grad_norms"))
     if trained:
         out.append(("per-layer gradient norms (log10), layers × demonstration", figures.plot_grad_norms(
             results, cell_dir / "report_grad_norms.png", settings=trained)))
@@ -430,7 +423,7 @@ def build_cell_report(cell_dir: str | Path, results: dict[str, Any] | None = Non
         results = read_results(cell_dir / RESULTS_FILE)
     title = _title(results)
     meta = results.get("meta", {})
-    facts = (f"{results.get('n_examples')} queries · {_dig(results, 'prompts', 'k_used')} demonstrations · "
+    facts = (f"{results.get('n_examples')} queries · {dig(results, 'prompts', 'k_used')} demonstrations · "
              f"template {results.get('task', {}).get('template')!r}"
              + (f" · made {meta.get('created')}" if meta.get("created") else ""))
     figures_html = "\n".join(_img(path, caption) for caption, path in cell_figures(results, cell_dir))
@@ -482,13 +475,13 @@ def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, A
     for cell_dir, results in cells:
         href = (cell_dir / REPORT_FILE).relative_to(results_dir).as_posix()
         acc = results.get("accuracy", {})
-        ft = _dig(results, "metrics", "ft") or {}
-        jaccard = _dig(ft, "prediction_changes", "jaccard")
+        ft = dig(results, "metrics", "ft") or {}
+        jaccard = dig(ft, "prediction_changes", "jaccard")
         cfg = results.get("config", {})
         rows.append(
             f'<tr><td><a href="{html.escape(href)}">{html.escape(cell_dir.name or results_dir.name)}</a></td>'
             + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in (
-                _dig(results, "task", "name"), cfg.get("model"), _dig(results, "prompts", "k_used"), cfg.get("seed"),
+                dig(results, "task", "name"), cfg.get("model"), dig(results, "prompts", "k_used"), cfg.get("seed"),
                 results.get("n_examples"), *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
                 None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
                 None if jaccard is None else round(100 * float(jaccard), 1)))

@@ -108,3 +108,12 @@ def is_complete(path: str | Path) -> bool:
         logger.warning("%s; it will be recomputed", exc)
         return False
     return True
+
+
+def dig(mapping: Any, *path: str) -> Any:
+    """``mapping[path[0]][path[1]]...`` of a results dict, or None where a key is missing."""
+    for key in path:
+        if not isinstance(mapping, dict) or key not in mapping:
+            return None
+        mapping = mapping[key]
+    return mapping

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from icl_lens.results import dig
+
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -44,7 +46,7 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results_list:
         m = r.get("metrics", {})
-        mean = lambda *path: _dig(m, *path, "mean")
+        mean = lambda *path: dig(m, *path, "mean")
         rows.append([
             r["task"]["name"], _fmt(mean("ft", "simaou")), _fmt(mean("lcgd", "simaou")), _fmt(mean("simaou_random")),
             _fmt(mean("ft", "simam")), _fmt(mean("simam_zsl")), _fmt(mean("ft", "simam_delta")),
@@ -52,13 +54,6 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
         ])
     return _table(header, rows)
 
-
-def _dig(mapping: dict[str, Any], *path: str) -> Any:
-    for key in path:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
 
 
 def summary(results_list: Sequence[dict[str, Any]]) -> str:

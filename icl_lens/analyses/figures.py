@@ -20,20 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from icl_lens.figures import save_figure
+
 logger = logging.getLogger(__name__)
 
 _SETTING_COLOURS = {"icl": "#4c72b0", "sgd": "#dd8452", "adam": "#55a868"}
 _PAIR_LABELS = {"icl_vs_ft": "ICL vs FT", "icl_vs_lcgd": "ICL vs LCGD", "zsl_vs_icl": "ZSL vs ICL (ref.)"}
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
 
 
 def _setting_colour(setting: dict[str, Any]) -> tuple[str, float]:
@@ -66,7 +58,7 @@ def plot_order_sensitivity(results: Sequence[dict[str, Any]], path: str | Path) 
     first = results[0] if results else {}
     fig.suptitle(f"Order sensitivity over {first.get('n_permutations', '?')} orders of k={first.get('k', '?')} "
                  f"demonstrations ({first.get('model', '')})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_output_agreement(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -87,7 +79,7 @@ def plot_output_agreement(results: Sequence[dict[str, Any]], path: str | Path) -
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
     fig.suptitle("Agreement of next-token distributions")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sparsity(report: dict[str, Any], path: str | Path) -> Path:
@@ -109,7 +101,7 @@ def plot_sparsity(report: dict[str, Any], path: str | Path) -> Path:
         ax.set_ylabel("fraction |w| < t")
         ax.set_title(result["model"])
     axes.flat[0].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_demo_sweep(result: dict[str, Any], path: str | Path) -> Path:
@@ -137,7 +129,7 @@ def plot_demo_sweep(result: dict[str, Any], path: str | Path) -> Path:
     if result.get("skipped"):
         fig.text(0.01, 0.01, f"{len(result['skipped'])} cell(s) skipped (context); see JSON", fontsize=7)
     fig.suptitle("ICL–GD gap vs number of demonstrations")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_space(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -162,4 +154,4 @@ def plot_weight_space(results: Sequence[dict[str, Any]], path: str | Path) -> Pa
         row[1].legend(fontsize=7)
         for ax in row:
             ax.set_xlabel("layer")
-    return _save(fig, path)
+    return save_figure(fig, path)
