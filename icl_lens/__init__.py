@@ -7,7 +7,7 @@ to predictions, attention outputs and attention maps.
 Quick start (notebook)::
 
     import icl_lens
-    model = icl_lens.load_model("smollm2-135m")
+    model = icl_lens.load_model("gemma3-270m")
     out = icl_lens.run_experiment(model, icl_lens.get_task("sst2"), icl_lens.ExperimentConfig(k=8, limit=50, lr=1e-3))
     out.results["accuracy"], out.results["metrics"]["ft"]["simaou"]["mean"]
 """

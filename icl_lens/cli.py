@@ -156,7 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
     run.add_argument("--task", help="task name or task file; comma-separated for several (default: sst2)")
-    run.add_argument("--model", help="model name or path; comma-separated for several (default: smollm2-135m)")
+    run.add_argument("--model", help="model name or path; comma-separated for several (default: gemma3-270m)")
     run.add_argument("--k", help="demonstrations; comma-separated for several (default: 16)")
     run.add_argument("--seed", help="demonstration seed(s), comma-separated (default: 0)")
     run.add_argument("--out", default="results", help="results folder (one sub-folder per cell)")
@@ -170,7 +170,7 @@ def make_parser() -> argparse.ArgumentParser:
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
     bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
-    bench.add_argument("--model", default="smollm2-135m")
+    bench.add_argument("--model", default="gemma3-270m")
     bench.add_argument("--task", default="sst2")
     bench.add_argument("--k", type=int, default=16)
     bench.add_argument("--n-naive", type=int, default=8, help="queries for the (slow) naive loop")

@@ -36,12 +36,19 @@ from icl_lens.tasks import Task, load_split, sample_demonstrations, sample_queri
 logger = logging.getLogger(__name__)
 
 SETTINGS = ("zsl", "icl", "ft", "lcgd")
+DEFAULT_MODEL = "gemma3-270m"
+"""The offline model where in-context learning beats zero-shot on most tasks (see README)."""
 FINETUNED_SETTINGS = ("ft", "lcgd")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that defines one comparison cell (reference defaults, SPEC §1–§5).
+    """Everything that defines one comparison cell (SPEC §1–§5).
+
+    Defaults follow the reference implementations except three choices that make the small
+    offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
+    README): the model (Gemma-3-270M), balanced demonstrations and contextual calibration. The
+    reference setting is ``demo_sampling="random", calibration="none"``.
 
     Args:
         task: task name or task config file.
@@ -49,8 +56,8 @@ class ExperimentConfig:
         k: demonstrations (reference 32; the true k after truncation is recorded).
         limit: at most this many evaluation queries (reference 2000).
         seed: demonstration sampling seed.
-        demo_sampling: ``random`` (reference: the first k of a seeded shuffle) or ``balanced``
-            (the same shuffle taken round-robin over labels).
+        demo_sampling: ``balanced`` (default: a seeded shuffle taken round-robin over labels) or
+            ``random`` (reference: the first k of the shuffle).
         eval_seed: seed of the evaluation-set shuffle (reference 1).
         settings: which of ``zsl, icl, ft, lcgd`` to run (``zsl`` and ``icl`` are always run
             when a comparison metric needs them).
@@ -69,17 +76,17 @@ class ExperimentConfig:
         batch_size: queries per forward pass.
         reuse_prefix: encode the shared demonstration prefix once and reuse its key/value cache
             (fast path); False re-encodes it for every query (the straightforward path).
-        calibration: ``none`` (reference) or ``content_free`` (contextual calibration of every
-            setting's class scores against an "N/A" query, Zhao et al. 2021).
+        calibration: ``content_free`` (default: contextual calibration of every setting's class
+            scores against an "N/A" query, Zhao et al. 2021) or ``none`` (reference).
         template / label_words: override the task's template and label words.
     """
 
     task: str = "sst2"
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     k: int = 16
     limit: int | None = 200
     seed: int = 0
-    demo_sampling: Literal["random", "balanced"] = "random"
+    demo_sampling: Literal["random", "balanced"] = "balanced"
     eval_seed: int = 1
     settings: tuple[str, ...] = SETTINGS
     prompt: PromptFormat = field(default_factory=PromptFormat)
@@ -97,7 +104,7 @@ class ExperimentConfig:
     random_seed: int = 0
     batch_size: int = 16
     reuse_prefix: bool = True
-    calibration: Literal["none", "content_free"] = "none"
+    calibration: Literal["none", "content_free"] = "content_free"
     untrained: bool = False
     untrained_seed: int = 0
     template: str | None = None
