@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default="results/icl_vs_zsl")
+    parser.add_argument("--table-only", action="store_true", help="only tabulate the finished cells in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ks = [int(k) for k in args.ks.split(",")]
@@ -92,6 +93,8 @@ def main() -> None:
             variant = FORMATS[fmt_name]
             for task_name in args.tasks.split(","):
                 path = out_dir / f"{model_name}__{fmt_name}__{task_name}.json"
+                if args.table_only and not is_complete(path):
+                    continue
                 if not is_complete(path):
                     if model is None:
                         model = load_model(model_name)
@@ -104,13 +107,14 @@ def main() -> None:
                     write_results(path, cell)
                 rows.append(read_results(path))
         del model
-    lines = ["| model | format | task | ZSL | " + " | ".join(f"ICL k={k}" for k in ks) + " | ICL>ZSL |",
-             "|---|---|---|---|" + "---|" * len(ks) + "---|"]
+    lines = ["| model | format | task | n | ZSL | " + " | ".join(f"ICL k={k}" for k in ks) + " | ICL>ZSL |",
+             "|---|---|---|---|---|" + "---|" * len(ks) + "---|"]
     for r in rows:
         acc = r["accuracy"]
-        better = sum(acc[str(k)] > acc["0"] for k in ks)
-        lines.append(f"| {r['model']} | {r['format_name']} | {r['task']} | {acc['0']:.3f} | " +
-                     " | ".join(f"{acc[str(k)]:.3f}" for k in ks) + f" | {better}/{len(ks)} |")
+        better = sum(acc[str(k)] > acc["0"] for k in ks if str(k) in acc)
+        lines.append(f"| {r['model']} | {r['format_name']} | {r['task']} | {r['n_examples']} | {acc['0']:.3f} | " +
+                     " | ".join(f"{acc[str(k)]:.3f}" if str(k) in acc else "–" for k in ks) +
+                     f" | {better}/{len(ks)} |")
     table = "\n".join(lines) + "\n"
     (out_dir / "table.md").write_text(table)
     print(table)
