@@ -59,7 +59,7 @@ def rec2ftp(zsl_pred: ClassIds, icl_pred: ClassIds, ft_pred: ClassIds, labels: C
     both_fix = ft_fixes & (t["icl_pred"] == t["labels"])
     n_ft_fixes = int(ft_fixes.sum())
     if n_ft_fixes == 0:
-        logger.warning("Rec2FTP undefined: finetuning fixes no zero-shot error; returning NaN")
+        logger.info("Rec2FTP undefined: finetuning fixes no zero-shot error; returning NaN")
         return float("nan")
     return 100.0 * int(both_fix.sum()) / n_ft_fixes
 
