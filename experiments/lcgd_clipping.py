@@ -30,7 +30,7 @@ VARIANTS: dict[str, dict] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--task", default="subj")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--limit", type=int, default=200)

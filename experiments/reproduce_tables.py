@@ -12,7 +12,7 @@ the untrained-model baseline (SPEC §6) too. Writes, under --out:
     alpha.png                    α per task (Fig. 2)
     grad_norms_<task>.png        layers × demonstration gradient norms, GD vs LCGD (Fig. 4)
 
-    python experiments/reproduce_tables.py --model smollm2-135m --seeds 0,1,2 --k 16 --limit 200 --untrained
+    python experiments/reproduce_tables.py --model gemma3-270m --seeds 0,1,2 --k 16 --limit 200 --untrained
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from icl_lens.tasks import BUILTIN_TASK_NAMES
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASK_NAMES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--k", type=int, default=16)

@@ -160,7 +160,7 @@ def cmd_weights(args, out: Path, model: _LazyModel) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=(*COMMANDS, "all"))
-    parser.add_argument("--model", default="smollm2-135m", help="model of order/agreement/weights")
+    parser.add_argument("--model", default="gemma3-270m", help="model of order/agreement/weights")
     parser.add_argument("--models", default=None,
                         help="comma-separated models of sparsity/sweep (default: all named)")
     parser.add_argument("--tasks", default="sst2")
