@@ -326,7 +326,7 @@ def test_script_writes_json_and_png_and_resumes(tmp_path, monkeypatch, tiny_gpt)
     argv = ["order", "--k", "2", "--permutations", "2", "--limit", "3", "--batch-sizes", "1",
             "--out", str(tmp_path)]
     script.main(argv)
-    result_file = tmp_path / "order" / "sst2__smollm2-135m__k2__P2.json"
+    result_file = tmp_path / "order" / "sst2__gemma3-270m__k2__P2.json"
     assert read_results(result_file)["settings"][0]["setting"] == "icl"
     assert (tmp_path / "order_sensitivity.png").exists()
     mtime = result_file.stat().st_mtime_ns
@@ -334,5 +334,5 @@ def test_script_writes_json_and_png_and_resumes(tmp_path, monkeypatch, tiny_gpt)
     script.main(argv)
     assert result_file.stat().st_mtime_ns == mtime
     script.main(["weights", "--k", "2", "--queries", "2", "--out", str(tmp_path)])
-    assert read_results(tmp_path / "weights" / "sst2__smollm2-135m__k2.json")["analysis"] == "weight_space"
+    assert read_results(tmp_path / "weights" / "sst2__gemma3-270m__k2.json")["analysis"] == "weight_space"
     assert (tmp_path / "weight_space.png").exists()
