@@ -408,7 +408,15 @@ def _check_final_logit_lens(model):
 
 @pytest.mark.real_model
 def test_real_final_layer_logit_lens_equals_logits(real):
-    _check_final_logit_lens(real["model"])
+    """The package's own lens (used by evaluation and LCGD) reproduces the model's logits."""
+    from icl_lens.lens import logit_lens
+
+    model = real["model"]
+    _check_final_logit_lens(model)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(_tokens(model, SENTENCES[0]), names_filter=last)
+    assert (logit_lens(model, cache[last]) - logits).abs().max() <= 1e-5
 
 
 @pytest.mark.real_model
