@@ -24,6 +24,7 @@ from icl_lens.errors import (
     IclLensError,
     MetricInputError,
     ModelLoadError,
+    NonFiniteError,
     PromptError,
     ResultsError,
     TaskError,
@@ -43,7 +44,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__", "ConfigError", "DataFormatError", "IclLensError", "MetricInputError", "ModelLoadError",
+    "__version__", "ConfigError", "DataFormatError", "IclLensError", "MetricInputError", "ModelLoadError", "NonFiniteError",
     "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", *_LAZY,
 ]
 

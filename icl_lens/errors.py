@@ -26,6 +26,10 @@ class TrainingDivergedError(IclLensError):
     """Finetuning produced a NaN or infinite loss or gradient (the step and layer are named)."""
 
 
+class NonFiniteError(IclLensError):
+    """A model produced NaN or infinite scores (e.g. a finetuned copy whose weights blew up)."""
+
+
 class MetricInputError(IclLensError):
     """Inputs to a metric do not fit together (shapes, batch sizes, layer counts)."""
 

@@ -24,7 +24,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from icl_lens.errors import ConfigError
+from icl_lens.errors import ConfigError, NonFiniteError
 from icl_lens.lens import logit_lens
 
 logger = logging.getLogger(__name__)
@@ -286,6 +286,9 @@ def evaluate(
         for name, value in recorder.store.items():
             store_chunks.setdefault(name, []).append((batch, value))
 
+    if not bool(torch.isfinite(scores).all()):
+        bad = int((~torch.isfinite(scores)).any(-1).sum())
+        raise NonFiniteError(f"setting {setting or '?'}: the model produced NaN/inf class scores for {bad} of {n} queries")
     activations = {}
     max_keys = int(key_lengths.max())
     for name, chunks in store_chunks.items():

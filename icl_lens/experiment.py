@@ -282,7 +282,8 @@ def run_experiment(
     tuned_models: dict[str, HookedTransformer] = {}
     traces: dict[str, TrainingTrace] = {}
     if needs_comparison:
-        ft_cfg, lr_record = _choose_lr(model, task, cfg, prompts, train, demos, progress, timings)
+        ft_cfg, lr_record = _choose_lr(model, task, cfg, prompts, train, demos, progress, timings,
+                                       content_free_query)
         for name in FINETUNED_SETTINGS:
             if name not in cfg.settings:
                 continue
@@ -335,7 +336,9 @@ def run_experiment(
     return ExperimentOutput(results=results, runs=runs, prompts=prompts, models=tuned_models, traces=traces)
 
 
-def _choose_lr(model, task, cfg, prompts, train, demos, progress, timings) -> tuple[FinetuneConfig, dict[str, Any]]:
+def _choose_lr(
+    model, task, cfg, prompts, train, demos, progress, timings, content_free_query
+) -> tuple[FinetuneConfig, dict[str, Any]]:
     if cfg.lr is not None:
         return replace(cfg.finetune, lr=cfg.lr), {"lr": cfg.lr, "mode": "given"}
     if cfg.lr_mode == "fixed":
@@ -358,6 +361,7 @@ def _choose_lr(model, task, cfg, prompts, train, demos, progress, timings) -> tu
         score_prefix=prompts.zsl_prefix, score_queries=scored.queries,
         score_labels=[r["label"] for r in score_rows], label_tokens=prompts.labels, grid=cfg.lr_grid,
         criterion=cfg.lr_criterion, n_start=prompts.n_start, batch_size=cfg.batch_size, progress=progress,
+        content_free_query=content_free_query if cfg.calibration == "content_free" else None,
     )
     timings["lr_sweep"] = time.perf_counter() - t0
     logger.info("learning rate chosen by sweep: %g", choice.lr)

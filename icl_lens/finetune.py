@@ -195,6 +195,16 @@ def check_finite(step: int, loss: float, norms: Sequence[float], what: str = "lo
             )
 
 
+def check_parameters_finite(step: int, trainable: dict[str, torch.nn.Parameter]) -> None:
+    """After a step: any NaN/inf weight is divergence, named by step and layer."""
+    for name, param in trainable.items():
+        if not bool(torch.isfinite(param).all()):
+            raise TrainingDivergedError(
+                f"finetuning diverged: parameters of layer {layer_of(name)} ({name}) became non-finite at step "
+                f"{step}; lower the learning rate"
+            )
+
+
 def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: FinetuneConfig, n_layers: int) -> None:
     """Per-layer ℓ∞ value clip and/or ℓ2 norm clip (SPEC §5), in place."""
     if cfg.clip_value is not None:
@@ -235,6 +245,7 @@ def finetune(
         check_finite(step, float(loss.detach()), norms)
         clip_layer_gradients(trainable, cfg, n_layers)
         optimizer.step()
+        check_parameters_finite(step, trainable)
         trace.losses.append(float(loss.detach()))
         trace.grad_norms.append(norms)
     for param in student.parameters():

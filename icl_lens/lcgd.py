@@ -31,6 +31,7 @@ from icl_lens.finetune import (
     FinetuneConfig,
     TrainingTrace,
     check_finite,
+    check_parameters_finite,
     clip_layer_gradients,
     demo_batches,
     layer_grad_norms,
@@ -123,6 +124,7 @@ def layer_causal_finetune(
             check_finite(step, sum(losses), norms, what="layer-causal loss")
             clip_layer_gradients(trainable, cfg, n_layers)
             optimizer.step()
+            check_parameters_finite(step, trainable)
             trace.losses.append(sum(losses))
             trace.layer_losses.append(losses)
             trace.grad_norms.append(norms)
@@ -142,6 +144,7 @@ def layer_causal_finetune(
                 check_finite(step, float(loss.detach()), norms, what=f"layer-{layer} loss")
                 clip_layer_gradients(layer_params[layer], cfg, n_layers)
                 optimizer.step()
+                check_parameters_finite(step, layer_params[layer])
                 norm_rows[step][layer] = norms[layer]
                 loss_rows[step][layer] = float(loss.detach())
         trace.grad_norms = norm_rows

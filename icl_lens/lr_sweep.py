@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from icl_lens.calibration import calibrate
 from icl_lens.errors import TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
@@ -63,8 +64,13 @@ def sweep_learning_rate(
     n_start: int = 1,
     batch_size: int = 16,
     progress: bool = True,
+    content_free_query: Sequence[int] | None = None,
 ) -> LearningRateChoice:
-    """Finetune at each rate of ``grid``; score FT accuracy on the given queries; pick the best."""
+    """Finetune at each rate of ``grid``; score FT accuracy on the given queries; pick the best.
+
+    With ``content_free_query`` the scores are contextually calibrated first, as the run's
+    predictions are (:mod:`icl_lens.calibration`).
+    """
     scores: dict[float, float | None] = {}
     for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
         try:
@@ -75,7 +81,12 @@ def sweep_learning_rate(
             continue
         run = evaluate(student, score_prefix, score_queries, label_tokens, n_start=n_start,
                        record=RecordSpec(), batch_size=batch_size, progress=False)
-        correct = (run.predictions == torch.tensor(list(score_labels))).float().mean()
+        scores_tensor = run.class_scores
+        if content_free_query is not None:
+            content_free = evaluate(student, score_prefix, [content_free_query], label_tokens, n_start=n_start,
+                                    progress=False)
+            scores_tensor = calibrate(scores_tensor, content_free.class_scores)
+        correct = (scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean()
         scores[lr] = float(correct)
         del student
         logger.info("lr %g: %s accuracy %.3f", lr, criterion, scores[lr])

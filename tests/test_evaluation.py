@@ -90,3 +90,16 @@ def test_final_layer_logit_lens_equals_model_logits(any_tiny):
     logits, cache = any_tiny.run_with_cache(tokens)
     last = cache[f"blocks.{any_tiny.cfg.n_layers - 1}.hook_resid_post"]
     assert torch.allclose(logit_lens(any_tiny, last), logits, atol=1e-5)
+
+
+def test_non_finite_scores_are_an_error_not_a_number(tiny_gpt):
+    import copy
+
+    from icl_lens.errors import NonFiniteError
+
+    broken = copy.deepcopy(tiny_gpt)
+    with torch.no_grad():
+        broken.blocks[0].attn.W_V.fill_(float("nan"))
+    p = _prompts(broken, k=1, n=2)
+    with pytest.raises(NonFiniteError, match="NaN/inf class scores for 2 of 2 queries"):
+        evaluate(broken, p.icl_prefix, p.queries, p.labels, setting="ft", progress=False)

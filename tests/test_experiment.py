@@ -9,6 +9,7 @@ import pytest
 
 from icl_lens.errors import ConfigError
 from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.finetune import FinetuneConfig
 from icl_lens.tasks import get_task
 
 CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3)
@@ -83,3 +84,16 @@ def test_content_free_calibration_shifts_scores_by_a_per_class_constant(tiny_gpt
         assert torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-5)  # same offset for every query
         cf = torch.tensor(cal.results["calibration"]["content_free_scores"][setting]).log_softmax(-1)
         assert torch.allclose(shift[0], cf, atol=1e-5)
+
+
+def test_lr_sweep_skips_diverging_rates_and_records_its_choice(tiny_gpt):
+    cfg = replace(CFG, lr=None, lr_mode="sweep", lr_grid=(1e-3, 1e-2, 1e30), lr_dev_size=6,
+                  settings=("zsl", "icl", "ft"), finetune=FinetuneConfig(params="all"))
+    r = run_experiment(tiny_gpt, get_task("sst2"), cfg, progress=False).results
+    record = r["lr"]
+    assert record["mode"] == "sweep" and record["criterion"] == "dev" and record["n_scored"] == 6
+    assert record["scores"]["1e+30"] is None  # diverged
+    assert record["lr"] in (1e-3, 1e-2)
+    best = max(v for v in record["scores"].values() if v is not None)
+    assert record["scores"][repr(record["lr"])] == best
+    assert r["config"]["finetune"]["lr"] == 1e-3  # the config keeps the base; the run used the sweep's lr
