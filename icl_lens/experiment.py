@@ -25,13 +25,23 @@ from transformer_lens import HookedTransformer
 from icl_lens import metrics
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row
-from icl_lens.errors import ConfigError, PromptError
+from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
 from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, sweep_learning_rate
-from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts, encode_text
-from icl_lens.tasks import Task, load_split, sample_demonstrations, sample_queries, shuffled_indices
+from icl_lens.prompts import (
+    EncodedPrompts,
+    PromptFormat,
+    encode_prompts,
+    encode_text,
+    sample_prompts,
+)
+from icl_lens.tasks import (
+    Task,
+    load_split,
+    shuffled_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,18 +255,14 @@ def run_experiment(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     train = load_split(task, task.train_split)
-    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train, sampling=cfg.demo_sampling)
-    queries = sample_queries(task, cfg.limit, cfg.eval_seed)
-    prompts = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
+    needs_demos = any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS))
+    prompts, demos, queries = sample_prompts(
+        model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.limit, cfg.eval_seed,
+        sampling=cfg.demo_sampling, require_demos=needs_demos, train=train)
     labels = torch.tensor([q["label"] for q in queries])
     n_start = prompts.n_start
     content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
     content_free_scores: dict[str, list[float]] = {}
-    if prompts.k == 0 and any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS)):
-        raise PromptError(
-            f"task {task.name!r}: no demonstration fits in the model's context of {model.cfg.n_ctx} tokens "
-            f"beside the longest query; lower limit/choose shorter queries or run settings=('zsl',)"
-        )
 
     def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from icl_lens.errors import ConfigError, PromptError
-from icl_lens.tasks import Task
+from icl_lens.tasks import Task, load_split, sample_demonstrations, sample_queries
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +216,33 @@ def encode_prompts(
         n_ctx=n_ctx,
         demo_spans=spans,
     )
+
+
+def sample_prompts(
+    tokenizer,
+    task: Task,
+    fmt: PromptFormat,
+    n_ctx: int,
+    k: int,
+    seed: int,
+    limit: int | None,
+    eval_seed: int = 1,
+    sampling: str = "random",
+    require_demos: bool = True,
+    train=None,
+) -> tuple[EncodedPrompts, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sample k demonstrations and the queries of a task and encode them (SPEC §1).
+
+    Returns the prompts, the sampled demonstrations and the queries. With ``require_demos``, a
+    request for k > 0 demonstrations of which none fits the context is an error.
+    """
+    train = load_split(task, task.train_split) if train is None else train
+    demos = sample_demonstrations(task, k, seed, train=train, sampling=sampling)
+    queries = sample_queries(task, limit, eval_seed)
+    prompts = encode_prompts(tokenizer, task, demos, queries, fmt, n_ctx)
+    if require_demos and k > 0 and prompts.k == 0:
+        raise PromptError(
+            f"task {task.name!r}: no demonstration fits in the model's context of {n_ctx} tokens "
+            f"beside the longest query; lower limit/choose shorter queries or run settings=('zsl',)"
+        )
+    return prompts, demos, queries

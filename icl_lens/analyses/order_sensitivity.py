@@ -40,8 +40,16 @@ from icl_lens import metrics
 from icl_lens.errors import ConfigError, PromptError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts
-from icl_lens.tasks import Task, get_task, load_split, sample_demonstrations, sample_queries
+from icl_lens.prompts import (
+    EncodedPrompts,
+    PromptFormat,
+    encode_prompts,
+    sample_prompts,
+)
+from icl_lens.tasks import (
+    Task,
+    get_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -253,12 +261,8 @@ def _sensitivity(
 
 
 def _sample_prompts(model: HookedTransformer, task: Task, cfg: OrderSensitivityConfig):
-    train = load_split(task, task.train_split)
-    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train)
-    queries = sample_queries(task, cfg.limit, cfg.eval_seed)
-    base = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
-    if base.k == 0:
-        raise PromptError(f"task {task.name!r}: no demonstration fits in the context of {model.cfg.n_ctx} tokens")
+    base, demos, queries = sample_prompts(model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed,
+                                          cfg.limit, cfg.eval_seed)
     if base.k < len(demos):
         logger.warning("task %s: permuting the %d of %d demonstrations that fit", task.name, base.k, len(demos))
     return demos[: base.k], queries

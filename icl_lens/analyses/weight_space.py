@@ -41,11 +41,18 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
-from icl_lens.errors import ConfigError, MetricInputError, PromptError
+from icl_lens.errors import ConfigError, MetricInputError
 from icl_lens.finetune import FinetuneConfig, finetune
 from icl_lens.metrics.weights import attention_parameter
-from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts
-from icl_lens.tasks import Task, get_task, load_split, sample_demonstrations, sample_queries
+from icl_lens.prompts import (
+    EncodedPrompts,
+    PromptFormat,
+    sample_prompts,
+)
+from icl_lens.tasks import (
+    Task,
+    get_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,12 +179,8 @@ def demo_token_positions(prompts: EncodedPrompts, which: DemoPositions) -> list[
 
 
 def _sample(model: HookedTransformer, task: Task, cfg: WeightSpaceConfig) -> EncodedPrompts:
-    train = load_split(task, task.train_split)
-    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train)
-    queries = sample_queries(task, cfg.n_queries, cfg.eval_seed)
-    prompts = encode_prompts(model.tokenizer, task, demos, queries, cfg.prompt, model.cfg.n_ctx)
-    if prompts.k == 0:
-        raise PromptError(f"task {task.name!r}: no demonstration fits in the context of {model.cfg.n_ctx} tokens")
+    prompts, _, _ = sample_prompts(model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed,
+                                   cfg.n_queries, cfg.eval_seed)
     return prompts
 
 
