@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ConfigError, TrainingDivergedError
+from icl_lens.lens import logit_lens
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +165,39 @@ def demo_batches(
             yield tokens.to(device), attention_mask.to(device), loss_mask.to(device)
 
 
+def masked_next_token_losses(
+    model: HookedTransformer,
+    residuals: Sequence[Float[torch.Tensor, "batch pos d_model"]],
+    tokens: Int[torch.Tensor, "batch pos"],
+    mask: Float[torch.Tensor, "batch pos_minus_1"],
+) -> Float[torch.Tensor, "n_residuals"]:
+    """Mean next-token cross-entropy over the counted positions of each residual stream.
+
+    Each residual stream is read through the logit lens (for the final one that is the model's
+    own output). Only counted positions are unembedded, and the streams are stacked into one
+    matrix product: the unembedding (671 MB for a 262k vocabulary) is then read once per call
+    instead of once per layer, which is what makes LCGD's 18 per-layer losses affordable on CPU.
+    """
+    counted = mask > 0
+    n_counted = int(counted.sum())
+    if n_counted == 0:
+        raise ConfigError("no token counts in the finetuning loss (empty loss mask)")
+    picked = torch.cat([residual[:, :-1][counted] for residual in residuals])  # [n_res * n_counted, d]
+    logits = logit_lens(model, picked[None])[0].float()
+    targets = tokens[:, 1:][counted].repeat(len(residuals))
+    token_losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return token_losses.view(len(residuals), n_counted).mean(dim=1)
+
+
 def masked_next_token_loss(
-    logits: Float[torch.Tensor, "batch pos vocab"],
+    model: HookedTransformer,
+    residual: Float[torch.Tensor, "batch pos d_model"],
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Float[torch.Tensor, "batch pos_minus_1"],
 ) -> torch.Tensor:
-    """Mean cross-entropy per counted token of predicting token t+1 at position t."""
-    log_probs = logits[:, :-1].float().log_softmax(dim=-1)
-    token_loss = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
+    """Mean cross-entropy per counted token of predicting token t+1 at position t, reading
+    ``residual`` (the final one: the model's own output) through the logit lens."""
+    return masked_next_token_losses(model, [residual], tokens, mask)[0]
 
 
 def layer_grad_norms(trainable: dict[str, torch.nn.Parameter], n_layers: int) -> list[float]:
@@ -238,8 +263,8 @@ def finetune(
         tqdm(batches, desc="finetune", disable=not progress, leave=False)
     ):
         optimizer.zero_grad(set_to_none=True)
-        logits = student(tokens, attention_mask=attention_mask, return_type="logits")
-        loss = masked_next_token_loss(logits, tokens, loss_mask)
+        final_resid = student(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
+        loss = masked_next_token_loss(student, final_resid, tokens, loss_mask)
         loss.backward()
         norms = layer_grad_norms(trainable, n_layers)
         check_finite(step, float(loss.detach()), norms)

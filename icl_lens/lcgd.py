@@ -37,14 +37,16 @@ from icl_lens.finetune import (
     layer_grad_norms,
     layer_of,
     make_optimizer,
-    masked_next_token_loss,
+    masked_next_token_losses,
     trainable_copy,
 )
-from icl_lens.lens import logit_lens
 
 logger = logging.getLogger(__name__)
 
 Schedule = Literal["simultaneous", "sequential"]
+
+LOGIT_BUDGET = 2**26
+"""Most fp32 logits (256 MiB) one group of layers may hold at a time in :func:`layer_causal_losses`."""
 
 
 def _detach_hook(resid, hook):
@@ -64,9 +66,10 @@ def layer_causal_losses(
     (only the last of them with ``only_last``).
 
     Every block's input is detached, so loss_l depends on block l's parameters only through
-    block l. With ``backward=True`` each loss is back-propagated as soon as it is computed
-    (the same gradients as ``sum(losses).backward()``, with one layer's logits alive at a time);
-    the returned losses are then detached.
+    block l. Layers are unembedded together in groups that keep the fp32 logits under
+    ``LOGIT_BUDGET`` elements. With ``backward=True`` each group's summed loss is back-propagated
+    as soon as it is computed (the same gradients as ``sum(losses).backward()``, with one group's
+    logits alive at a time); the returned losses are then detached.
     """
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     block_outputs: dict[int, torch.Tensor] = {}
@@ -81,13 +84,17 @@ def layer_causal_losses(
         hooks.append((f"blocks.{layer}.hook_resid_post", capture))
     with model.hooks(fwd_hooks=hooks):
         model(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
-    losses = []
-    for layer in range(n_layers - 1 if only_last else 0, n_layers):
-        loss = masked_next_token_loss(logit_lens(model, block_outputs.pop(layer)), tokens, loss_mask)
+    layers = list(range(n_layers - 1 if only_last else 0, n_layers))
+    rows_per_layer = max(1, int((loss_mask > 0).sum()))
+    group_size = max(1, LOGIT_BUDGET // (rows_per_layer * model.cfg.d_vocab_out))
+    losses: list[torch.Tensor] = []
+    for start in range(0, len(layers), group_size):
+        group = layers[start : start + group_size]
+        group_losses = masked_next_token_losses(model, [block_outputs.pop(l) for l in group], tokens, loss_mask)
         if backward:
-            loss.backward()
-            loss = loss.detach()
-        losses.append(loss)
+            group_losses.sum().backward()
+            group_losses = group_losses.detach()
+        losses.extend(group_losses.unbind())
     return losses
 
 

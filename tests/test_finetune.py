@@ -17,6 +17,13 @@ def _demos(model, k=4):
     return p.demo_sequences, p.demo_answer_lengths
 
 
+def _reference_loss(logits, tokens, mask):
+    """Next-token cross-entropy from the model's full logits, averaged over counted positions."""
+    log_probs = logits[:, :-1].log_softmax(-1)
+    token_loss = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return (token_loss * mask).sum() / mask.sum()
+
+
 def _state(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -48,11 +55,21 @@ def test_sgd_step_matches_hand_update(tiny_gpt):
     ref = copy.deepcopy(tiny_gpt)
     params = select_trainable(ref, "kv")
     tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(), "cpu"))
-    loss = masked_next_token_loss(ref(tokens, attention_mask=attn), tokens, mask)
+    loss = _reference_loss(ref(tokens, attention_mask=attn), tokens, mask)
     loss.backward()
-    assert abs(float(loss) - trace.losses[0]) < 1e-5
+    assert abs(float(loss.detach()) - trace.losses[0]) < 1e-5
     for name, p in params.items():
         assert torch.allclose(dict(tuned.named_parameters())[name], p - lr * p.grad, atol=1e-6), name
+
+
+def test_loss_from_final_residual_equals_loss_from_logits(any_tiny):
+    seqs, answers = _demos(any_tiny, k=3)
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(batch_size=3, loss_on="answer"), "cpu"))
+    resid = any_tiny(tokens, attention_mask=attn, stop_at_layer=any_tiny.cfg.n_layers)
+    expected = _reference_loss(any_tiny(tokens, attention_mask=attn), tokens, mask)
+    assert abs(float(masked_next_token_loss(any_tiny, resid, tokens, mask)) - float(expected)) < 1e-5
+    with pytest.raises(ConfigError, match="empty loss mask"):
+        masked_next_token_loss(any_tiny, resid, tokens, torch.zeros_like(mask))
 
 
 def test_answer_only_loss_mask():
@@ -84,7 +101,7 @@ def _layer_grads(model, layer, seqs, answers, layer_causal: bool):
     if layer_causal:
         layer_causal_losses(model, tokens, attn, mask, backward=True)
     else:
-        masked_next_token_loss(model(tokens, attention_mask=attn), tokens, mask).backward()
+        _reference_loss(model(tokens, attention_mask=attn), tokens, mask).backward()
     return {n: p.grad.clone() for n, p in params.items() if n.startswith(f"blocks.{layer}.")}
 
 
