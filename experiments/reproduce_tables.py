@@ -1,7 +1,9 @@
 """Reproduce Tables 1–2 and Figures 2–4 of Dai et al. 2023 / Deutch et al. 2024 on one model.
 
 For every task and seed: ZSL, ICL, GD (FT) and LCGD on the same queries, every metric; optionally
-the untrained-model baseline (SPEC §6) too. Writes, under --out:
+the untrained-model baseline (SPEC §6) too. The learning rate is chosen once per task and model
+(dev sweep on the first seed, SPEC §2 grid) and reused for the other seeds and the untrained model,
+unless --lr fixes it or --sweep-every-seed sweeps in every cell. Writes, under --out:
 
     <cell>/results.json          one per task × seed (× untrained), resumable
     tables.md                    mean ± std over seeds beside the reference numbers (SPEC §7)
@@ -31,7 +33,7 @@ from icl_lens.sweep import RuntimeOptions, run_cells
 from icl_lens.tasks import BUILTIN_TASK_NAMES
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASK_NAMES))
@@ -42,9 +44,13 @@ def main() -> None:
     parser.add_argument("--lr-grid", default=None, help="comma-separated sweep grid")
     parser.add_argument("--separator", default=None, help="demonstration separator (default: the package's)")
     parser.add_argument("--untrained", action="store_true", help="also run the untrained-model baseline")
+    parser.add_argument("--untrained-seeds", type=int, default=1,
+                        help="how many of the seeds also run the untrained model (default: the first)")
+    parser.add_argument("--sweep-every-seed", action="store_true",
+                        help="sweep the lr in every cell (default: once per task, on the first seed)")
     parser.add_argument("--out", default="results/tables")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     base = ExperimentConfig(model=args.model, k=args.k, limit=args.limit, lr=args.lr)
@@ -52,14 +58,25 @@ def main() -> None:
         base = replace(base, lr_grid=tuple(float(x) for x in args.lr_grid.split(",")))
     if args.separator is not None:
         base = replace(base, prompt=PromptFormat(separator=args.separator.encode().decode("unicode_escape")))
-    cells = []
-    for task in args.tasks.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            cells.append(replace(base, task=task, seed=seed))
-            if args.untrained:
-                cells.append(replace(base, task=task, seed=seed, untrained=True, untrained_seed=seed))
+    tasks = args.tasks.split(",")
+    seeds = [int(x) for x in args.seeds.split(",")]
     out = Path(args.out)
-    results = run_cells(cells, out, RuntimeOptions(device=args.device))
+    runtime = RuntimeOptions(device=args.device)
+    # 1. the first seed of every task, its lr swept (unless --lr fixes it)
+    first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime)
+    lr_of = {r["task"]["name"]: r["lr"]["lr"] for r in first}
+    if args.lr is None and not args.sweep_every_seed:
+        logging.info("lr chosen per task on seed %d, reused for the other seeds and the untrained model: %s",
+                     seeds[0], lr_of)
+    def fixed(task: str) -> dict:
+        return {} if args.lr is not None or args.sweep_every_seed else {"lr": lr_of[task]}
+    # 2. the untrained baseline, 3. the remaining seeds (cheapest evidence first if the run is cut short)
+    later = []
+    if args.untrained:
+        later += [replace(base, task=t, seed=s, untrained=True, untrained_seed=s, **fixed(t))
+                  for s in seeds[: args.untrained_seeds] for t in tasks]
+    later += [replace(base, task=t, seed=s, **fixed(t)) for s in seeds[1:] for t in tasks]
+    results = first + run_cells(later, out, runtime)
 
     trained = [r for r in results if not r["config"]["untrained"]]
     agg = aggregate(results)

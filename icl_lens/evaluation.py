@@ -116,6 +116,10 @@ def encode_prefix(model: HookedTransformer, prefix: Sequence[int]) -> Transforme
     return cache
 
 
+PAD_ID = 0
+"""Token id written into padding (masked out of attention and never scored)."""
+
+
 def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -232,8 +236,6 @@ def evaluate(
     prefix = list(prefix)
     key_start = len(prefix)
     prefix_cache = encode_prefix(model, prefix) if reuse_prefix else None
-    pad_id = 0
-
     n = len(queries)
     order = sorted(range(n), key=lambda i: -len(queries[i]))
     scores = torch.zeros(n, n_classes)
@@ -246,11 +248,9 @@ def evaluate(
 
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     for batch in tqdm(batches, desc=f"eval {setting}".strip(), disable=not progress, leave=False):
-        local_offset = 0 if reuse_prefix else key_start
-        rows = [([] if reuse_prefix else prefix) + list(queries[i]) + answer for i in batch]
-        tokens, mask = _pad_right(rows, pad_id, device)
-        query_len = torch.tensor([len(queries[i]) for i in batch])
-        pred_pos = local_offset + query_len - 1  # predicts the answer's first token
+        batch_queries = [queries[i] for i in batch]
+        query_len = torch.tensor([len(q) for q in batch_queries])
+        pred_pos = (0 if reuse_prefix else key_start) + query_len - 1  # predicts the answer's first token
         if record.position == "answer":
             rec_pos = pred_pos + len(answer)
             n_keys = query_len + len(answer)
@@ -258,9 +258,7 @@ def evaluate(
             rec_pos = pred_pos
             n_keys = query_len
         recorder = _PositionRecorder(cfg.n_layers, rec_pos, key_start, n_keys, n_start)
-        kv = _expand_prefix_cache(prefix_cache, len(batch)) if prefix_cache is not None else None
-        with model.hooks(fwd_hooks=recorder.hooks()):
-            final_resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=cfg.n_layers)
+        final_resid, _ = _final_residual(model, prefix, prefix_cache, batch_queries, answer, recorder.hooks())
 
         answer_log_probs = _label_log_probs(model, final_resid, pred_pos, answer)
         batch_scores = torch.zeros(len(batch), n_classes, device=final_resid.device)
@@ -271,9 +269,7 @@ def evaluate(
             if len(label) == 1:
                 batch_scores[:, class_id] = first[:, label[0]]
             else:
-                batch_scores[:, class_id] = _score_other_answer(
-                    model, prefix, prefix_cache, [queries[i] for i in batch], label, pad_id, reuse_prefix
-                )
+                batch_scores[:, class_id] = _score_other_answer(model, prefix, prefix_cache, batch_queries, label)
         probs = first.exp()
         top = probs.topk(record.top_k, dim=-1)
         index = torch.tensor(batch)
@@ -315,12 +311,31 @@ def evaluate(
     )
 
 
-def _score_other_answer(model, prefix, prefix_cache, queries, label, pad_id, reuse_prefix) -> torch.Tensor:
-    """Mean log-prob of a multi-token answer that is not class 0 (an extra, unhooked pass)."""
-    local_offset = 0 if reuse_prefix else len(prefix)
-    rows = [([] if reuse_prefix else list(prefix)) + list(q) + label for q in queries]
-    tokens, mask = _pad_right(rows, pad_id, model.cfg.device)
+def _final_residual(
+    model: HookedTransformer,
+    prefix: list[int],
+    prefix_cache: TransformerLensKeyValueCache | None,
+    queries: Sequence[Sequence[int]],
+    answer: Sequence[int],
+    hooks: list = (),
+) -> tuple[Float[torch.Tensor, "batch pos d_model"], Int[torch.Tensor, " batch"]]:
+    """One right-padded batch of ``[prefix +] query + answer`` through every block.
+
+    With a prefix cache the sequences hold only query + answer and attend to the cached prefix;
+    without one the prefix is re-encoded inside every sequence. Returns the final residual stream
+    and, per row, the position that predicts the answer's first token.
+    """
+    inline_prefix = [] if prefix_cache is not None else list(prefix)
+    rows = [inline_prefix + list(q) + list(answer) for q in queries]
+    tokens, mask = _pad_right(rows, PAD_ID, model.cfg.device)
     kv = _expand_prefix_cache(prefix_cache, len(rows)) if prefix_cache is not None else None
-    resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
-    pred_pos = local_offset + torch.tensor([len(q) for q in queries]) - 1
+    with model.hooks(fwd_hooks=list(hooks)):
+        resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+    pred_pos = len(inline_prefix) + torch.tensor([len(q) for q in queries]) - 1
+    return resid, pred_pos
+
+
+def _score_other_answer(model, prefix, prefix_cache, queries, label) -> torch.Tensor:
+    """Mean log-prob of a multi-token answer that is not class 0 (an extra, unhooked pass)."""
+    resid, pred_pos = _final_residual(model, prefix, prefix_cache, queries, label)
     return _mean_token_log_prob(_label_log_probs(model, resid, pred_pos, label), label)
