@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def plot_layer_metric(results_list: Sequence[dict[str, Any]], path: str | Path, 
                 ax.plot(np.mean(np.array(base, dtype=float), axis=0), color="gray", ls="--", label="random")
         ax.set_title(task)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(0, color="black", lw=0.5)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
