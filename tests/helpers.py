@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import tempfile
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -58,3 +62,13 @@ def tiny_model(
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.eval()
     return model
+
+
+def load_experiment_script(name: str) -> ModuleType:
+    """Import ``experiments/<name>.py`` (not a package) as a module, for end-to-end script tests."""
+    path = Path(__file__).parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

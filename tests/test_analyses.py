@@ -1,14 +1,11 @@
 """The Shen et al. analyses (icl_lens.analyses) on tiny random models: real properties, not smoke."""
 
 import copy
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import load_experiment_script, tiny_model
 
 from icl_lens.analyses import (
     DemoSweepConfig,
@@ -311,17 +308,8 @@ def test_figures_are_written(tmp_path, order_result, experiment_output, weight_r
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _load_script():
-    path = Path(__file__).parents[1] / "experiments" / "shen_analyses.py"
-    spec = importlib.util.spec_from_file_location("shen_analyses", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["shen_analyses"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_writes_json_and_png_and_resumes(tmp_path, monkeypatch, tiny_gpt):
-    script = _load_script()
+    script = load_experiment_script("shen_analyses")
     monkeypatch.setattr(script._LazyModel, "get", lambda self: tiny_gpt)
     argv = ["order", "--k", "2", "--permutations", "2", "--limit", "3", "--batch-sizes", "1",
             "--out", str(tmp_path)]

@@ -1,24 +1,12 @@
 """experiments/reproduce_tables.py end to end on a tiny model: lr chosen once per task, reused."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 import icl_lens.models
-from helpers import tiny_model
+from helpers import load_experiment_script, tiny_model
 from icl_lens.results import read_results
-
-
-def _load_script():
-    path = Path(__file__).parents[1] / "experiments" / "reproduce_tables.py"
-    spec = importlib.util.spec_from_file_location("reproduce_tables", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_tables"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -34,7 +22,7 @@ def loads(monkeypatch):
 
 
 def test_lr_swept_on_first_seed_and_reused(tmp_path, loads):
-    script = _load_script()
+    script = load_experiment_script("reproduce_tables")
     argv = ["--model", "tiny", "--tasks", "sst2,cb", "--seeds", "0,1", "--k", "2", "--limit", "4",
             "--lr-grid", "0.001,0.1", "--untrained", "--out", str(tmp_path)]
     script.main(argv)
