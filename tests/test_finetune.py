@@ -134,6 +134,26 @@ def test_lcgd_gradient_is_causal(tiny_llama, layer):
         assert torch.allclose(grads[name], params[name].grad, atol=1e-6), name
 
 
+def test_lcgd_layer_grouping_does_not_change_losses_or_gradients(tiny_llama, monkeypatch):
+    """Unembedding all layers in one matrix product == one layer at a time (LOGIT_BUDGET)."""
+    import icl_lens.lcgd as lcgd
+
+    seqs, answers = _demos(tiny_llama, k=2)
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(batch_size=2), "cpu"))
+    runs = []
+    for budget in (2**26, 1):  # all layers in one group; one layer per group
+        monkeypatch.setattr(lcgd, "LOGIT_BUDGET", budget)
+        model = copy.deepcopy(tiny_llama)
+        params = select_trainable(model, "kv")
+        losses = layer_causal_losses(model, tokens, attn, mask, backward=True)
+        runs.append((torch.stack(losses), {n: p.grad.clone() for n, p in params.items()}))
+    (losses_a, grads_a), (losses_b, grads_b) = runs
+    assert losses_a.shape == (tiny_llama.cfg.n_layers,)
+    assert torch.allclose(losses_a, losses_b, atol=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6), name
+
+
 def test_plain_gd_gradient_is_not_causal(tiny_llama):
     seqs, answers = _demos(tiny_llama, k=2)
     grads = _layer_grads(copy.deepcopy(tiny_llama), 0, seqs, answers, layer_causal=False)
