@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -79,6 +80,8 @@ class ExperimentConfig:
         lr_criterion: ``dev`` (FT accuracy on a held-out train slice disjoint from the demos) or
             ``demos`` (FT accuracy on the demonstrations).
         lcgd_lr: LCGD learning rate (None: the same as FT).
+        lcgd_lr_sweep: choose LCGD's own learning rate by the same sweep as FT's (grid, criterion),
+            run with LCGD; costs one LCGD training per grid value.
         lcgd_schedule: ``simultaneous`` (reference) or ``sequential``.
         attention_map: ``scores`` (pre-softmax, reference) or ``pattern`` for SimAM.
         alpha_include_sink: count the first (BOS/sink) token as a demonstration token in α.
@@ -108,6 +111,7 @@ class ExperimentConfig:
     lr_dev_size: int = 64
     lr_criterion: Literal["dev", "demos"] = "dev"
     lcgd_lr: float | None = None
+    lcgd_lr_sweep: bool = False
     lcgd_schedule: Literal["simultaneous", "sequential"] = "simultaneous"
     attention_map: Literal["scores", "pattern"] = "scores"
     alpha_include_sink: bool = False
@@ -135,6 +139,10 @@ class ExperimentConfig:
             raise ConfigError(f"lr_mode must be sweep, reference or fixed, got {self.lr_mode!r}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        if self.lcgd_lr is not None and not (self.lcgd_lr > 0 and math.isfinite(self.lcgd_lr)):
+            raise ConfigError(f"lcgd_lr must be a positive finite number, got {self.lcgd_lr}")
+        if self.lcgd_lr is not None and self.lcgd_lr_sweep:
+            raise ConfigError("give lcgd_lr or lcgd_lr_sweep, not both")
         if self.attention_map not in ("scores", "pattern"):
             raise ConfigError(f"attention_map must be 'scores' or 'pattern', got {self.attention_map!r}")
         if self.demo_sampling not in ("random", "balanced"):
@@ -153,6 +161,9 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        for name in _WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
+            if out[name] == self.__dataclass_fields__[name].default:
+                del out[name]
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if self.label_words is not None:
@@ -186,6 +197,11 @@ class ExperimentConfig:
         name = f"{task}__{model}__k{self.k}__seed{self.seed}" + ("__untrained" if self.untrained else "")
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{name}__{digest}"
+
+
+_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep",)
+"""Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)
+while at their default, so a rerun still recognises the cells finished before them."""
 
 
 def apply_task_overrides(task: Task, cfg: ExperimentConfig) -> Task:
@@ -285,11 +301,12 @@ def run_experiment(
         runs["icl"] = run_setting("icl", model, prompts.icl_prefix)
 
     lr_record: dict[str, Any] = {}
+    lcgd_lr_record: dict[str, Any] = {}
     tuned_models: dict[str, HookedTransformer] = {}
     traces: dict[str, TrainingTrace] = {}
     if needs_comparison:
-        ft_cfg, lr_record = _choose_lr(model, task, cfg, prompts, train, demos, progress, timings,
-                                       content_free_query)
+        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query)
+        ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
         for name in FINETUNED_SETTINGS:
             if name not in cfg.settings:
                 continue
@@ -297,7 +314,8 @@ def run_experiment(
             if name == "ft":
                 tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
             else:
-                lcgd_cfg = replace(ft_cfg, lr=cfg.lcgd_lr or ft_cfg.lr)
+                lcgd_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, lr_record, sweep_inputs, progress,
+                                                           timings)
                 tuned, trace = layer_causal_finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths,
                                                      lcgd_cfg, cfg.lcgd_schedule, progress)
             timings[f"train_{name}"] = time.perf_counter() - t0
@@ -319,6 +337,7 @@ def run_experiment(
         "n_examples": len(queries),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
         "lr": lr_record,
+        **({"lcgd_lr": lcgd_lr_record} if lcgd_lr_record else {}),
         "calibration": {"method": cfg.calibration, "content_free_scores": content_free_scores},
         "metrics": {},
         "training": {name: trace.to_dict() for name, trace in traces.items()},
@@ -342,9 +361,26 @@ def run_experiment(
     return ExperimentOutput(results=results, runs=runs, prompts=prompts, models=tuned_models, traces=traces)
 
 
-def _choose_lr(
-    model, task, cfg, prompts, train, demos, progress, timings, content_free_query
-) -> tuple[FinetuneConfig, dict[str, Any]]:
+def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query) -> dict[str, Any]:
+    """What every lr sweep of this cell scores on: the demonstrations to train on, and the queries
+    (a dev slice disjoint from the demonstrations, or the demonstrations) with their labels."""
+    if cfg.lr_criterion == "dev":
+        demo_rows = {d["row_index"] for d in demos}
+        order = [i for i in shuffled_indices(len(train), cfg.seed) if i not in demo_rows][: cfg.lr_dev_size]
+        score_rows = [dict(train[i], row_index=i) for i in order]
+    else:
+        score_rows = demos[: prompts.k]
+    scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
+    return dict(
+        demo_sequences=prompts.demo_sequences, answer_lengths=prompts.demo_answer_lengths,
+        score_prefix=prompts.zsl_prefix, score_queries=scored.queries,
+        score_labels=[r["label"] for r in score_rows], label_tokens=prompts.labels, grid=cfg.lr_grid,
+        criterion=cfg.lr_criterion, n_start=prompts.n_start, batch_size=cfg.batch_size,
+        content_free_query=content_free_query if cfg.calibration == "content_free" else None,
+    )
+
+
+def _choose_lr(model, task, cfg, sweep_inputs, progress, timings) -> tuple[FinetuneConfig, dict[str, Any]]:
     if cfg.lr is not None:
         return replace(cfg.finetune, lr=cfg.lr), {"lr": cfg.lr, "mode": "given"}
     if cfg.lr_mode == "fixed":
@@ -355,23 +391,24 @@ def _choose_lr(
         lr = REFERENCE_LRS[task.name]
         return replace(cfg.finetune, lr=lr), {"lr": lr, "mode": "reference"}
     t0 = time.perf_counter()
-    if cfg.lr_criterion == "dev":
-        demo_rows = {d["row_index"] for d in demos}
-        order = [i for i in shuffled_indices(len(train), cfg.seed) if i not in demo_rows][: cfg.lr_dev_size]
-        score_rows = [dict(train[i], row_index=i) for i in order]
-    else:
-        score_rows = demos[: prompts.k]
-    scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
-    choice = sweep_learning_rate(
-        model, prompts.demo_sequences, prompts.demo_answer_lengths, cfg.finetune,
-        score_prefix=prompts.zsl_prefix, score_queries=scored.queries,
-        score_labels=[r["label"] for r in score_rows], label_tokens=prompts.labels, grid=cfg.lr_grid,
-        criterion=cfg.lr_criterion, n_start=prompts.n_start, batch_size=cfg.batch_size, progress=progress,
-        content_free_query=content_free_query if cfg.calibration == "content_free" else None,
-    )
+    choice = sweep_learning_rate(model, base=cfg.finetune, progress=progress, **sweep_inputs)
     timings["lr_sweep"] = time.perf_counter() - t0
     logger.info("learning rate chosen by sweep: %g", choice.lr)
     return replace(cfg.finetune, lr=choice.lr), choice.to_dict()
+
+
+def _choose_lcgd_lr(model, cfg, ft_cfg, ft_lr_record, sweep_inputs, progress, timings):
+    """LCGD's rate: given (``lcgd_lr``), swept with LCGD itself (``lcgd_lr_sweep``), or FT's."""
+    if cfg.lcgd_lr is not None:
+        return replace(ft_cfg, lr=cfg.lcgd_lr), {"lr": cfg.lcgd_lr, "mode": "given"}
+    if not cfg.lcgd_lr_sweep:
+        return ft_cfg, {"lr": ft_cfg.lr, "mode": "same as ft"}
+    t0 = time.perf_counter()
+    trainer = partial(layer_causal_finetune, schedule=cfg.lcgd_schedule)
+    choice = sweep_learning_rate(model, base=ft_cfg, progress=progress, trainer=trainer, **sweep_inputs)
+    timings["lcgd_lr_sweep"] = time.perf_counter() - t0
+    logger.info("LCGD learning rate chosen by sweep: %g", choice.lr)
+    return replace(ft_cfg, lr=choice.lr), choice.to_dict()
 
 
 def _model_facts(model: HookedTransformer) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +32,10 @@ REFERENCE_LRS: dict[str, float] = {
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
 
 Criterion = Literal["dev", "demos"]
+
+Trainer = Callable[..., tuple[HookedTransformer, Any]]
+"""``trainer(model, demo_sequences, answer_lengths, cfg, progress=...) -> (tuned copy, trace)``:
+:func:`icl_lens.finetune.finetune` or a layer-causal schedule of :func:`icl_lens.lcgd.layer_causal_finetune`."""
 
 
 @dataclass
@@ -65,16 +69,20 @@ def sweep_learning_rate(
     batch_size: int = 16,
     progress: bool = True,
     content_free_query: Sequence[int] | None = None,
+    trainer: Trainer = finetune,
 ) -> LearningRateChoice:
-    """Finetune at each rate of ``grid``; score FT accuracy on the given queries; pick the best.
+    """Train with ``trainer`` at each rate of ``grid``; score its accuracy on the given queries; pick
+    the best.
 
     With ``content_free_query`` the scores are contextually calibrated first, as the run's
-    predictions are (:mod:`icl_lens.calibration`).
+    predictions are (:mod:`icl_lens.calibration`). ``trainer`` is plain GD by default; LCGD's own
+    rate is swept by passing a layer-causal trainer (its per-layer losses sum over every layer, so
+    GD's rate is not LCGD's).
     """
     scores: dict[float, float | None] = {}
     for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
         try:
-            student, _ = finetune(model, demo_sequences, answer_lengths, replace(base, lr=lr), progress=False)
+            student, _ = trainer(model, demo_sequences, answer_lengths, replace(base, lr=lr), progress=False)
         except TrainingDivergedError as exc:
             logger.info("lr %g diverged: %s", lr, exc)
             scores[lr] = None

@@ -97,3 +97,38 @@ def test_lr_sweep_skips_diverging_rates_and_records_its_choice(tiny_gpt):
     best = max(v for v in record["scores"].values() if v is not None)
     assert record["scores"][repr(record["lr"])] == best
     assert r["config"]["finetune"]["lr"] == 1e-3  # the config keeps the base; the run used the sweep's lr
+
+
+def test_lcgd_lr_swept_with_lcgd_itself(tiny_gpt, monkeypatch):
+    """--lcgd-lr-sweep trains LCGD at every grid rate (not GD) and LCGD runs at the chosen rate."""
+    import icl_lens.experiment as experiment
+
+    trained_lcgd_lrs = []
+    real = experiment.layer_causal_finetune
+
+    def spy(model, seqs, answers, cfg, schedule="simultaneous", progress=True):
+        trained_lcgd_lrs.append(cfg.lr)
+        return real(model, seqs, answers, cfg, schedule, progress=progress)
+
+    monkeypatch.setattr(experiment, "layer_causal_finetune", spy)
+    cfg = replace(CFG, lr=1e-3, lcgd_lr_sweep=True, lr_grid=(1e-3, 1e30), lr_dev_size=6, settings=("zsl", "icl", "lcgd"),
+                  finetune=FinetuneConfig(params="all"))
+    r = run_experiment(tiny_gpt, get_task("sst2"), cfg, progress=False).results
+    record = r["lcgd_lr"]
+    assert record["mode"] == "sweep" and record["scores"]["1e+30"] is None and record["lr"] == 1e-3
+    assert trained_lcgd_lrs[:2] == [1e-3, 1e30] and trained_lcgd_lrs[2:] == [1e-3]  # sweep, then the run
+    assert r["lr"] == {"lr": 1e-3, "mode": "given"}
+    same = run_experiment(tiny_gpt, get_task("sst2"), replace(CFG, lr=1e-3, settings=("zsl", "lcgd")),
+                          progress=False).results
+    assert same["lcgd_lr"] == {"lr": 1e-3, "mode": "same as ft"}
+
+
+def test_fields_added_later_keep_finished_cells_valid():
+    """A field at its default is left out of the config dict and the cell name's digest."""
+    cfg = ExperimentConfig(k=4, lr=1e-3)
+    assert "lcgd_lr_sweep" not in cfg.to_dict()
+    swept = replace(cfg, lcgd_lr_sweep=True)
+    assert swept.to_dict()["lcgd_lr_sweep"] is True and swept.cell_name() != cfg.cell_name()
+    assert ExperimentConfig.from_dict(swept.to_dict()) == swept
+    with pytest.raises(ConfigError, match="not both"):
+        ExperimentConfig(lcgd_lr=1e-3, lcgd_lr_sweep=True)
