@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.lr is None and not args.sweep_every_seed:
         logging.info("lr chosen per task on seed %d, reused for the other seeds and the untrained model: %s",
                      seeds[0], lr_of)
+
     def fixed(task: str) -> dict:
         return {} if args.lr is not None or args.sweep_every_seed else {"lr": lr_of[task]}
+
     # 2. the untrained baseline, 3. the remaining seeds (cheapest evidence first if the run is cut short)
     later = []
     if args.untrained:

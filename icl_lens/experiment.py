@@ -16,8 +16,8 @@ import json
 import logging
 import math
 import time
-from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -314,8 +314,7 @@ def run_experiment(
             if name == "ft":
                 tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
             else:
-                lcgd_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, lr_record, sweep_inputs, progress,
-                                                           timings)
+                lcgd_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings)
                 tuned, trace = layer_causal_finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths,
                                                      lcgd_cfg, cfg.lcgd_schedule, progress)
             timings[f"train_{name}"] = time.perf_counter() - t0
@@ -397,7 +396,7 @@ def _choose_lr(model, task, cfg, sweep_inputs, progress, timings) -> tuple[Finet
     return replace(cfg.finetune, lr=choice.lr), choice.to_dict()
 
 
-def _choose_lcgd_lr(model, cfg, ft_cfg, ft_lr_record, sweep_inputs, progress, timings):
+def _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings) -> tuple[FinetuneConfig, dict[str, Any]]:
     """LCGD's rate: given (``lcgd_lr``), swept with LCGD itself (``lcgd_lr_sweep``), or FT's."""
     if cfg.lcgd_lr is not None:
         return replace(ft_cfg, lr=cfg.lcgd_lr), {"lr": cfg.lcgd_lr, "mode": "given"}

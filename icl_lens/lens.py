@@ -5,9 +5,10 @@ This is exactly what :class:`~transformer_lens.HookedTransformer` does after its
 Evaluation uses it to unembed only the positions it scores (cheap for large vocabularies), and
 layer-causal GD (:mod:`icl_lens.lcgd`) uses it as every layer's prediction head.
 
-The unembedding is applied as ``residual @ W_U + b_U`` (one fused ``addmm``) on the model's own parameters rather than
-through ``model.unembed``: TransformerLens 3.x's ``Unembed.forward`` makes a contiguous copy of
-``W_U.T`` on every call (671 MB for Gemma-3's 262k vocabulary), which dominated LCGD's step time.
+The unembedding is applied as ``residual @ W_U + b_U`` (one fused ``addmm``) on the model's own
+parameters rather than through ``model.unembed``: TransformerLens 3.x's ``Unembed.forward`` makes a
+contiguous copy of ``W_U.T`` on every call (671 MB for Gemma-3's 262k vocabulary), which dominated
+LCGD's step time.
 """
 
 from __future__ import annotations
