@@ -416,7 +416,10 @@ def test_real_final_layer_logit_lens_equals_logits(real):
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     with torch.no_grad():
         logits, cache = model.run_with_cache(_tokens(model, SENTENCES[0]), names_filter=last)
-    assert (logit_lens(model, cache[last]) - logits).abs().max() <= 1e-5
+    # The lens multiplies by W_U in place where TransformerLens multiplies by a contiguous copy of
+    # W_U.T: the same products summed in another order. Measured float32 rounding: 2.5e-5
+    # (SmolLM2) / 2.9e-5 (Gemma); a wrong norm, bias or soft-cap differs by orders of magnitude more.
+    assert (logit_lens(model, cache[last]) - logits).abs().max() <= 1e-4
 
 
 @pytest.mark.real_model
