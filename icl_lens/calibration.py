@@ -1,4 +1,5 @@
-"""Contextual calibration (Zhao et al. 2021), an option of the prediction rule (SPEC §1: off by default).
+"""Contextual calibration (Zhao et al. 2021) of the prediction rule (the package default; SPEC §1's
+reference rule is uncalibrated, ``calibration="none"``).
 
 A small model's label choice is biased by the prompt itself (majority and recency of demonstration
 labels, surface form of label words). Contextual calibration measures that bias on a content-free
@@ -9,8 +10,13 @@ query ("N/A" in every template field) under the same prefix and model, and remov
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from jaxtyping import Float
+from transformer_lens import HookedTransformer
+
+from icl_lens.evaluation import evaluate
 
 CONTENT_FREE_TEXT = "N/A"
 
@@ -26,3 +32,15 @@ def calibrate(
 ) -> Float[torch.Tensor, "n_examples n_classes"]:
     """Class log-probabilities (normalised over classes) minus the content-free ones."""
     return class_scores.log_softmax(dim=-1) - content_free_scores.log_softmax(dim=-1)
+
+
+def content_free_scores(
+    model: HookedTransformer,
+    prefix: Sequence[int],
+    content_free_query: Sequence[int],
+    labels: Sequence[Sequence[int]],
+    n_start: int = 1,
+) -> Float[torch.Tensor, "1 n_classes"]:
+    """Class scores of the content-free query under ``prefix`` and ``model``: the bias that
+    :func:`calibrate` removes from every real query scored the same way."""
+    return evaluate(model, prefix, [content_free_query], labels, n_start=n_start, progress=False).class_scores

@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens._version import __version__
-from icl_lens.calibration import calibrate, content_free_row
+from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
@@ -278,7 +278,7 @@ def run_experiment(
     labels = torch.tensor([q["label"] for q in queries])
     n_start = prompts.n_start
     content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
-    content_free_scores: dict[str, list[float]] = {}
+    content_free_record: dict[str, list[float]] = {}
 
     def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
         t0 = time.perf_counter()
@@ -286,10 +286,9 @@ def run_experiment(
                           record=cfg.record, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
                           progress=progress)
         if cfg.calibration == "content_free":
-            content_free = evaluate(setting_model, prefix, [content_free_query], prompts.labels, n_start=n_start,
-                                    progress=False)
-            content_free_scores[name] = [float(v) for v in content_free.class_scores[0]]
-            result.class_scores = calibrate(result.class_scores, content_free.class_scores)
+            bias = content_free_scores(setting_model, prefix, content_free_query, prompts.labels, n_start)
+            content_free_record[name] = [float(v) for v in bias[0]]
+            result.class_scores = calibrate(result.class_scores, bias)
         timings[f"eval_{name}"] = time.perf_counter() - t0
         return result
 
@@ -337,7 +336,7 @@ def run_experiment(
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
         "lr": lr_record,
         **({"lcgd_lr": lcgd_lr_record} if lcgd_lr_record else {}),
-        "calibration": {"method": cfg.calibration, "content_free_scores": content_free_scores},
+        "calibration": {"method": cfg.calibration, "content_free_scores": content_free_record},
         "metrics": {},
         "training": {name: trace.to_dict() for name, trace in traces.items()},
     }

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from icl_lens.calibration import calibrate
+from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
@@ -91,9 +91,8 @@ def sweep_learning_rate(
                        record=RecordSpec(), batch_size=batch_size, progress=False)
         scores_tensor = run.class_scores
         if content_free_query is not None:
-            content_free = evaluate(student, score_prefix, [content_free_query], label_tokens, n_start=n_start,
-                                    progress=False)
-            scores_tensor = calibrate(scores_tensor, content_free.class_scores)
+            bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)
+            scores_tensor = calibrate(scores_tensor, bias)
         correct = (scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean()
         scores[lr] = float(correct)
         del student
