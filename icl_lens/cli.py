@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import types
 import typing
@@ -86,7 +87,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str, dest
             choices = list(typing.get_args(inner))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(flag, dest=dest, type=_parser_for(tp), default=None, choices=choices,
-                            help=f"{help_text} (default: {shown})")
+                            metavar=None if choices else _metavar(f.name, tp), help=f"{help_text} (default: {shown})")
 
 
 def _field_help(doc: str, name: str) -> str:
@@ -100,8 +101,32 @@ def _field_help(doc: str, name: str) -> str:
                 if not nxt.startswith(" " * 12):
                     break
                 text += " " + nxt.strip()
-            return text.replace("%", "%%")
+            return _plain(text)
     return ""
+
+
+def _plain(text: str) -> str:
+    """Docstring text as plain help: no reStructuredText markup, ``%`` escaped for argparse."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)  # :class:`~a.B` -> B
+    return text.replace("``", "").replace("%", "%%")
+
+
+_METAVAR_BY_NAME = {"label_words": "WORDS", "lr_grid": "RATES", "settings": "SETTINGS", "template": "TEMPLATE",
+                    "params": "GROUPS", "separator": "TEXT", "answer_prefix": "TEXT", "start": "TOKEN"}
+
+
+def _metavar(name: str, tp: Any) -> str:
+    """A readable placeholder for a flag's value: N, X, LR, SEED, WORDS, ..."""
+    if name in _METAVAR_BY_NAME:
+        return _METAVAR_BY_NAME[name]
+    if name == "lr" or name.endswith("_lr"):
+        return "LR"
+    if name.endswith("seed"):
+        return "SEED"
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        return "A,B,..."
+    return {int: "N", float: "X"}.get(inner, "TEXT")
 
 
 def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> ExperimentConfig:
@@ -155,30 +180,32 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
-    run.add_argument("--task", help="task name or task file; comma-separated for several (default: sst2)")
-    run.add_argument("--model", help="model name or path; comma-separated for several (default: gemma3-270m)")
-    run.add_argument("--k", help="demonstrations; comma-separated for several (default: 16)")
-    run.add_argument("--seed", help="demonstration seed(s), comma-separated (default: 0)")
-    run.add_argument("--out", default="results", help="results folder (one sub-folder per cell)")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
-    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)")
+    run.add_argument("--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)")
+    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16)")
+    run.add_argument("--seed", metavar="SEEDS", help="demonstration seed(s), comma-separated (default: 0)")
+    run.add_argument("--out", default="results", metavar="DIR", help="results folder (one sub-folder per cell)")
+    run.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ...")
+    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                     help="dtype of the model's weights and activations (default: float32)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    run.add_argument("--attention-examples", type=int, default=4,
+    run.add_argument("--attention-examples", type=int, default=4, metavar="N",
                      help="queries whose full attention maps (all settings) are saved for the report (0: none)")
     _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
     bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
-    bench.add_argument("--model", default="gemma3-270m")
-    bench.add_argument("--task", default="sst2")
-    bench.add_argument("--k", type=int, default=16)
-    bench.add_argument("--n-naive", type=int, default=8, help="queries for the (slow) naive loop")
-    bench.add_argument("--n-fast", type=int, default=64, help="queries for the optimized path")
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    bench.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    bench.add_argument("--model", default="gemma3-270m", metavar="MODEL", help="model name or path (default: gemma3-270m)")
+    bench.add_argument("--task", default="sst2", metavar="TASK", help="task whose prompts are timed (default: sst2)")
+    bench.add_argument("--k", type=int, default=16, metavar="K", help="demonstrations in the prompt (default: 16)")
+    bench.add_argument("--n-naive", type=int, default=8, metavar="N", help="queries for the (slow) naive loop (default: 8)")
+    bench.add_argument("--n-fast", type=int, default=64, metavar="N", help="queries for the optimized path (default: 64)")
+    bench.add_argument("--batch-size", type=int, default=16, metavar="N", help="queries per forward pass (default: 16)")
+    bench.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ... (default: cpu)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="dtype of the model's weights and activations (default: float32)")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
     add_report_command(sub)
     sub.add_parser("tasks", help="list the built-in tasks")

@@ -521,13 +521,13 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
     """Add ``report RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_report`)."""
     parser = subparsers.add_parser(
         "report", help="write a self-contained report.html per cell (metrics, figures, attention) and index.html")
-    parser.add_argument("results_dir", help="results folder (one sub-folder per cell), as written by 'run'")
-    parser.add_argument("--max-examples", type=int, default=None,
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder (one sub-folder per cell), as written by 'run'")
+    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="embed at most this many attention examples per page (default: all saved)")
-    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB,
+    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
                         help=f"budget in MB for the attention maps embedded per page, whole examples only, at least "
                              f"one (default: {DEFAULT_MAX_MB:g}; 0 = no limit)")
-    parser.add_argument("--kinds", default="pattern,scores",
+    parser.add_argument("--kinds", default="pattern,scores", metavar="KINDS",
                         help="attention map kinds to embed: pattern, scores or both (default: pattern,scores)")
     parser.set_defaults(func=cmd_report)
     return parser
