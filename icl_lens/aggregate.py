@@ -122,6 +122,9 @@ class CellDraws:
     method: str
 
 
+UNDEFINED = "undefined"
+
+
 def _finite(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
@@ -138,15 +141,16 @@ def _z(confidence: float) -> float:
 
 def cell_draws(results: dict[str, Any], quantity: Quantity, n_resamples: int, rng: np.random.Generator,
                confidence: float = DEFAULT_CONFIDENCE) -> CellDraws | None:
-    """Bootstrap draws of one cell's ``quantity`` over its queries; None when the cell lacks it."""
+    """Bootstrap draws of one cell's ``quantity`` over its queries; None when the cell lacks it,
+    ``method == UNDEFINED`` (value NaN) when the statistic is undefined on the cell's queries."""
     rows = quantity.per_example(results)
     if rows is not None and len(rows):
         rows = np.asarray(rows, dtype=float)
         if rows.ndim == 1:
             rows = rows[:, None]
         value = _finite(quantity.statistic(rows[None])[0])
-        if value is None:
-            return None
+        if value is None:  # e.g. Rec2FTP when finetuning fixed nothing: left out of the mean over seeds
+            return CellDraws(math.nan, None, UNDEFINED)
         idx = rng.integers(len(rows), size=(n_resamples, len(rows)))
         with np.errstate(all="ignore"):
             draws = np.asarray(quantity.statistic(rows[idx]), dtype=float)
@@ -227,6 +231,9 @@ def summarise_seeds(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resam
     rng = rng if rng is not None else np.random.default_rng(0)
     draws = [cell_draws(r, quantity, n_resamples, rng, confidence) for r in cells]
     if not draws or any(d is None for d in draws):
+        return None
+    draws = [d for d in draws if d.method != UNDEFINED]  # type: ignore[union-attr]
+    if not draws:
         return None
     values = [d.value for d in draws]  # type: ignore[union-attr]
     methods = sorted({d.method for d in draws})  # type: ignore[union-attr]

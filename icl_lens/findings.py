@@ -54,6 +54,7 @@ from icl_lens.aggregate import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     QUANTITIES,
+    UNDEFINED,
     CellDraws,
     Quantity,
     cell_draws,
@@ -357,7 +358,10 @@ def estimate(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resamples: i
     if any(d is None for d in draws):
         lacking = [str(r["config"].get("seed")) for r, d in zip(cells, draws) if d is None]
         return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} (seed {', '.join(lacking)})")
-    got: list[CellDraws] = draws  # type: ignore[assignment]
+    undefined = [str(r["config"].get("seed")) for r, d in zip(cells, draws) if d.method == UNDEFINED]  # type: ignore
+    got: list[CellDraws] = [d for d in draws if d.method != UNDEFINED]  # type: ignore[union-attr]
+    if not got:
+        return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} undefined in every seed")
     values = [d.value for d in got]
     std = statistics.stdev(values) if len(values) > 1 else None
     tests = _per_seed_tests([cell_test(r) for r in cells])
@@ -366,6 +370,8 @@ def estimate(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resamples: i
                             missing="interval (one seed, no per-query values or cell interval)")
     methods = {d.method for d in got}
     method = "seeds only" if methods == {"value only"} else "seeds × " + " / ".join(sorted(methods - {"value only"}))
+    if undefined:
+        method += f"; undefined in seed {', '.join(undefined)}, left out"
     return TaskEstimate(statistics.fmean(values), std, len(values), two_level_draws(got, n_resamples, rng), method,
                         tests=tests)
 
@@ -404,6 +410,11 @@ def _row(study: Study, claim_id: str, statement: str, task: str, est: TaskEstima
 
 def _pooled(tasks: dict[str, TaskEstimate], n_resamples: int) -> TaskEstimate:
     """Tasks fixed: the mean over tasks of each task's value and draws."""
+    undefined = [t for t, e in tasks.items() if e.value is None and e.missing.endswith("undefined in every seed")]
+    if undefined and len(undefined) < len(tasks):
+        pooled = _pooled({t: e for t, e in tasks.items() if t not in undefined}, n_resamples)
+        pooled.method += f"; undefined on task {', '.join(undefined)}, left out"
+        return pooled
     if not tasks:
         return TaskEstimate(None, missing="no task")
     lacking = [t for t, e in tasks.items() if e.value is None]
@@ -430,8 +441,7 @@ def _claim_rows(study: Study, claim: Claim, n_resamples: int, confidence: float,
     rows = [_row(study, claim.id, claim.statement, task, est, claim.null, claim.side, confidence)
             for task, est in per_task.items()]
     pooled = _pooled(per_task, n_resamples)
-    rows.append(_row(study, claim.id, claim.statement, POOLED, pooled, claim.null, claim.side, confidence,
-                     test="two-level bootstrap, tasks fixed" if pooled.draws is not None else ""))
+    rows.append(_row(study, claim.id, claim.statement, POOLED, pooled, claim.null, claim.side, confidence))
     return rows
 
 
@@ -511,8 +521,7 @@ def _order_rows(study: Study, analyses: Sequence[dict[str, Any]], n_resamples: i
     rows = [_row(study, cid, statement, task, est, 0.0, ">", confidence, note=notes.get(task, ""))
             for task, est in per_task.items()]
     pooled = _pooled(per_task, n_resamples)
-    rows.append(_row(study, cid, statement, POOLED, pooled, 0.0, ">", confidence,
-                     test="bootstrap over queries, tasks fixed" if pooled.draws is not None else ""))
+    rows.append(_row(study, cid, statement, POOLED, pooled, 0.0, ">", confidence))
     return rows
 
 

@@ -145,3 +145,12 @@ def test_report_index_is_a_dashboard_with_the_findings(tmp_path):
     assert "Across cells" in index and "sst2" in index and "[" in index  # intervals in the cross-cell table
     assert index.count('src="data:image/png;base64,') == 2  # SimAOU and SimAM_Δ across tasks
     assert 'href="sst2__tiny__seed0/report.html"' in index
+
+
+def test_an_undefined_rec2ftp_is_left_out_not_averaged_as_zero():
+    # FT fixes nothing on subj (FT predicts as ZSL): Rec2FTP is undefined there
+    cells = study(seeds=(0, 1), tasks=("sst2",)) + [synthetic_cell("subj", s, ft_gain=0.0) for s in (0, 1)]
+    findings = evaluate_findings(cells)
+    assert one(findings, "rec2ftp_majority", "subj")["verdict"] == "missing: metrics.ft.rec2ftp undefined in every seed"
+    pooled, sst2 = one(findings, "rec2ftp_majority"), one(findings, "rec2ftp_majority", "sst2")
+    assert pooled["effect"] == sst2["effect"] and "undefined on task subj, left out" in pooled["test"] + pooled["note"]
