@@ -6,7 +6,8 @@ the untrained-model baseline (SPEC §6) too. The learning rate is chosen once pe
 unless --lr fixes it or --sweep-every-seed sweeps in every cell. Writes, under --out:
 
     <cell>/results.json          one per task × seed (× untrained), resumable
-    tables.md                    mean ± std over seeds beside the reference numbers (SPEC §7)
+    tables.md                    mean ± std over seeds [seed × query bootstrap interval] beside the reference
+    findings.md, findings.json   a verdict per claim of the papers, per task and pooled (icl-lens findings)
     aggregate.json               the same numbers as JSON
     prediction_changes.png       stacked bars of ICL / FT prediction changes per task
     simaou_per_layer.png         per-layer SimAOU, GD vs LCGD vs random (Fig. 3)
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from icl_lens.aggregate import aggregate, markdown_tables
 from icl_lens.experiment import ExperimentConfig
+from icl_lens.findings import findings_markdown, write_findings
 from icl_lens.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
 from icl_lens.prompts import PromptFormat
 from icl_lens.sweep import RuntimeOptions, run_cells
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         plot_layer_metric(untrained, out / "untrained_simaou_per_layer.png", "simaou",
                           title="Untrained model: SimAOU per layer")
     print((out / "tables.md").read_text())
+    print(findings_markdown(write_findings(out)))
 
 
 if __name__ == "__main__":

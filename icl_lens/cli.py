@@ -1,7 +1,7 @@
 """The ``icl-lens`` command line.
 
 Subcommands: ``run`` (one or more cells: ZSL, ICL, FT, LCGD and every metric), ``report``
-(self-contained HTML pages of a results folder), ``bench`` (naive vs optimized evaluation), ``tasks``,
+(self-contained HTML pages of a results folder), ``findings`` (a verdict per claim of the papers), ``bench`` (naive vs optimized evaluation), ``tasks``,
 ``models``. The ``run`` flags are generated from :class:`~icl_lens.experiment.ExperimentConfig`
 and its nested configs, so the CLI and the Python API cannot drift apart. Every
 :class:`~icl_lens.errors.IclLensError` ends the command with one line on stderr and exit code 2.
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
+from icl_lens.findings import add_findings_command, cmd_findings
 from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.report import add_report_command, cmd_report
@@ -208,6 +209,7 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
     add_report_command(sub)
+    add_findings_command(sub)
     sub.add_parser("tasks", help="list the built-in tasks")
     sub.add_parser("models", help="list the named offline models")
     return parser
@@ -273,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "tasks": cmd_tasks, "models": cmd_models}
+    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "findings": cmd_findings, "tasks": cmd_tasks, "models": cmd_models}
     try:
         return commands[args.command](args)
     except IclLensError as exc:
