@@ -147,6 +147,25 @@ def bootstrap_statistic(
     return percentile_interval(samples, confidence)
 
 
+def bootstrap_ratio(
+    numerator: Sequence[float] | np.ndarray,
+    denominator: Sequence[float] | np.ndarray,
+    indices: np.ndarray,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[float]:
+    """Interval of a ratio of sums over examples, Σ numerator_i / Σ denominator_i (Rec2FTP and the
+    Jaccard index are such ratios of per-example indicators), recomputed on every resample.
+    Resamples with a zero denominator (ratio undefined) are left out; [nan, nan] if all are."""
+    num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    if num.ndim != 1 or num.shape != den.shape or num.size == 0:
+        raise MetricInputError(f"bootstrap_ratio needs two non-empty 1-d arrays of one length, got {num.shape}, {den.shape}")
+    _check_indices(indices, num.size)
+    num_sums, den_sums = num[indices].sum(axis=1), den[indices].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den_sums != 0, num_sums / np.where(den_sums != 0, den_sums, 1), np.nan)
+    return percentile_interval(ratios, confidence)
+
+
 def mcnemar_exact(correct_a: Sequence[int] | np.ndarray, correct_b: Sequence[int] | np.ndarray) -> dict[str, Any]:
     """Exact McNemar test of two settings scored on the same queries.
 
