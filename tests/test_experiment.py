@@ -220,3 +220,21 @@ def test_wrong_label_finetuning_trains_on_wrong_labels_and_nulls_can_be_turned_o
     assert off["metrics"]["ft"]["simaou"] == out.results["metrics"]["ft"]["simaou"]  # the nulls change no metric
     with pytest.raises(ConfigError, match="unknown nulls"):
         run_experiment(tiny_gpt, get_task("sst2"), replace(cfg, nulls=("bogus",)), progress=False)
+
+
+def test_summary_tables_print_value_and_interval():
+    from icl_lens.summary import summary
+
+    layer = lambda mean, low, high: {"per_layer": [mean], "mean": mean, "ci": [low, high], "per_layer_ci": [[low, high]]}
+    results = {
+        "task": {"name": "sst2"}, "config": {"model": "m", "seed": 0}, "prompts": {"k_used": 4},
+        "accuracy": {"zsl": 0.855, "icl": 0.9}, "accuracy_ci": {"zsl": [0.805, 0.9], "icl": [0.85, 0.95]},
+        "metrics": {"ft": {"simaou": layer(0.2, 0.1, 0.3), "rec2ftp": 50.0, "rec2ftp_ci": [25.0, 75.0],
+                           "prediction_changes": {"jaccard": 0.25, "jaccard_ci": [0.1, 0.4]}}},
+        "nulls": {"ft": {"shuffled_pair": {"simaou": layer(0.05, 0.0, 0.1)},
+                         "jaccard_independence": {"expected": 0.125, "observed": 0.25, "observed_ci": [0.1, 0.4]}}},
+    }
+    text = summary([results])
+    assert "0.855 [0.805, 0.900]" in text and "0.900 [0.850, 0.950]" in text
+    assert "50.0 [25.0, 75.0]" in text and "25.0 [10.0, 40.0]" in text
+    assert "0.200 [0.100, 0.300]" in text and "0.050 [0.000, 0.100]" in text and "expected 12.5" in text
