@@ -97,8 +97,10 @@ class ExperimentConfig:
             ``wrong_label``, ``random_direction``; ``()`` none); LCGD gets the shuffled-pair and
             random-direction ones. The Jaccard independence expectation is always computed. The
             nulls' seeds are ``random_seed``.
-        bootstrap_resamples / bootstrap_seed / confidence: the percentile bootstrap over queries
-            behind every interval (:mod:`icl_lens.stats`).
+        bootstrap_resamples: resamples of the percentile bootstrap over queries behind every
+            interval and paired test of the cell.
+        bootstrap_seed: seed of those resamples (one set per cell, shared by every statistic).
+        confidence: level of every interval.
     """
 
     task: str = "sst2"
