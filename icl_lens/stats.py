@@ -112,7 +112,7 @@ def bootstrap_interval(
     if indices is None:
         indices = resample_indices(array.shape[0], n_resamples, seed)
     _check_indices(indices, array.shape[0])
-    resampled = statistic(array[indices], axis=1)  # [B] or [B, n_layers]
+    resampled = _resampled_statistic(array, statistic, indices)  # [B] or [B, n_layers]
     point = statistic(array, axis=0)
     if array.ndim == 1:
         low, high = percentile_interval(resampled, confidence)
@@ -121,6 +121,28 @@ def bootstrap_interval(
     low, high = percentile_interval(layer_mean, confidence)
     return Interval(float(point.mean()), low, high, [float(v) for v in point],
                     percentile_interval(resampled, confidence))
+
+
+def resample_counts(indices: np.ndarray) -> np.ndarray:
+    """[n_resamples, n]: how often each example occurs in each resample."""
+    n_resamples, n = indices.shape
+    offsets = (np.arange(n_resamples)[:, None] * n + indices).ravel()
+    return np.bincount(offsets, minlength=n_resamples * n).reshape(n_resamples, n)
+
+
+_GATHER_BUDGET = 2**22
+"""Most values one chunk of a non-mean statistic gathers at a time (32 MiB of float64)."""
+
+
+def _resampled_statistic(array: np.ndarray, statistic: Callable[..., np.ndarray], indices: np.ndarray) -> np.ndarray:
+    """``statistic`` of every resample. The mean is a product with the resample counts, so a
+    [1000, 2000, 18] gather is never built; other statistics gather in chunks of resamples."""
+    if statistic is np.mean:
+        return resample_counts(indices) @ array / array.shape[0]
+    per_resample = max(1, array.size)
+    chunk = max(1, _GATHER_BUDGET // per_resample)
+    return np.concatenate([statistic(array[indices[i : i + chunk]], axis=1)
+                           for i in range(0, indices.shape[0], chunk)])
 
 
 def _check_indices(indices: np.ndarray, n: int) -> None:
@@ -160,7 +182,8 @@ def bootstrap_ratio(
     if num.ndim != 1 or num.shape != den.shape or num.size == 0:
         raise MetricInputError(f"bootstrap_ratio needs two non-empty 1-d arrays of one length, got {num.shape}, {den.shape}")
     _check_indices(indices, num.size)
-    num_sums, den_sums = num[indices].sum(axis=1), den[indices].sum(axis=1)
+    counts = resample_counts(indices)
+    num_sums, den_sums = counts @ num, counts @ den
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(den_sums != 0, num_sums / np.where(den_sums != 0, den_sums, 1), np.nan)
     return percentile_interval(ratios, confidence)
@@ -222,7 +245,7 @@ def paired_bootstrap(
         indices = resample_indices(a.size, n_resamples, seed)
     _check_indices(indices, a.size)
     diff = a - b
-    resampled = diff[indices].mean(axis=1)
+    resampled = resample_counts(indices) @ diff / diff.size
     far = min(int((resampled <= 0).sum()), int((resampled >= 0).sum()))
     p_value = min(1.0, 2.0 * (1 + far) / (resampled.size + 1))
     return {"test": "paired_bootstrap", "difference": float(diff.mean()),

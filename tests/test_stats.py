@@ -104,3 +104,13 @@ def test_bad_input_is_named():
         bootstrap_interval([1.0, 2.0], confidence=1.5)
     with pytest.raises(MetricInputError, match="one length"):
         mcnemar_exact([1, 0], [1])
+
+
+def test_mean_by_resample_counts_equals_the_gathered_mean():
+    values = np.random.default_rng(0).normal(size=(40, 3))
+    indices = resample_indices(40, 200, seed=1)
+    by_counts = bootstrap_interval(values, indices=indices)
+    gathered = bootstrap_interval(values, statistic=lambda a, axis: np.mean(a, axis=axis), indices=indices)
+    assert np.allclose(by_counts.ci, gathered.ci) and np.allclose(by_counts.per_layer_ci, gathered.per_layer_ci)
+    median = bootstrap_interval(values[:, 0], statistic=np.median, indices=indices)
+    assert median.value == pytest.approx(np.median(values[:, 0]))
