@@ -246,11 +246,11 @@ def comparison_per_example(
     dist_tuned = metrics.TopKDistribution(tuned.next_token_ids, tuned.next_token_probs)
     k = cfg.record.top_k
     return {
-        "simaou": metrics.simaou_per_example(zsl.activations, icl.activations, tuned.activations).numpy(),
-        "simam": metrics.simam_per_example(icl_maps, tuned_maps).numpy(),
-        "simam_delta": metrics.simam_delta_per_example(zsl_maps, icl_maps, tuned_maps).numpy(),
-        "token_overlap": metrics.token_overlap(dist_icl, dist_tuned, k=k).double().numpy(),
-        "overlap_cosine": metrics.overlap_cosine(dist_icl, dist_tuned, k=k).double().numpy(),
+        "simaou": metrics.simaou_per_example(zsl.activations, icl.activations, tuned.activations).cpu().numpy(),
+        "simam": metrics.simam_per_example(icl_maps, tuned_maps).cpu().numpy(),
+        "simam_delta": metrics.simam_delta_per_example(zsl_maps, icl_maps, tuned_maps).cpu().numpy(),
+        "token_overlap": metrics.token_overlap(dist_icl, dist_tuned, k=k).double().cpu().numpy(),
+        "overlap_cosine": metrics.overlap_cosine(dist_icl, dist_tuned, k=k).double().cpu().numpy(),
     }
 
 
@@ -290,7 +290,7 @@ def comparison_metrics(
 def _prediction_indicators(zsl, icl, tuned, labels) -> tuple[np.ndarray, ...]:
     """Per-example terms whose sums make Rec2FTP (both fix / FT fixes) and the Jaccard index
     (|S| / (|C_ICL| + |C_FT| − |S|)), so both can be recomputed on resampled examples."""
-    zsl, icl, tuned, labels = (np.asarray(torch.as_tensor(x)) for x in (zsl, icl, tuned, labels))
+    zsl, icl, tuned, labels = (np.asarray(torch.as_tensor(x).cpu()) for x in (zsl, icl, tuned, labels))
     fixes = (zsl != labels) & (tuned == labels)
     both_fix = fixes & (icl == labels)
     icl_changed, tuned_changed = icl != zsl, tuned != zsl
@@ -469,18 +469,18 @@ def per_example_values(
     [n_examples, n_layers]): correctness per setting, the comparison metrics of FT and LCGD, α,
     the random baseline, ZSL SimAM and the nulls' SimAOU and SimAM_Δ. Every mean and interval of
     the results is computed from these arrays."""
-    values: dict[str, Any] = {"correct": {name: (run.predictions == labels).numpy().astype(np.int64)
+    values: dict[str, Any] = {"correct": {name: (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)
                                           for name, run in runs.items()}}
     if "icl" in runs:
         icl = runs["icl"]
         values["alpha"] = metrics.alpha_per_example(icl.demo_attention_mass, icl.sink_attention_mass,
-                                                    cfg.alpha_include_sink).numpy()
+                                                    cfg.alpha_include_sink).cpu().numpy()
     if "icl" in runs and "zsl" in runs:
         zsl, icl = runs["zsl"], runs["icl"]
         values["simam_zsl"] = metrics.simam_per_example(icl.activations.stack_activation(_map_name(cfg)),
-                                                        zsl.activations.stack_activation(_map_name(cfg))).numpy()
+                                                        zsl.activations.stack_activation(_map_name(cfg))).cpu().numpy()
         values["simaou_random"] = metrics.simaou_random_per_example(zsl.activations, icl.activations,
-                                                                    seed=cfg.random_seed).numpy()
+                                                                    seed=cfg.random_seed).cpu().numpy()
     null_values: dict[str, Any] = {}
     for name in FINETUNED_SETTINGS:
         if name not in runs:
@@ -488,14 +488,16 @@ def per_example_values(
         zsl, icl = runs["zsl"], runs["icl"]
         values[name] = comparison_per_example(zsl, icl, runs[name], cfg)
         null_values[name] = {}
-        if "shuffled_pair" in cfg.nulls and len(labels) >= 2:
+        if "shuffled_pair" in cfg.nulls and len(labels) < 2:
+            logger.warning("shuffled-pair null skipped: it needs at least 2 queries, got %d", len(labels))
+        elif "shuffled_pair" in cfg.nulls:
             null_values[name]["shuffled_pair"] = {
-                key: tensor.numpy() for key, tensor in null_models.shuffled_pair(
+                key: tensor.cpu().numpy() for key, tensor in null_models.shuffled_pair(
                     zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), cfg.random_seed).items()}
         for null, run in null_runs.get(name, {}).items():
             terms = comparison_per_example(zsl, icl, run, cfg)
             null_values[name][null] = {"simaou": terms["simaou"], "simam_delta": terms["simam_delta"],
-                                       "correct": (run.predictions == labels).numpy().astype(np.int64)}
+                                       "correct": (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)}
     values["nulls"] = null_values
     return values
 
