@@ -148,7 +148,7 @@ def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
     return cells
 
 
-def _add_executor_flags(run: argparse.ArgumentParser) -> None:
+def add_executor_flags(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("executors", "where the cells run (see the README's 'Running on a cluster')")
     group.add_argument("--executor", default="inline", choices=["inline", "local", "slurm"],
                        help="inline: one cell after another in this process; local: worker processes; "
@@ -202,7 +202,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--attention-examples", type=int, default=4,
                      help="queries whose full attention maps (all settings) are saved for the report (0: none)")
-    _add_executor_flags(run)
+    add_executor_flags(run)
     _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")

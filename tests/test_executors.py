@@ -141,3 +141,58 @@ def test_bad_executor_options_are_config_errors():
         ExecutorOptions(kind="local", workers=0)
     with pytest.raises(ConfigError, match="cpus_per_job"):
         SlurmOptions(cpus_per_job=0)
+
+
+def test_device_check_dry_run_cpu_vs_cpu(tmp_path):
+    """The prepared GPU check, dry-run on CPU against CPU on a tiny model: every check runs and passes
+    (the same cell on the same device agrees exactly), and the JSON holds every number."""
+    import json
+
+    from helpers import load_experiment_script
+
+    device_check = load_experiment_script("device_check")
+    out = tmp_path / "check.json"
+    code = device_check.main(["--device", "cpu", "--model", "tiny", "--k", "2", "--limit", "4", "--n-naive", "2",
+                              "--n-fast", "4", "--out", str(out), "--work-dir", str(tmp_path / "cells")],
+                             model_loader=loader)
+    report = json.loads(out.read_text())
+    assert code == 0 and report["pass"] is True
+    assert set(report["checks"]) == {"bench_float32", "bench_bfloat16", "device_vs_reference_float32",
+                                     "bfloat16_vs_float32"}
+    same = report["checks"]["device_vs_reference_float32"]["checks"]
+    assert all(c.get("abs_diff", 0) == 0 and c.get("queries_apart", 0) == 0 for c in same.values())
+    assert report["checks"]["bench_float32"]["fast_examples_per_s"] > 0
+
+
+def test_device_check_comparison_flags_a_second_flipped_query_and_a_metric_gap():
+    from helpers import load_experiment_script
+
+    compare = load_experiment_script("device_check").compare_cells
+    metrics = {"ft": {"simaou": {"mean": 0.5}, "simam_delta": {"mean": 0.1}},
+               "lcgd": {"simaou": {"mean": 0.4}, "simam_delta": {"mean": 0.2}}}
+    a = {"n_examples": 32, "accuracy": {"icl": 0.75, "ft": 0.5}, "metrics": metrics}
+    one_flip = {**a, "accuracy": {"icl": 0.75 + 1 / 32, "ft": 0.5}}
+    assert compare(a, one_flip)["pass"] is True
+    two_flips = {**a, "accuracy": {"icl": 0.75 + 2 / 32, "ft": 0.5}}
+    result = compare(a, two_flips)
+    assert result["pass"] is False and result["checks"]["accuracy_icl"]["queries_apart"] == 2
+    import copy
+
+    shifted = copy.deepcopy(a)
+    shifted["metrics"]["lcgd"]["simam_delta"]["mean"] = 0.2 + 2e-3
+    result = compare(a, shifted)
+    assert result["pass"] is False and not result["checks"]["simam_delta_lcgd"]["pass"]
+    assert result["checks"]["simaou_ft"]["pass"]
+
+
+def test_cli_executor_flags_become_options():
+    from icl_lens.cli import executor_options, make_parser
+
+    args = make_parser().parse_args(["run", "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gpus", "1",
+                                     "--slurm-cpus", "8", "--slurm-mem", "32G", "--slurm-time", "120",
+                                     "--slurm-flag", "account=abc", "--slurm-flag", "exclusive"])
+    options = executor_options(args)
+    assert options.kind == "slurm"
+    assert options.slurm == SlurmOptions(partition="gpu", gpus_per_job=1, cpus_per_job=8, mem="32G", time_min=120,
+                                         extra=(("account", "abc"), ("exclusive", True)))
+    assert main(["run", "--executor", "local", "--workers", "0"]) == 2

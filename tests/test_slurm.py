@@ -78,6 +78,33 @@ def _conf(root: Path) -> str:
     ])
 
 
+def _live_job_steps() -> list[int]:
+    """Pids of slurmstepd processes that are not zombies."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1: text.rindex(")")], text[text.rindex(")") + 2:]
+        if name == "slurmstepd" and not rest.startswith("Z"):
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _drain_jobs(timeout: float = 60) -> None:
+    """Cancel whatever is still queued or running and wait until squeue and the job steps are empty."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    if listed:
+        subprocess.run(["scancel", *listed], capture_output=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
+        if not queued and not _live_job_steps():
+            return
+        time.sleep(1)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A running single-node cluster; yields the environment its clients need (SLURM_CONF)."""
@@ -128,6 +155,8 @@ def slurm_cluster(tmp_path_factory):
         os.environ["OMP_NUM_THREADS"] = "1"
         yield root
     finally:
+        if len(procs) == 3 and all(proc.poll() is None for proc in procs):
+            _drain_jobs()  # slurmstepd outlives slurmd: let every job end before the daemons stop
         for proc in reversed(procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
