@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from icl_lens.aggregate import aggregate, markdown_tables
+from icl_lens.cli import add_executor_flags, executor_options
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.findings import findings_markdown, write_findings
 from icl_lens.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="sweep the lr in every cell (default: once per task, on the first seed)")
     parser.add_argument("--out", default="results/tables")
     parser.add_argument("--device", default="cpu")
+    add_executor_flags(parser)  # --executor inline|local|slurm, --workers, --slurm-* (as icl-lens run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     out = Path(args.out)
     runtime = RuntimeOptions(device=args.device)
+    executor = executor_options(args)
     # 1. the first seed of every task, its lr swept (unless --lr fixes it)
-    first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime)
+    first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime,
+                      executor=executor)
     lr_of = {r["task"]["name"]: r["lr"]["lr"] for r in first}
     if args.lr is None and not args.sweep_every_seed:
         logging.info("lr chosen per task on seed %d, reused for the other seeds and the untrained model: %s",
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         later += [replace(base, task=t, seed=s, untrained=True, untrained_seed=s, **fixed(t))
                   for s in seeds[: args.untrained_seeds] for t in tasks]
     later += [replace(base, task=t, seed=s, **fixed(t)) for s in seeds[1:] for t in tasks]
-    results = first + run_cells(later, out, runtime)
+    results = first + run_cells(later, out, runtime, executor=executor)
 
     trained = [r for r in results if not r["config"]["untrained"]]
     agg = aggregate(results)

@@ -14,7 +14,7 @@ import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +24,9 @@ from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.results import RESULTS_FILE, is_complete, read_results, write_results
 from icl_lens.tasks import get_task
 from icl_lens.viz import save_experiment_attention_maps
+
+if TYPE_CHECKING:
+    from icl_lens.executors import ExecutorOptions
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +68,46 @@ def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Path,
+             runtime: RuntimeOptions) -> dict[str, Any]:
+    """Run one cell on a loaded model and write its results; every executor's cells end here.
+
+    The attention maps are written first and ``results.json`` last (atomically, checksummed), so a
+    cell whose results file verifies is complete. Returns the results as read back from disk.
+    """
+    output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
+                            keep_models=runtime.attention_examples > 0)
+    if runtime.attention_examples > 0:
+        # maps first: a cell whose results.json exists always has its maps
+        save_experiment_attention_maps(cell_path(out_dir, cfg).parent, output, model,
+                                       n_examples=runtime.attention_examples)
+    output.models.clear()
+    payload = dict(output.results)
+    payload["meta"] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "device": runtime.device, "dtype": runtime.dtype,
+    }
+    write_results(cell_path(out_dir, cfg), payload)
+    return read_results(cell_path(out_dir, cfg))
+
+
 def run_cells(
     cells: Sequence[ExperimentConfig],
     out_dir: str | Path,
     runtime: RuntimeOptions = RuntimeOptions(),
     model_loader: ModelLoader | None = None,
     on_result: Callable[[ExperimentConfig, dict[str, Any]], None] | None = None,
+    executor: "str | ExecutorOptions" = "inline",
 ) -> list[dict[str, Any]]:
-    """Run every cell not already finished in ``out_dir``; return all cells' results in order."""
+    """Run every cell not already finished in ``out_dir``; return all cells' results in order.
+
+    ``executor``: ``"inline"`` (default: one cell after another in this process), ``"local"``
+    (worker processes on this machine) or ``"slurm"`` (one SLURM job per cell), or an
+    :class:`~icl_lens.executors.ExecutorOptions`. Every executor writes the same files; a cell that
+    fails under ``local``/``slurm`` stays unfinished, and the call raises
+    :class:`~icl_lens.executors.SweepError` naming it and its logs once the other cells are done.
+    """
     if model_loader is None:
         from icl_lens.models import load_model as model_loader
     out_dir = Path(out_dir)
@@ -85,6 +120,11 @@ def run_cells(
             todo.append(index)
         else:
             logger.info("cell %s already finished; skipping", cfg.cell_name())
+    from icl_lens.executors import ExecutorOptions, run_with_executor
+
+    options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
+    if options.kind != "inline":
+        return run_with_executor(cells, todo, results, out_dir, runtime, model_loader, on_result, options)
     groups: dict[tuple, list[int]] = {}
     for index in todo:
         cfg = cells[index]
@@ -96,21 +136,7 @@ def run_cells(
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
-            output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
-                                    keep_models=runtime.attention_examples > 0)
-            if runtime.attention_examples > 0:
-                # maps first: a cell whose results.json exists always has its maps
-                save_experiment_attention_maps(cell_path(out_dir, cfg).parent, output, model,
-                                               n_examples=runtime.attention_examples)
-            output.models.clear()
-            payload = dict(output.results)
-            payload["meta"] = {
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__, "python": platform.python_version(),
-                "device": runtime.device, "dtype": runtime.dtype,
-            }
-            write_results(cell_path(out_dir, cfg), payload)
-            results[index] = read_results(cell_path(out_dir, cfg))
+            results[index] = run_cell(model, cfg, out_dir, runtime)
             if on_result is not None:
                 on_result(cfg, results[index])
             bar.update(1)
