@@ -46,12 +46,12 @@ _LAZY = {
 # Subpackages and modules reachable as attributes (``icl_lens.metrics.simaou``) without importing
 # torch-heavy code at ``import icl_lens`` time.
 _SUBMODULES = (
-    "analyses", "calibration", "evaluation", "experiment", "finetune", "lcgd", "lens", "lr_sweep",
-    "metrics", "models", "prompts", "results", "sweep", "tasks", "viz",
+    "analyses", "calibration", "evaluation", "executors", "experiment", "finetune", "findings", "lcgd", "lens",
+    "lr_sweep", "metrics", "models", "nulls", "prompts", "results", "stats", "sweep", "tasks", "viz",
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
-    from icl_lens import analyses, metrics, models, viz  # noqa: F401
+    from icl_lens import analyses, findings, metrics, models, nulls, stats, viz  # noqa: F401
     from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
     from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
     from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune  # noqa: F401
