@@ -59,7 +59,7 @@ class ExperimentConfig:
     Defaults follow the reference implementations except three choices that make the small
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
     README): the model (Gemma-3-270M), balanced demonstrations and contextual calibration. The
-    reference setting is ``demo_sampling="random", calibration="none"``.
+    reference setting is the ``reference`` preset (:mod:`icl_lens.presets`).
 
     Args:
         task: task name or task config file.
@@ -91,6 +91,16 @@ class ExperimentConfig:
             (fast path); False re-encodes it for every query (the straightforward path).
         calibration: ``content_free`` (default: contextual calibration of every setting's class
             scores against an "N/A" query, Zhao et al. 2021) or ``none`` (reference).
+        untrained: run on the untrained baseline (attention and MLP weights re-drawn; embeddings,
+            norms and unembedding kept).
+        untrained_seed: seed of that re-initialisation.
+        untrained_init: recipe of the untrained re-initialisation: ``reference`` (default: each
+            projection at its framework module's default initialisation, as the reference code of
+            Dai et al. 2023 leaves it) or ``normal`` (N(0, initializer_range) weights, zero biases).
+        preset: ``reference`` (the reference code's setting: EOS after every demonstration, random
+            demonstrations, no calibration, k = 32, the papers' per-task learning rates) or
+            ``default``; sets those values, explicit flags win (Python: ``icl_lens.presets.
+            preset_config``; the field itself only records the name).
         template / label_words: override the task's template and label words.
     """
 
@@ -123,6 +133,8 @@ class ExperimentConfig:
     untrained_seed: int = 0
     template: str | None = None
     label_words: tuple[str, ...] | None = None
+    untrained_init: Literal["reference", "normal"] = "reference"
+    preset: Literal["default", "reference"] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", tuple(self.settings))
@@ -164,6 +176,9 @@ class ExperimentConfig:
         for name in _WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
             if out[name] == self.__dataclass_fields__[name].default:
                 del out[name]
+        if not self.untrained or self.untrained_init == "normal":
+            # meaningless on a trained model; "normal" is what untrained cells before the field used
+            del out["untrained_init"]
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if self.label_words is not None:
@@ -187,6 +202,8 @@ class ExperimentConfig:
         for key in ("settings", "lr_grid", "label_words"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
+        if values.get("untrained") and "untrained_init" not in values:
+            values["untrained_init"] = "normal"  # untrained cells written before the field existed
         return cls(**values)
 
     def cell_name(self) -> str:
@@ -199,7 +216,7 @@ class ExperimentConfig:
         return f"{name}__{digest}"
 
 
-_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep",)
+_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "preset")
 """Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)
 while at their default, so a rerun still recognises the cells finished before them."""
 
@@ -415,4 +432,5 @@ def _model_facts(model: HookedTransformer) -> dict[str, Any]:
         "name": c.model_name, "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads,
         "n_key_value_heads": c.n_key_value_heads, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
         "dtype": str(c.dtype).removeprefix("torch."), "device": str(c.device),
+        "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
     }
