@@ -93,3 +93,30 @@ def test_reference_k32_is_truncated_to_the_context_and_recorded(tiny_llama):
     assert len(out.prompts.icl_prefix) + max(len(q) for q in out.prompts.queries) <= tiny_llama.cfg.n_ctx
     assert out.results["config"]["preset"] == "reference"
     assert out.results["calibration"]["method"] == "none"
+
+
+def test_reproduce_tables_reference_preset_and_untrained_init(tmp_path, monkeypatch):
+    import icl_lens.models
+    from helpers import load_experiment_script, tiny_model
+    from icl_lens.models import reinitialize_untrained
+    from icl_lens.results import read_results
+
+    calls = []
+
+    def loader(name, untrained=False, seed=0, **kwargs):
+        calls.append((untrained, kwargs.get("untrained_init")))
+        model = tiny_model(gqa=True, n_layers=2)
+        return reinitialize_untrained(model, seed, init=kwargs["untrained_init"]) if untrained else model
+
+    monkeypatch.setattr(icl_lens.models, "load_model", loader)
+    script = load_experiment_script("reproduce_tables")
+    script.main(["--model", "tiny", "--tasks", "sst2", "--seeds", "0", "--k", "2", "--limit", "2", "--preset",
+                 "reference", "--untrained", "--untrained-init", "normal", "--out", str(tmp_path)])
+    cells = [read_results(p) for p in sorted(tmp_path.glob("*/results.json"))]
+    assert sorted(calls) == [(False, None), (True, "normal")]
+    for cell in cells:
+        assert cell["config"]["preset"] == "reference" and cell["config"]["k"] == 2
+        assert cell["config"]["prompt"]["separator"] == "<eos>" and cell["calibration"]["method"] == "none"
+        assert cell["lr"] == {"lr": 5e-4, "mode": "reference"}  # the paper's SST-2 rate, no sweep
+    (untrained,) = [c for c in cells if c["config"]["untrained"]]
+    assert untrained["model"]["untrained_init"] == "normal"
