@@ -30,7 +30,7 @@ from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, sweep_learning_rate
+from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
 from icl_lens.prompts import (
     EncodedPrompts,
     PromptFormat,
@@ -41,7 +41,6 @@ from icl_lens.prompts import (
 from icl_lens.tasks import (
     Task,
     load_split,
-    shuffled_indices,
 )
 
 logger = logging.getLogger(__name__)
@@ -321,7 +320,7 @@ def run_experiment(
     tuned_models: dict[str, HookedTransformer] = {}
     traces: dict[str, TrainingTrace] = {}
     if needs_comparison:
-        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query)
+        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries)
         ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
         for name in FINETUNED_SETTINGS:
             if name not in cfg.settings:
@@ -376,13 +375,13 @@ def run_experiment(
     return ExperimentOutput(results=results, runs=runs, prompts=prompts, models=tuned_models, traces=traces)
 
 
-def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query) -> dict[str, Any]:
+def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries=()) -> dict[str, Any]:
     """What every lr sweep of this cell scores on: the demonstrations to train on, and the queries
-    (a dev slice disjoint from the demonstrations, or the demonstrations) with their labels."""
+    (a dev slice disjoint from the demonstrations and the evaluation queries, or the demonstrations)
+    with their labels."""
     if cfg.lr_criterion == "dev":
-        demo_rows = {d["row_index"] for d in demos}
-        order = [i for i in shuffled_indices(len(train), cfg.seed) if i not in demo_rows][: cfg.lr_dev_size]
-        score_rows = [dict(train[i], row_index=i) for i in order]
+        score_rows = dev_slice(train, cfg.lr_dev_size, cfg.seed, [d["row_index"] for d in demos], task=task,
+                               query_rows=[q["row_index"] for q in queries])
     else:
         score_rows = demos[: prompts.k]
     scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
