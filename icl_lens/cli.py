@@ -145,6 +145,10 @@ def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Experim
         else:
             values[parts[1]] = value
     values.update(overrides)
+    if values.get("preset") is not None:  # the preset's values, then every flag given on top
+        from icl_lens.presets import preset_config
+
+        return preset_config(values.pop("preset"), **values, **nested_values)
     for name, (cls, _) in NESTED.items():
         values[name] = cls(**nested_values[name])
     return ExperimentConfig(**values)
@@ -222,7 +226,7 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
     run.add_argument("--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)")
     run.add_argument("--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)")
-    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16)")
+    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16; --preset reference: 32)")
     run.add_argument("--seed", metavar="SEEDS", help="demonstration seed(s), comma-separated (default: 0)")
     run.add_argument("--out", default="results", metavar="DIR", help="results folder (one sub-folder per cell)")
     run.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ...")

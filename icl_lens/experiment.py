@@ -31,7 +31,7 @@ from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, sweep_learning_rate
+from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
 from icl_lens.prompts import (
     EncodedPrompts,
     PromptFormat,
@@ -42,7 +42,6 @@ from icl_lens.prompts import (
 from icl_lens.tasks import (
     Task,
     load_split,
-    shuffled_indices,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class ExperimentConfig:
     Defaults follow the reference implementations except three choices that make the small
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
     README): the model (Gemma-3-270M), balanced demonstrations and contextual calibration. The
-    reference setting is ``demo_sampling="random", calibration="none"``.
+    reference setting is the ``reference`` preset (:mod:`icl_lens.presets`).
 
     Args:
         task: task name or task config file.
@@ -92,6 +91,16 @@ class ExperimentConfig:
             (fast path); False re-encodes it for every query (the straightforward path).
         calibration: ``content_free`` (default: contextual calibration of every setting's class
             scores against an "N/A" query, Zhao et al. 2021) or ``none`` (reference).
+        untrained: run on the untrained baseline (attention and MLP weights re-drawn; embeddings,
+            norms and unembedding kept).
+        untrained_seed: seed of that re-initialisation.
+        untrained_init: recipe of the untrained re-initialisation: ``reference`` (default: each
+            projection at its framework module's default initialisation, as the reference code of
+            Dai et al. 2023 leaves it) or ``normal`` (N(0, initializer_range) weights, zero biases).
+        preset: ``reference`` (the reference code's setting: EOS after every demonstration, random
+            demonstrations, no calibration, k = 32, the papers' per-task learning rates) or
+            ``default``; sets those values, explicit flags win (Python: ``icl_lens.presets.
+            preset_config``; the field itself only records the name).
         template / label_words: override the task's template and label words.
         nulls: which costly nulls of the similarities to run for FT (``shuffled_pair``,
             ``wrong_label``, ``random_direction``; ``()`` none); LCGD gets the shuffled-pair and
@@ -136,6 +145,8 @@ class ExperimentConfig:
     bootstrap_resamples: int = stats.DEFAULT_RESAMPLES
     bootstrap_seed: int = 0
     confidence: float = stats.DEFAULT_CONFIDENCE
+    untrained_init: Literal["reference", "normal"] = "reference"
+    preset: Literal["default", "reference"] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", tuple(self.settings))
@@ -177,6 +188,9 @@ class ExperimentConfig:
         for name in _WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
             if out[name] == self.__dataclass_fields__[name].default:
                 del out[name]
+        if not self.untrained or self.untrained_init == "normal":
+            # meaningless on a trained model; "normal" is what untrained cells before the field used
+            del out["untrained_init"]
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if "nulls" in out:
@@ -202,6 +216,8 @@ class ExperimentConfig:
         for key in ("settings", "lr_grid", "label_words", "nulls"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
+        if values.get("untrained") and "untrained_init" not in values:
+            values["untrained_init"] = "normal"  # untrained cells written before the field existed
         return cls(**values)
 
     def cell_name(self) -> str:
@@ -214,7 +230,7 @@ class ExperimentConfig:
         return f"{name}__{digest}"
 
 
-_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence")
+_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence", "preset")
 """Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)
 while at their default, so a rerun still recognises the cells finished before them."""
 
@@ -366,7 +382,7 @@ def run_experiment(
     null_runs: dict[str, dict[str, SettingRun]] = {}
     null_facts: dict[str, dict[str, Any]] = {}
     if needs_comparison:
-        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query)
+        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries)
         ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
         for name in FINETUNED_SETTINGS:
             if name not in cfg.settings:
@@ -578,13 +594,13 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query) -> dict[str, Any]:
+def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries=()) -> dict[str, Any]:
     """What every lr sweep of this cell scores on: the demonstrations to train on, and the queries
-    (a dev slice disjoint from the demonstrations, or the demonstrations) with their labels."""
+    (a dev slice disjoint from the demonstrations and the evaluation queries, or the demonstrations)
+    with their labels."""
     if cfg.lr_criterion == "dev":
-        demo_rows = {d["row_index"] for d in demos}
-        order = [i for i in shuffled_indices(len(train), cfg.seed) if i not in demo_rows][: cfg.lr_dev_size]
-        score_rows = [dict(train[i], row_index=i) for i in order]
+        score_rows = dev_slice(train, cfg.lr_dev_size, cfg.seed, [d["row_index"] for d in demos], task=task,
+                               query_rows=[q["row_index"] for q in queries])
     else:
         score_rows = demos[: prompts.k]
     scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
@@ -634,4 +650,5 @@ def _model_facts(model: HookedTransformer) -> dict[str, Any]:
         "name": c.model_name, "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads,
         "n_key_value_heads": c.n_key_value_heads, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
         "dtype": str(c.dtype).removeprefix("torch."), "device": str(c.device),
+        "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
     }

@@ -128,11 +128,12 @@ def run_cells(
     groups: dict[tuple, list[int]] = {}
     for index in todo:
         cfg = cells[index]
-        groups.setdefault((cfg.model, cfg.untrained, cfg.untrained_seed), []).append(index)
+        groups.setdefault((cfg.model, cfg.untrained, cfg.untrained_seed, cfg.untrained_init), []).append(index)
     bar = tqdm(total=len(todo), desc="cells", disable=not runtime.progress or not todo)
-    for (model_name, untrained, untrained_seed), indices in groups.items():
+    for (model_name, untrained, untrained_seed, untrained_init), indices in groups.items():
+        init = {"untrained_init": untrained_init} if untrained else {}
         model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
-                             untrained=untrained, seed=untrained_seed)
+                             untrained=untrained, seed=untrained_seed, **init)
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
