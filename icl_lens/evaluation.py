@@ -104,6 +104,7 @@ def _expand_prefix_cache(
 @torch.no_grad()
 def encode_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache | None:
     """Run the shared prefix once and return its frozen key/value cache (None if empty)."""
+    prefix = check_token_ids(prefix, model.cfg.d_vocab, "prefix", allow_empty=True)
     if not prefix:
         return None
     device = model.cfg.device
@@ -264,6 +265,11 @@ def evaluate(
             excluded from the demonstration attention mass (α) and reported as sink mass.
         reuse_prefix: encode the prefix once and reuse its key/value cache (fast path); False
             re-encodes it inside every sequence (the straightforward path, kept for checking).
+
+    Raises:
+        PromptError: an empty query or label, a token id outside the vocabulary, or a sequence
+            longer than the context (see :func:`check_evaluation_inputs`).
+        ConfigError: ``record.top_k`` beyond the vocabulary, a bad ``n_start`` or ``batch_size``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
