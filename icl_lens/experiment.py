@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -25,6 +24,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from icl_lens import metrics, nulls as null_models, stats
+from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError
@@ -149,32 +149,13 @@ class ExperimentConfig:
     preset: Literal["default", "reference"] | None = None
 
     def __post_init__(self) -> None:
+        validate_fields(self, _EXPERIMENT_BOUNDS)
         object.__setattr__(self, "settings", tuple(self.settings))
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown or not self.settings:
             raise ConfigError(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-        if self.k < 0:
-            raise ConfigError(f"k must be >= 0, got {self.k}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1 or None, got {self.limit}")
-        if self.lr_criterion not in ("dev", "demos"):
-            raise ConfigError(f"lr_criterion must be 'dev' or 'demos', got {self.lr_criterion!r}")
-        if self.lr_mode not in ("sweep", "reference", "fixed"):
-            raise ConfigError(f"lr_mode must be sweep, reference or fixed, got {self.lr_mode!r}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-        if self.lcgd_lr is not None and not (self.lcgd_lr > 0 and math.isfinite(self.lcgd_lr)):
-            raise ConfigError(f"lcgd_lr must be a positive finite number, got {self.lcgd_lr}")
         if self.lcgd_lr is not None and self.lcgd_lr_sweep:
             raise ConfigError("give lcgd_lr or lcgd_lr_sweep, not both")
-        if self.attention_map not in ("scores", "pattern"):
-            raise ConfigError(f"attention_map must be 'scores' or 'pattern', got {self.attention_map!r}")
-        if self.demo_sampling not in ("random", "balanced"):
-            raise ConfigError(f"demo_sampling must be 'random' or 'balanced', got {self.demo_sampling!r}")
-        if self.calibration not in ("none", "content_free"):
-            raise ConfigError(f"calibration must be 'none' or 'content_free', got {self.calibration!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.k == 0 and any(s in self.settings for s in ("icl", *FINETUNED_SETTINGS)):
             raise ConfigError("k = 0 leaves nothing to learn from: run settings=('zsl',) only")
         if self.label_words is not None:
@@ -229,6 +210,14 @@ class ExperimentConfig:
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{name}__{digest}"
 
+
+_EXPERIMENT_BOUNDS = {
+    "k": NON_NEGATIVE, "limit": AT_LEAST_ONE, "seed": SEED, "eval_seed": SEED, "lr": POSITIVE,
+    "lr_grid": POSITIVE, "lr_dev_size": AT_LEAST_ONE, "lcgd_lr": POSITIVE, "random_seed": SEED,
+    "batch_size": AT_LEAST_ONE, "untrained_seed": SEED, "bootstrap_resamples": AT_LEAST_ONE,
+    "bootstrap_seed": SEED,
+}
+"""Bounds of ExperimentConfig's numeric fields (types, NaN/inf and Literal choices come from the hints)."""
 
 _WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence", "preset")
 """Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)

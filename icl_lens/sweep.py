@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from icl_lens.errors import ConfigError
+from icl_lens.evaluation import check_record_fits
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.results import RESULTS_FILE, is_complete, read_results, write_results
 from icl_lens.tasks import get_task
@@ -120,6 +122,8 @@ def run_cells(
             todo.append(index)
         else:
             logger.info("cell %s already finished; skipping", cfg.cell_name())
+    check_cells([cells[index] for index in todo])  # fail fast: before any model is loaded
+
     from icl_lens.executors import ExecutorOptions, run_with_executor
 
     options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
@@ -134,6 +138,8 @@ def run_cells(
         init = {"untrained_init": untrained_init} if untrained else {}
         model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
                              untrained=untrained, seed=untrained_seed, **init)
+        for index in indices:  # the one check that needs the model: top_k within its vocabulary
+            check_record_fits(cells[index].record, model)
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
@@ -144,3 +150,31 @@ def run_cells(
         del model
     bar.close()
     return [r for r in results if r is not None]
+
+
+def check_cells(cells: Sequence[ExperimentConfig]) -> None:
+    """Resolve and check every cell's task, data files and demonstration sampling (no model needed).
+
+    Run before any model is loaded, so a malformed task file, a bad data row, an unknown task name,
+    k beyond the train split or a missing reference learning rate is reported in seconds. Local data
+    files are parsed in full (each task once); hub datasets (``hf_dataset``) are loaded by the run.
+    """
+    from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides
+    from icl_lens.lr_sweep import REFERENCE_LRS
+    from icl_lens.tasks import load_split, sample_demonstrations
+
+    train_splits: dict[tuple, Any] = {}
+    for cfg in cells:
+        task = apply_task_overrides(get_task(cfg.task), cfg)
+        key = (cfg.task, task.template, task.label_words)
+        if key not in train_splits:
+            train_splits[key] = None
+            if not task.hf_dataset:
+                train_splits[key] = load_split(task, task.train_split)
+                if task.eval_split != task.train_split:
+                    load_split(task, task.eval_split)
+        if train_splits[key] is not None:
+            sample_demonstrations(task, cfg.k, cfg.seed, train=train_splits[key], sampling=cfg.demo_sampling)
+        tuned = any(s in cfg.settings for s in FINETUNED_SETTINGS)
+        if tuned and cfg.lr is None and cfg.lr_mode == "reference" and task.name not in REFERENCE_LRS:
+            raise ConfigError(f"no reference learning rate for task {task.name!r}; use lr_mode='sweep' or give lr")
