@@ -200,15 +200,15 @@ def add_executor_flags(run: argparse.ArgumentParser) -> None:
     group.add_argument("--executor", default="inline", choices=["inline", "local", "slurm"],
                        help="inline: one cell after another in this process; local: worker processes; "
                             "slurm: one SLURM job per cell, as a job array (default: inline)")
-    group.add_argument("--workers", type=int, default=1,
+    group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="local: cells at once; each gets one GPU (cuda) or cores/N threads (cpu) (default: 1)")
-    group.add_argument("--log-dir", default=None, help="submitit's pickles and job logs (default: OUT/.submitit)")
-    group.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's)")
-    group.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per job (default: 0)")
-    group.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per job = torch threads (default: 1)")
-    group.add_argument("--slurm-mem", default=None, help="slurm: memory per job, e.g. 16G (default: the cluster's)")
-    group.add_argument("--slurm-time", type=int, default=60, help="slurm: time limit per job in minutes (default: 60)")
-    group.add_argument("--slurm-array-parallelism", type=int, default=64,
+    group.add_argument("--log-dir", default=None, metavar="DIR", help="submitit's pickles and job logs (default: OUT/.submitit)")
+    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="slurm: partition (default: the cluster's)")
+    group.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="slurm: GPUs per job (default: 0)")
+    group.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="slurm: CPUs per job = torch threads (default: 1)")
+    group.add_argument("--slurm-mem", default=None, metavar="SIZE", help="slurm: memory per job, e.g. 16G (default: the cluster's)")
+    group.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job in minutes (default: 60)")
+    group.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N",
                        help="slurm: at most this many jobs of the array run at once (default: 64)")
     group.add_argument("--slurm-flag", action="append", default=[], metavar="NAME[=VALUE]",
                        help="slurm: any further sbatch flag, e.g. --slurm-flag account=abc --slurm-flag exclusive "
