@@ -301,7 +301,9 @@ def _jaccard_minus_expected() -> Quantity:
 
 
 def _token_overlap() -> Quantity:
-    return Quantity(per_example=lambda r: None,
+    """ICL/FT top-k token overlap: resampled from the cell's per-query overlaps when recorded
+    (``per_example.ft.token_overlap``), else from the cell's own interval."""
+    return Quantity(per_example=lambda r: dig(r, "per_example", "ft", "token_overlap"),
                     value=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap"),
                     interval=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap_ci"),
                     needs="metrics.ft.token_overlap")
