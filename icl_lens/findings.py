@@ -70,6 +70,7 @@ from icl_lens.aggregate import (
 )
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
+from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
 
@@ -583,10 +584,7 @@ def evaluate_findings(results: Sequence[dict[str, Any]], analyses: Sequence[dict
 
 
 def _fmt_value(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    text = f"{value:.{digits}f}"
-    return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+    return format_interval(value, interval, digits)
 
 
 FINDINGS_HEADER = ("study", "claim", "task", "seeds", "effect [interval]", "null", "test", "verdict")

@@ -17,7 +17,7 @@ from icl_lens.cli import main
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.findings import CLAIM_IDS, FINDINGS_JSON, FINDINGS_MD, POOLED, VERDICTS, evaluate_findings
 from icl_lens.results import read_results
-from icl_lens.report import INDEX_FILE, REPORT_FILE
+from icl_lens.report import INDEX_FILE, REPORT_FILE, build_cell_report
 from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
 TASKS = ("sst2", "subj")
@@ -142,3 +142,62 @@ def test_report_index_holds_the_findings_table(sweep_dir, capsys):
     assert re.search(r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", findings_section)
     for cfg in _cells():
         assert (cell_path(sweep_dir, cfg).parent / REPORT_FILE).exists()
+
+
+def _metrics_section(page: str) -> str:
+    return page.split('<section id="metrics">')[1].split("</section>")[0]
+
+
+def test_cell_report_shows_intervals_nulls_and_paired_tests(sweep_dir):
+    # a trained cell where finetuning fixed a query (Rec2FTP defined)
+    cfg = next(c for c in _cells() if read_results(cell_path(sweep_dir, c))["metrics"]["ft"]["rec2ftp"] is not None)
+    results = read_results(cell_path(sweep_dir, cfg))
+    page = build_cell_report(cell_path(sweep_dir, cfg).parent, results, max_examples=1)
+    metrics = _metrics_section(page.read_text())
+    # accuracies as `value [low, high]`, read from the cell's own intervals
+    for setting, value in results["accuracy"].items():
+        low, high = results["accuracy_ci"][setting]
+        assert low <= value <= high
+        assert f"<td>{value:.3f} [{low:.3f}, {high:.3f}]</td>" in metrics, setting
+    ft = results["metrics"]["ft"]
+    assert f"{ft['rec2ftp']:.1f} [{ft['rec2ftp_ci'][0]:.1f}, {ft['rec2ftp_ci'][1]:.1f}]" in metrics
+    simaou = ft["simaou"]
+    assert f"{simaou['mean']:.3f} [{simaou['ci'][0]:.3f}, {simaou['ci'][1]:.3f}]" in metrics
+    layer0, layer0_ci = simaou["per_layer"][0], simaou["per_layer_ci"][0]
+    assert f"{layer0:.3f} [{layer0_ci[0]:.3f}, {layer0_ci[1]:.3f}]" in metrics  # the per-layer tables
+    # the nulls table: FT's SimAOU and SimAM_Δ beside each null, with intervals
+    nulls = metrics.split('id="nulls"')[1]
+    for header in ("uniform random", "shuffled pair", "wrong labels", "random direction"):
+        assert f"<th>{header}</th>" in nulls
+    for null in ("shuffled_pair", "wrong_label", "random_direction"):
+        s = results["nulls"]["ft"][null]["simam_delta"]
+        assert f"{s['mean']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" in nulls, null
+    random = results["metrics"]["simaou_random"]
+    assert f"{random['mean']:.3f} [{random['ci'][0]:.3f}, {random['ci'][1]:.3f}]" in nulls
+    independence = results["nulls"]["ft"]["jaccard_independence"]
+    assert f"<td>{100 * independence['expected']:.1f}</td>" in nulls
+    # the paired tests: McNemar counts and p, bootstrap difference with its interval
+    tests = metrics.split('id="tests"')[1]
+    mcnemar = results["tests"]["icl_vs_zsl"]
+    assert f"b={mcnemar['b']}, c={mcnemar['c']}" in tests and "exact McNemar" in tests
+    paired = results["tests"]["lcgd_vs_ft_simaou"]
+    assert f"{paired['difference']:.3f} [{paired['ci'][0]:.3f}, {paired['ci'][1]:.3f}]" in tests
+    assert "paired bootstrap" in tests and "FT vs ZSL" in tests
+
+
+def _without_intervals(value):
+    """A results dict as written before intervals existed: no *_ci / ci keys, tests, nulls, uncertainty."""
+    dropped = {"ci", "per_layer_ci", "tests", "nulls", "uncertainty", "per_example"}
+    if isinstance(value, dict):
+        return {k: _without_intervals(v) for k, v in value.items() if k not in dropped and not k.endswith("_ci")}
+    return value
+
+
+def test_cell_report_of_old_results_shows_bare_values(sweep_dir, tmp_path):
+    results = _without_intervals(read_results(cell_path(sweep_dir, _cells()[0])))
+    page = build_cell_report(tmp_path, results)
+    metrics = _metrics_section(page.read_text())
+    assert f"<td>{results['accuracy']['icl']:.3f}</td>" in metrics
+    simaou = results["metrics"]["ft"]["simaou"]
+    assert f"<td>{simaou['mean']:.3f}</td>" in metrics and f"<td>{simaou['per_layer'][0]:.3f}</td>" in metrics
+    assert "[" not in metrics and 'id="nulls"' not in metrics and 'id="tests"' not in metrics
