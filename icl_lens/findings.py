@@ -70,6 +70,7 @@ from icl_lens.aggregate import (
 )
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
+from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +302,9 @@ def _jaccard_minus_expected() -> Quantity:
 
 
 def _token_overlap() -> Quantity:
-    return Quantity(per_example=lambda r: None,
+    """ICL/FT top-k token overlap: resampled from the cell's per-query overlaps when recorded
+    (``per_example.ft.token_overlap``), else from the cell's own interval."""
+    return Quantity(per_example=lambda r: dig(r, "per_example", "ft", "token_overlap"),
                     value=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap"),
                     interval=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap_ci"),
                     needs="metrics.ft.token_overlap")
@@ -581,10 +584,7 @@ def evaluate_findings(results: Sequence[dict[str, Any]], analyses: Sequence[dict
 
 
 def _fmt_value(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    text = f"{value:.{digits}f}"
-    return text + (f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else "")
+    return format_interval(value, interval, digits)
 
 
 FINDINGS_HEADER = ("study", "claim", "task", "seeds", "effect [interval]", "null", "test", "verdict")

@@ -3,7 +3,12 @@
 For every cell folder holding a verified ``results.json`` this writes ``report.html`` beside it:
 
 * the metric tables (accuracy per setting; Rec2FTP, Jaccard and the prediction-change partition
-  for FT and LCGD; per-layer SimAOU / SimAM / SimAM_Δ / α);
+  for FT and LCGD; per-layer SimAOU / SimAM / SimAM_Δ / α), every number with its bootstrap
+  interval when the results carry one (``0.855 [0.805, 0.900]``,
+  :func:`icl_lens.summary.format_interval`);
+* the nulls (SimAOU and SimAM_Δ of FT and LCGD beside the uniform-random, shuffled-pair,
+  wrong-label and random-direction nulls; Jaccard beside its independence expectation) and the
+  paired tests (exact McNemar vs ZSL; paired bootstrap of LCGD − GD);
 * the figures of :mod:`icl_lens.figures` (per-layer SimAOU and SimAM_Δ, GD vs LCGD; prediction
   changes; gradient-norm heatmaps), written beside as ``report_*.png`` and embedded as data URIs;
 * when the cell has ``attention_maps.safetensors`` (:func:`icl_lens.viz.save_attention_maps`),
@@ -36,6 +41,7 @@ import torch
 
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
+from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
 
@@ -238,13 +244,29 @@ def _title(results: dict[str, Any]) -> str:
     return f"{dig(results, 'task', 'name')} · {cfg.get('model')}{untrained} · k={k} · seed {cfg.get('seed')}"
 
 
+def _summary(summary: dict[str, Any] | None, digits: int = 3) -> str:
+    """A per-layer summary dict (``mean``, ``ci``) as its mean over layers with the interval."""
+    return "–" if not summary else format_interval(summary.get("mean"), summary.get("ci"), digits)
+
+
+def _uncertainty_note(results: dict[str, Any]) -> str:
+    u = results.get("uncertainty")
+    if not u:
+        return ""
+    return (f"<p class=\"facts\">Brackets: {100 * float(u.get('confidence', 0.95)):g} % interval, "
+            f"{html.escape(str(u.get('method', 'bootstrap')))}, {u.get('n_resamples')} resamples "
+            f"(seed {u.get('seed')}), the same resamples for every number of this cell.</p>")
+
+
 def metric_tables(results: dict[str, Any]) -> str:
-    """The cell's metrics as HTML tables."""
-    parts = []
+    """The cell's metrics as HTML tables; every number carries its interval when the results have
+    one (``0.855 [0.805, 0.900]``), the bare value otherwise (results written before intervals)."""
+    parts = [_uncertainty_note(results)]
     accuracy = results.get("accuracy", {})
+    accuracy_ci = results.get("accuracy_ci") or {}
     settings = [s for s in ("zsl", "icl", "ft", "lcgd") if s in accuracy]
-    parts.append("<h3>Accuracy</h3>" + _table(["setting", "accuracy"],
-                                               [[_label(s), _fmt(accuracy[s])] for s in settings]))
+    parts.append("<h3>Accuracy</h3>" + _table(["setting", "accuracy"], [
+        [_label(s), format_interval(accuracy[s], accuracy_ci.get(s))] for s in settings]))
     metrics = results.get("metrics", {})
     tuned = [s for s in FINETUNED if s in metrics]
     if tuned:
@@ -252,12 +274,14 @@ def metric_tables(results: dict[str, Any]) -> str:
         for s in tuned:
             m = metrics[s]
             changes = m.get("prediction_changes", {})
-            jaccard = changes.get("jaccard")
+            token = m.get("token_overlap") or {}
             rows.append([
-                _label(s), _fmt(m.get("rec2ftp"), 1), _fmt(None if jaccard is None else 100 * jaccard, 1),
+                _label(s), format_interval(m.get("rec2ftp"), m.get("rec2ftp_ci"), 1),
+                format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
                 _fmt(changes.get("jaccard_correct")), _fmt(changes.get("jaccard_incorrect")),
-                _fmt(dig(m, "simaou", "mean")), _fmt(dig(m, "simam", "mean")), _fmt(dig(m, "simam_delta", "mean")),
-                _fmt(dig(m, "token_overlap", "token_overlap")), _fmt(dig(m, "token_overlap", "overlap_cosine")),
+                _summary(m.get("simaou")), _summary(m.get("simam")), _summary(m.get("simam_delta")),
+                format_interval(token.get("token_overlap"), token.get("token_overlap_ci")),
+                format_interval(token.get("overlap_cosine"), token.get("overlap_cosine_ci")),
             ])
         parts.append("<h3>ICL vs finetuning (means over layers)</h3>" + _table(
             ["setting", "Rec2FTP %", "Jaccard %", "Jaccard correct", "Jaccard incorrect", "SimAOU", "SimAM",
@@ -269,27 +293,128 @@ def metric_tables(results: dict[str, Any]) -> str:
         rows = [[_label(s), *(_fmt(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned]
         parts.append("<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
                      + _table(["tuned setting", *(name for _, name in partition)], rows))
-    columns: list[tuple[str, list]] = []
+    parts.append(nulls_tables(results))
+    parts.append(tests_table(results))
+    columns: list[tuple[str, dict[str, Any]]] = []
     for name, path in [
         ("SimAOU FT", ("ft", "simaou")), ("SimAOU LCGD", ("lcgd", "simaou")), ("SimAOU random", ("simaou_random",)),
         ("SimAM FT", ("ft", "simam")), ("SimAM LCGD", ("lcgd", "simam")), ("SimAM ZSL", ("simam_zsl",)),
         ("SimAM_Δ FT", ("ft", "simam_delta")), ("SimAM_Δ LCGD", ("lcgd", "simam_delta")), ("α", ("alpha",)),
     ]:
-        per_layer = dig(metrics, *path, "per_layer")
-        if per_layer:
-            columns.append((name, list(per_layer)))
+        summary = dig(metrics, *path)
+        if isinstance(summary, dict) and summary.get("per_layer"):
+            columns.append((name, summary))
     if columns:
-        n_layers = max(len(c) for _, c in columns)
-        rows = [[str(layer), *(_fmt(c[layer] if layer < len(c) else None) for _, c in columns)]
-                for layer in range(n_layers)]
-        rows.append(["mean", *(_fmt(sum(v for v in c if v is not None) / max(1, len([v for v in c if v is not None])))
-                              for _, c in columns)])
-        parts.append("<h3>Per layer</h3>" + _table(["layer", *(n for n, _ in columns)], rows))
+        parts.append("<h3>Per layer</h3>" + _per_layer_table(columns))
     lr = results.get("lr") or {}
     if lr:
         parts.append(f"<p class=\"facts\">learning rate: {html.escape(_fmt(lr.get('lr'), 6))} "
                      f"({html.escape(str(lr.get('mode', 'sweep')))})</p>")
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
+
+
+def _per_layer_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Rows = layers (then the mean over layers), columns = per-layer summaries, each value with its
+    interval (``per_layer_ci``; ``ci`` for the mean) when recorded."""
+    n_layers = max(len(summary["per_layer"]) for _, summary in columns)
+
+    def layer_cell(summary: dict[str, Any], layer: int) -> str:
+        values, cis = summary["per_layer"], summary.get("per_layer_ci") or []
+        if layer >= len(values):
+            return "–"
+        return format_interval(values[layer], cis[layer] if layer < len(cis) else None)
+
+    def mean_cell(summary: dict[str, Any]) -> str:
+        if summary.get("mean") is not None:
+            return _summary(summary)
+        present = [v for v in summary["per_layer"] if v is not None]  # old results without a mean
+        return format_interval(sum(present) / len(present), None) if present else "–"
+
+    rows = [[str(layer), *(layer_cell(summary, layer) for _, summary in columns)] for layer in range(n_layers)]
+    rows.append(["mean", *(mean_cell(summary) for _, summary in columns)])
+    return _table(["layer", *(name for name, _ in columns)], rows)
+
+
+#: The nulls of a finetuned setting's similarities (Dai et al. 2023's uniform-random vector, and
+#: the README's shuffled-pair, wrong-label and random-direction nulls): (key, column header).
+NULL_COLUMNS = (("uniform_random", "uniform random"), ("shuffled_pair", "shuffled pair"),
+                ("wrong_label", "wrong labels"), ("random_direction", "random direction"))
+
+
+def nulls_tables(results: dict[str, Any]) -> str:
+    """SimAOU and SimAM_Δ of each finetuned setting against each null (overall, then per layer), and
+    the Jaccard index against its independence expectation; empty when the results have no nulls."""
+    nulls = results.get("nulls") or {}
+    metrics = results.get("metrics", {})
+    if not nulls:
+        return ""
+
+    def null_summary(setting: str, null: str, metric: str) -> dict[str, Any] | None:
+        if null == "uniform_random":  # the reference's baseline: SimAOU only, shared by FT and LCGD
+            return metrics.get("simaou_random") if metric == "simaou" else None
+        return dig(nulls, setting, null, metric)
+
+    rows, per_layer = [], []
+    for setting in FINETUNED:
+        if setting not in nulls:
+            continue
+        for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
+            observed = dig(metrics, setting, metric)
+            rows.append([_label(setting), name, _summary(observed),
+                         *(_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS)])
+            columns = [(f"{name} {_label(setting)}", observed)] + [
+                (header, null_summary(setting, key, metric)) for key, header in NULL_COLUMNS]
+            columns = [(h, c) for h, c in columns if isinstance(c, dict) and c.get("per_layer")]
+            if len(columns) > 1:
+                per_layer.append(f"<h4>{html.escape(name)} of {_label(setting)} against its nulls, per layer</h4>"
+                                 + _per_layer_table(columns))
+    parts = ["<h3 id=\"nulls\">Nulls</h3><p>Each similarity of the finetuned model beside the same similarity "
+             "for a null (means over layers): the uniform-random vector of Dai et al. 2023, the shuffled pair "
+             "(ICL's update of one query against FT's of another), finetuning on the demonstrations with wrong "
+             "labels, and a random-direction update of FT's size. A null that reaches the observed value means "
+             "the similarity does not need what the null removes.</p>",
+             _table(["setting", "metric", "observed", *(h for _, h in NULL_COLUMNS)], rows)]
+    wrong = [(s, dig(nulls, s, "wrong_label")) for s in FINETUNED if dig(nulls, s, "wrong_label", "accuracy") is not None]
+    if wrong:
+        parts.append(_table(["setting", "accuracy after wrong-label finetuning", "demonstrations relabelled"], [
+            [_label(s), format_interval(w.get("accuracy"), w.get("accuracy_ci")), _fmt(w.get("n_relabelled"))]
+            for s, w in wrong]))
+    independence = [(s, dig(nulls, s, "jaccard_independence")) for s in FINETUNED
+                    if dig(nulls, s, "jaccard_independence")]
+    if independence:
+        parts.append(_table(["setting", "Jaccard % (ICL, tuned changes)", "expected % if independent"], [
+            [_label(s), format_interval(j.get("observed"), j.get("observed_ci"), 1, scale=100),
+             format_interval(j.get("expected"), None, 1, scale=100)] for s, j in independence],
+            "the expectation given how many predictions each changed"))
+    return "\n".join(parts + per_layer)
+
+
+#: Paired tests on the same queries: (key in results["tests"], label, what is compared).
+PAIRED_TESTS = (
+    ("icl_vs_zsl", "ICL vs ZSL", "accuracy"), ("ft_vs_zsl", "FT vs ZSL", "accuracy"),
+    ("lcgd_vs_zsl", "LCGD vs ZSL", "accuracy"),
+    ("lcgd_vs_ft_simaou", "LCGD vs GD (FT)", "SimAOU"), ("lcgd_vs_ft_simam_delta", "LCGD vs GD (FT)", "SimAM_Δ"),
+)
+
+
+def tests_table(results: dict[str, Any]) -> str:
+    """The paired tests of the cell: exact McNemar of accuracy (b: first right, second wrong; c: the
+    reverse) and paired bootstrap of LCGD − GD similarities; empty when the results have none."""
+    tests = results.get("tests") or {}
+    rows = []
+    for key, label, quantity in PAIRED_TESTS:
+        t = tests.get(key)
+        if not t:
+            continue
+        name = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}.get(t.get("test"),
+                                                                                              str(t.get("test")))
+        discordant = f"b={t['b']}, c={t['c']}" if "b" in t and "c" in t else "–"
+        rows.append([label, quantity, name, format_interval(t.get("difference"), t.get("ci")), discordant,
+                     "–" if t.get("p_value") is None else f"{float(t['p_value']):.3g}"])
+    if not rows:
+        return ""
+    return ("<h3 id=\"tests\">Paired tests (same queries)</h3>"
+            + _table(["comparison", "of", "test", "difference [interval]", "discordant", "p"], rows))
 
 
 def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Path]]:
@@ -440,7 +565,8 @@ def build_cell_report(cell_dir: str | Path, results: dict[str, Any] | None = Non
                           "(<code>icl_lens.viz.save_experiment_attention_maps</code>).</p>")
     body = (
         f"<h1>{html.escape(title)}</h1>\n<p class=\"facts\">{html.escape(facts)}</p>\n"
-        '<nav><a href="../index.html">all cells</a><a href="#metrics">metrics</a><a href="#figures">figures</a>'
+        '<nav><a href="../index.html">all cells</a><a href="#metrics">metrics</a><a href="#nulls">nulls</a>'
+        '<a href="#tests">paired tests</a><a href="#figures">figures</a>'
         '<a href="#attention">attention</a></nav>\n'
         f'<section id="metrics"><h2>Metrics</h2>\n{metric_tables(results)}</section>\n'
         f'<section id="figures"><h2>Figures</h2>\n{figures_html or "<p>No finetuned setting: no figure.</p>"}'
@@ -480,11 +606,7 @@ DASHBOARD_COLUMNS = (
 def _with_interval(stats: dict[str, Any], name: str, scale: float, digits: int) -> str:
     if name not in stats:
         return "–"
-    s = stats[name]
-    text = f"{s['mean'] * scale:.{digits}f}"
-    if s.get("ci"):
-        text += f" [{s['ci'][0] * scale:.{digits}f}, {s['ci'][1] * scale:.{digits}f}]"
-    return text
+    return format_interval(stats[name]["mean"], stats[name].get("ci"), digits, scale)
 
 
 def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:

@@ -9,21 +9,17 @@ from typing import Any, Sequence
 from icl_lens.results import dig
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+def format_interval(value: Any, ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``value [low, high]`` (each times ``scale``, ``digits`` decimals), or the bare value when
+    there is no (finite) interval, e.g. in results written before intervals existed; ``–`` for a
+    missing or NaN value. The one formatter of intervals in the printed tables, the HTML reports
+    and the findings."""
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
         return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _with_ci(value: Any, ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) -> str:
-    """``value [low, high]``, or the bare value when the results carry no (finite) interval."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    text = _fmt(scale * value, digits)
-    if ci and all(isinstance(v, (int, float)) and v == v for v in ci):
-        text += f" [{_fmt(scale * ci[0], digits)}, {_fmt(scale * ci[1], digits)}]"
+    text = f"{scale * value:.{digits}f}"
+    if (ci is not None and len(ci) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in ci)):
+        text += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
     return text
 
 
@@ -31,7 +27,7 @@ def _summary_cell(summary: dict[str, Any] | None) -> str:
     """A per-layer summary dict as its mean over layers with the interval."""
     if not summary:
         return "–"
-    return _with_ci(summary.get("mean"), summary.get("ci"))
+    return format_interval(summary.get("mean"), summary.get("ci"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -51,9 +47,9 @@ def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
         rows.append([
             r["task"]["name"], r["config"]["model"] + (" (untrained)" if r["config"].get("untrained") else ""),
             str(r["prompts"]["k_used"]), str(r["config"]["seed"]),
-            *(_with_ci(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
-            _with_ci(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
-            _with_ci(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
+            *(format_interval(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
+            format_interval(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
+            format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
         ])
     return _table(header, rows)
 
@@ -92,8 +88,8 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
                                for null in ("shuffled_pair", "wrong_label", "random_direction"))])
             independence = nulls.get("jaccard_independence", {})
             rows.append([r["task"]["name"], setting.upper(), "Jaccard% (vs independent)",
-                         _with_ci(independence.get("observed"), independence.get("observed_ci"), 1, scale=100),
-                         f"expected {_with_ci(independence.get('expected'), None, 1, scale=100)}", "", ""])
+                         format_interval(independence.get("observed"), independence.get("observed_ci"), 1, scale=100),
+                         f"expected {format_interval(independence.get('expected'), None, 1, scale=100)}", "", ""])
     return _table(header, rows) if rows else ""
 
 
