@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import tiny_model  # noqa: E402
 
 from icl_lens.experiment import ExperimentConfig  # noqa: E402
+from icl_lens.models.untrained import reinitialize_untrained  # noqa: E402
 from icl_lens.sweep import RuntimeOptions, run_cells  # noqa: E402
 
 
@@ -23,7 +24,8 @@ def cells() -> list[ExperimentConfig]:
 
 
 def loader(name, **kwargs):
-    return tiny_model(gqa=True, n_layers=2, seed=kwargs.get("seed", 0) + (7 if kwargs.get("untrained") else 0))
+    model = tiny_model(gqa=True, n_layers=2, name=name)
+    return reinitialize_untrained(model, kwargs.get("seed", 0)) if kwargs.get("untrained") else model
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ FALLBACK_INIT_STD = 0.02
 
 _NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 
+UNTRAINED_SEED_ATTR = "icl_lens_untrained_seed"
+"""Attribute :func:`reinitialize_untrained` sets on the model (the seed it drew with), so results
+record "untrained" only for a model that really was re-initialised (copies keep it)."""
+
+
+def untrained_seed(model: HookedTransformer) -> int | None:
+    """The seed ``model`` was re-initialised with by :func:`reinitialize_untrained`, or None."""
+    return getattr(model, UNTRAINED_SEED_ATTR, None)
+
 
 def init_std(model: HookedTransformer) -> float:
     """Std of the re-initialised weights.
@@ -77,6 +86,7 @@ def reinitialize_untrained(model: HookedTransformer, seed: int) -> HookedTransfo
                             n_biases += 1
                         else:
                             raise ModelLoadError(f"reinitialize_untrained: unknown parameter kind {full}")
+    setattr(model, UNTRAINED_SEED_ATTR, int(seed))
     logger.info("re-initialised %d attention/MLP weight and %d bias tensors (std %.4g, seed %d)",
                 n_weights, n_biases, std, seed)
     return model
