@@ -1,6 +1,7 @@
 """Resumable sweeps, damaged-file recovery and determinism (on tiny random models)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -8,9 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
 from sweep_worker import cells, loader
 
-from icl_lens.results import read_results, stable_payload
+import icl_lens.sweep
+from icl_lens.errors import ConfigError
+from icl_lens.experiment import ExperimentConfig
+from icl_lens.results import RESULTS_FORMAT_VERSION, read_results, stable_payload
 from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
 WORKER = Path(__file__).parent / "sweep_worker.py"
@@ -83,3 +89,109 @@ def test_file_from_another_config_is_recomputed(tmp_path):
     cell_path(tmp_path, other).rename(path)  # a file made with lr=2e-2 where lr=1e-2 belongs
     run_cells([cfg], tmp_path, RuntimeOptions(progress=False), model_loader=loader)
     assert read_results(path)["config"]["lr"] == 1e-2
+
+
+# --- a cell's identity: task, data, dtype, device kind, results format --------------------------------
+
+
+def _user_task(root, label_words=("no", "yes"), rows=None):
+    root.mkdir(parents=True, exist_ok=True)
+    rows = rows or [("good fun", 1), ("dull", 0), ("great", 1), ("bad", 0), ("fine", 1), ("awful", 0)]
+    (root / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    (root / "test.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows[:3]))
+    task = {"name": "mine", "template": "{text} =", "label_words": list(label_words),
+            "data_files": {"train": "train.jsonl", "test": "test.jsonl"}}
+    path = root / "mine.json"
+    path.write_text(json.dumps(task))
+    return path
+
+
+def _counting_loader(calls):
+    def load(name, dtype="float32", **kwargs):
+        calls.append(dtype)
+        model = loader(name, **kwargs)
+        return model.to(getattr(torch, dtype), print_details=False) if dtype != "float32" else model
+    return load
+
+
+ZSL_ICL = dict(model="tiny", k=2, limit=3, lr=1e-2, batch_size=3, settings=("zsl", "icl"))
+QUIET = RuntimeOptions(progress=False, attention_examples=0)
+
+
+def test_same_identity_is_skipped_and_an_edited_task_or_data_file_recomputed(tmp_path, caplog):
+    task_file = _user_task(tmp_path / "task")
+    cfg = ExperimentConfig(task=str(task_file), **ZSL_ICL)
+    calls = []
+    run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
+    path = cell_path(tmp_path / "out", cfg)
+    first = read_results(path)
+    assert first["identity"]["results_format"] == RESULTS_FORMAT_VERSION
+    assert first["identity"]["task"]["label_words"] == ["no", "yes"]
+
+    run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))  # nothing changed
+    assert calls == ["float32"] and read_results(path) == first
+
+    _user_task(tmp_path / "task", label_words=("nope", "yes"))  # edit the task's label words
+    with caplog.at_level(logging.WARNING, logger="icl_lens.sweep"):
+        run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
+    assert len(calls) == 2 and "task.label_words" in caplog.text
+    relabelled = read_results(path)
+    assert relabelled["task"]["label_words"] == ["nope", "yes"]
+
+    rows = [("good fun", 1), ("dull", 0), ("great", 1), ("bad", 0), ("fine", 1), ("terrible", 0)]
+    _user_task(tmp_path / "task", label_words=("nope", "yes"), rows=rows)  # edit one data row
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="icl_lens.sweep"):
+        run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
+    assert len(calls) == 3 and "task.data_sha256.train" in caplog.text
+    assert read_results(path)["identity"]["task"]["data_sha256"]["train"] != \
+        relabelled["identity"]["task"]["data_sha256"]["train"]
+    run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
+    assert len(calls) == 3
+
+
+def test_another_dtype_is_another_cell_and_both_are_kept(tmp_path):
+    cfg = ExperimentConfig(task="sst2", **ZSL_ICL)
+    calls = []
+    run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
+    bf16 = RuntimeOptions(progress=False, attention_examples=0, dtype="bfloat16")
+    run_cells([cfg], tmp_path, bf16, model_loader=_counting_loader(calls))
+    assert calls == ["float32", "bfloat16"]
+    fp32_file, bf16_file = cell_path(tmp_path, cfg), cell_path(tmp_path, cfg, bf16)
+    assert bf16_file.parent.name == cfg.cell_name() + "__bfloat16__cpu" and fp32_file.parent.name == cfg.cell_name()
+    assert read_results(fp32_file)["identity"]["dtype"] == "float32"
+    assert read_results(bf16_file)["identity"]["dtype"] == "bfloat16"
+    assert read_results(bf16_file)["model"]["dtype"] == "bfloat16"
+    # a float32 file put where the bf16 cell belongs is not reused
+    bf16_file.write_bytes(fp32_file.read_bytes())
+    run_cells([cfg], tmp_path, bf16, model_loader=_counting_loader(calls))
+    assert calls == ["float32", "bfloat16", "bfloat16"]
+    assert read_results(bf16_file)["identity"]["dtype"] == "bfloat16"
+    run_cells([cfg], tmp_path, bf16, model_loader=_counting_loader(calls))
+    run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
+    assert len(calls) == 3
+
+
+def test_device_kind_not_index_names_the_cell():
+    cfg = cells()[0]
+    cuda0, cuda1 = RuntimeOptions(device="cuda:0"), RuntimeOptions(device="cuda")
+    assert cell_path("out", cfg, cuda0) == cell_path("out", cfg, cuda1)
+    assert cell_path("out", cfg, cuda0).parent.name == cfg.cell_name() + "__float32__cuda"
+    assert cell_path("out", cfg, RuntimeOptions(device="cpu")).parent.name == cfg.cell_name()
+
+
+def test_another_results_format_version_is_recomputed(tmp_path, monkeypatch):
+    cfg = ExperimentConfig(task="sst2", **ZSL_ICL)
+    calls = []
+    run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
+    monkeypatch.setattr(icl_lens.sweep, "RESULTS_FORMAT_VERSION", RESULTS_FORMAT_VERSION + 1)
+    run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
+    assert len(calls) == 2
+    assert read_results(cell_path(tmp_path, cfg))["identity"]["results_format"] == RESULTS_FORMAT_VERSION + 1
+
+
+def test_a_loader_returning_another_model_is_refused(tmp_path):
+    cfg = ExperimentConfig(task="sst2", **{**ZSL_ICL, "model": "smollm2-135m"})
+    with pytest.raises(ConfigError, match="smollm2-135m"):
+        run_cells([cfg], tmp_path, QUIET, model_loader=lambda name, **kw: loader("tiny", **kw))
+    assert not cell_path(tmp_path, cfg).exists()
