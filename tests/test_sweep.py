@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from sweep_worker import cells, loader
+from sweep_worker import cells, kill_cells, loader
 
 import icl_lens.sweep
 from icl_lens.errors import ConfigError
@@ -37,26 +36,60 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     assert {k for k in ja if ja[k] != jb[k]} <= {"meta", "timing_seconds"}
 
 
-def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    subprocess.run([sys.executable, str(WORKER), str(reference)], check=True, timeout=600)
+KILL_SEEDS = list(range(10))
 
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(interrupted), "30"])
-    first = cell_path(interrupted, cells()[0])
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert first.exists(), "the first cell never finished"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = [cfg for cfg in cells() if cell_path(interrupted, cfg).exists()]
-    assert 1 <= len(done_before) < len(cells())
-    mtime = first.stat().st_mtime_ns
 
-    subprocess.run([sys.executable, str(WORKER), str(interrupted)], check=True, timeout=600)
-    assert first.stat().st_mtime_ns == mtime, "a finished cell was recomputed"
-    assert _payloads(interrupted) == _payloads(reference)
-    assert not list(interrupted.rglob("*.tmp"))
+@pytest.fixture(scope="module")
+def killed_sweeps(tmp_path_factory):
+    """Ten sweeps SIGKILLed at seeded random moments (mid-cell and mid-write), each resumed."""
+    root = tmp_path_factory.mktemp("kills")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(WORKER), "kills", str(root), *map(str, KILL_SEEDS)], check=True,
+                   timeout=600, env=env)
+    return root
+
+
+def _stable_files(out_dir):
+    """Per cell folder: the stable results payload and the attention-map tensors."""
+    from icl_lens.viz import load_attention_maps
+
+    files = {}
+    for path in sorted(Path(out_dir).rglob("results.json")):
+        maps = load_attention_maps(path.parent).maps_by_setting
+        files[path.parent.name] = (stable_payload(read_results(path)),
+                                   {s: [{k: v.tolist() for k, v in m.items()} for m in ms] for s, ms in maps.items()})
+    return files
+
+
+def test_sweeps_killed_at_random_moments_resume_to_the_uninterrupted_result(killed_sweeps):
+    reference = _stable_files(killed_sweeps / "reference")
+    cells_run = kill_cells(killed_sweeps / "task" / "mine.json")
+    assert len(reference) == len(cells_run)
+    kinds = set()
+    left_temp_files = 0
+    for seed in KILL_SEEDS:
+        folder = killed_sweeps / f"seed{seed}"
+        state = json.loads((folder / "state.json").read_text())
+        kill = json.loads((folder / "kill.json").read_text())
+        assert state["status"] == -signal.SIGKILL and kill["moment"] == state["kill_at"], seed
+        kinds.add(kill["kind"])
+        before = state["before"]
+        assert before["damaged"] == [], f"seed {seed}: a damaged results file sits at its final path"
+        left_temp_files += len(before["temp_files"])
+        assert state["resume_status"] == 0, seed
+        computed = json.loads((folder / "computed.json").read_text())
+        names = {cfg.cell_name() for cfg in cells_run}
+        # every finished cell kept, none recomputed; every other cell computed exactly once
+        assert sorted(computed) == sorted(names - set(before["finished"])), seed
+        out = folder / "out"
+        for name, mtime in before["finished"].items():
+            assert (out / name / "results.json").stat().st_mtime_ns == mtime, f"seed {seed}: {name} rewritten"
+        assert not list(out.rglob("*.tmp")), f"seed {seed}: temporary files left after the resume"
+        assert _stable_files(out) == reference, seed
+    # the seeds did hit both kinds of moment, and some kills did leave temporary files to clean up
+    assert {k.split(":")[0] for k in kinds} == {"cell", "write"}
+    assert {"write:half", "write:before-rename"} <= kinds
+    assert left_temp_files > 0
 
 
 def test_damaged_cell_is_recomputed_and_others_skipped(tmp_path):
