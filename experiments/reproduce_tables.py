@@ -6,7 +6,8 @@ the untrained-model baseline (SPEC §6) too. The learning rate is chosen once pe
 unless --lr fixes it or --sweep-every-seed sweeps in every cell. Writes, under --out:
 
     <cell>/results.json          one per task × seed (× untrained), resumable
-    tables.md                    mean ± std over seeds beside the reference numbers (SPEC §7)
+    tables.md                    mean ± std over seeds [seed × query bootstrap interval] beside the reference
+    findings.md, findings.json   a verdict per claim of the papers, per task and pooled (icl-lens findings)
     aggregate.json               the same numbers as JSON
     prediction_changes.png       stacked bars of ICL / FT prediction changes per task
     simaou_per_layer.png         per-layer SimAOU, GD vs LCGD vs random (Fig. 3)
@@ -26,7 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from icl_lens.aggregate import aggregate, markdown_tables
+from icl_lens.cli import add_executor_flags, executor_options
 from icl_lens.experiment import ExperimentConfig
+from icl_lens.findings import findings_markdown, write_findings
 from icl_lens.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
 from icl_lens.prompts import PromptFormat
 from icl_lens.sweep import RuntimeOptions, run_cells
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="sweep the lr in every cell (default: once per task, on the first seed)")
     parser.add_argument("--out", default="results/tables")
     parser.add_argument("--device", default="cpu")
+    add_executor_flags(parser)  # --executor inline|local|slurm, --workers, --slurm-* (as icl-lens run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     out = Path(args.out)
     runtime = RuntimeOptions(device=args.device)
+    executor = executor_options(args)
     # 1. the first seed of every task, its lr swept (unless --lr fixes it)
-    first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime)
+    first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime,
+                      executor=executor)
     lr_of = {r["task"]["name"]: r["lr"]["lr"] for r in first}
     if args.lr is None and not args.sweep_every_seed:
         logging.info("lr chosen per task on seed %d, reused for the other seeds and the untrained model: %s",
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         later += [replace(base, task=t, seed=s, untrained=True, untrained_seed=s, **fixed(t))
                   for s in seeds[: args.untrained_seeds] for t in tasks]
     later += [replace(base, task=t, seed=s, **fixed(t)) for s in seeds[1:] for t in tasks]
-    results = first + run_cells(later, out, runtime)
+    results = first + run_cells(later, out, runtime, executor=executor)
 
     trained = [r for r in results if not r["config"]["untrained"]]
     agg = aggregate(results)
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         plot_layer_metric(untrained, out / "untrained_simaou_per_layer.png", "simaou",
                           title="Untrained model: SimAOU per layer")
     print((out / "tables.md").read_text())
+    print(findings_markdown(write_findings(out)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ Quick start (notebook)::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icl_lens._version import __version__
 from icl_lens.errors import (
@@ -43,9 +43,29 @@ _LAZY = {
     "sample_demonstrations": "tasks", "sample_queries": "tasks",
 }
 
+# Subpackages and modules reachable as attributes (``icl_lens.metrics.simaou``) without importing
+# torch-heavy code at ``import icl_lens`` time.
+_SUBMODULES = (
+    "analyses", "calibration", "evaluation", "executors", "experiment", "finetune", "findings", "lcgd", "lens",
+    "lr_sweep", "metrics", "models", "nulls", "prompts", "results", "stats", "sweep", "tasks", "viz",
+)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
+    from icl_lens import analyses, findings, metrics, models, nulls, stats, viz  # noqa: F401
+    from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
+    from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
+    from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune  # noqa: F401
+    from icl_lens.lcgd import layer_causal_finetune  # noqa: F401
+    from icl_lens.lens import logit_lens  # noqa: F401
+    from icl_lens.models import list_models, load_model  # noqa: F401
+    from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts  # noqa: F401
+    from icl_lens.tasks import (  # noqa: F401
+        Task, builtin_tasks, get_task, load_split, sample_demonstrations, sample_queries,
+    )
+
 __all__ = [
     "__version__", "ConfigError", "DataFormatError", "IclLensError", "MetricInputError", "ModelLoadError", "NonFiniteError",
-    "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", *_LAZY,
+    "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", *_LAZY, *_SUBMODULES,
 ]
 
 
@@ -54,4 +74,12 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f"icl_lens.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"icl_lens.{name}")
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'icl_lens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,10 @@
 """The ``icl-lens`` command line.
 
 Subcommands: ``run`` (one or more cells: ZSL, ICL, FT, LCGD and every metric), ``report``
-(self-contained HTML pages of a results folder), ``bench`` (naive vs optimized evaluation), ``tasks``,
-``models``. The ``run`` flags are generated from :class:`~icl_lens.experiment.ExperimentConfig`
+(self-contained HTML pages of a results folder), ``findings`` (a verdict per claim of the papers),
+``status`` (which cells of a results folder are done, running, queued, failed or not started), ``bench``
+(naive vs optimized evaluation), ``tasks``, ``models``. The ``run`` flags are generated from
+:class:`~icl_lens.experiment.ExperimentConfig`
 and its nested configs, so the CLI and the Python API cannot drift apart. Every
 :class:`~icl_lens.errors.IclLensError` ends the command with one line on stderr and exit code 2.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import types
 import typing
@@ -21,6 +24,7 @@ from typing import Any, Sequence
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
+from icl_lens.findings import add_findings_command, cmd_findings
 from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.report import add_report_command, cmd_report
@@ -86,7 +90,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str, dest
             choices = list(typing.get_args(inner))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(flag, dest=dest, type=_parser_for(tp), default=None, choices=choices,
-                            help=f"{help_text} (default: {shown})")
+                            metavar=None if choices else _metavar(f.name, tp), help=f"{help_text} (default: {shown})")
 
 
 def _field_help(doc: str, name: str) -> str:
@@ -100,8 +104,32 @@ def _field_help(doc: str, name: str) -> str:
                 if not nxt.startswith(" " * 12):
                     break
                 text += " " + nxt.strip()
-            return text.replace("%", "%%")
+            return _plain(text)
     return ""
+
+
+def _plain(text: str) -> str:
+    """Docstring text as plain help: no reStructuredText markup, ``%`` escaped for argparse."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)  # :class:`~a.B` -> B
+    return text.replace("``", "").replace("%", "%%")
+
+
+_METAVAR_BY_NAME = {"label_words": "WORDS", "lr_grid": "RATES", "settings": "SETTINGS", "template": "TEMPLATE",
+                    "params": "GROUPS", "separator": "TEXT", "answer_prefix": "TEXT", "start": "TOKEN"}
+
+
+def _metavar(name: str, tp: Any) -> str:
+    """A readable placeholder for a flag's value: N, X, LR, SEED, WORDS, ..."""
+    if name in _METAVAR_BY_NAME:
+        return _METAVAR_BY_NAME[name]
+    if name == "lr" or name.endswith("_lr"):
+        return "LR"
+    if name.endswith("seed"):
+        return "SEED"
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        return "A,B,..."
+    return {int: "N", float: "X"}.get(inner, "TEXT")
 
 
 def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> ExperimentConfig:
@@ -148,6 +176,43 @@ def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
     return cells
 
 
+def add_executor_flags(run: argparse.ArgumentParser) -> None:
+    group = run.add_argument_group("executors", "where the cells run (see the README's 'Running on a cluster')")
+    group.add_argument("--executor", default="inline", choices=["inline", "local", "slurm"],
+                       help="inline: one cell after another in this process; local: worker processes; "
+                            "slurm: one SLURM job per cell, as a job array (default: inline)")
+    group.add_argument("--workers", type=int, default=1,
+                       help="local: cells at once; each gets one GPU (cuda) or cores/N threads (cpu) (default: 1)")
+    group.add_argument("--log-dir", default=None, help="submitit's pickles and job logs (default: OUT/.submitit)")
+    group.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's)")
+    group.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per job (default: 0)")
+    group.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per job = torch threads (default: 1)")
+    group.add_argument("--slurm-mem", default=None, help="slurm: memory per job, e.g. 16G (default: the cluster's)")
+    group.add_argument("--slurm-time", type=int, default=60, help="slurm: time limit per job in minutes (default: 60)")
+    group.add_argument("--slurm-array-parallelism", type=int, default=64,
+                       help="slurm: at most this many jobs of the array run at once (default: 64)")
+    group.add_argument("--slurm-flag", action="append", default=[], metavar="NAME[=VALUE]",
+                       help="slurm: any further sbatch flag, e.g. --slurm-flag account=abc --slurm-flag exclusive "
+                            "(repeatable)")
+
+
+def executor_options(args: argparse.Namespace):
+    """ExecutorOptions from the --executor/--workers/--slurm-* flags."""
+    from icl_lens.executors import ExecutorOptions, SlurmOptions
+
+    extra = []
+    for flag in args.slurm_flag:
+        name, sep, value = flag.partition("=")
+        name = name.strip().lstrip("-")
+        if not name:
+            raise ConfigError(f"--slurm-flag needs NAME or NAME=VALUE, got {flag!r}")
+        extra.append((name, value if sep else True))
+    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.slurm_gpus, cpus_per_job=args.slurm_cpus,
+                         mem=args.slurm_mem, time_min=args.slurm_time,
+                         array_parallelism=args.slurm_array_parallelism, extra=tuple(extra))
+    return ExecutorOptions(kind=args.executor, workers=args.workers, log_dir=args.log_dir, slurm=slurm)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icl-lens", description="In-context learning vs gradient descent, "
                                      "through TransformerLens.")
@@ -155,32 +220,38 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
-    run.add_argument("--task", help="task name or task file; comma-separated for several (default: sst2)")
-    run.add_argument("--model", help="model name or path; comma-separated for several (default: gemma3-270m)")
-    run.add_argument("--k", help="demonstrations; comma-separated for several (default: 16)")
-    run.add_argument("--seed", help="demonstration seed(s), comma-separated (default: 0)")
-    run.add_argument("--out", default="results", help="results folder (one sub-folder per cell)")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
-    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)")
+    run.add_argument("--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)")
+    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16)")
+    run.add_argument("--seed", metavar="SEEDS", help="demonstration seed(s), comma-separated (default: 0)")
+    run.add_argument("--out", default="results", metavar="DIR", help="results folder (one sub-folder per cell)")
+    run.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ...")
+    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                     help="dtype of the model's weights and activations (default: float32)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    run.add_argument("--attention-examples", type=int, default=4,
+    run.add_argument("--attention-examples", type=int, default=4, metavar="N",
                      help="queries whose full attention maps (all settings) are saved for the report (0: none)")
+    add_executor_flags(run)
     _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
     bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
-    bench.add_argument("--model", default="gemma3-270m")
-    bench.add_argument("--task", default="sst2")
-    bench.add_argument("--k", type=int, default=16)
-    bench.add_argument("--n-naive", type=int, default=8, help="queries for the (slow) naive loop")
-    bench.add_argument("--n-fast", type=int, default=64, help="queries for the optimized path")
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    bench.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    bench.add_argument("--model", default="gemma3-270m", metavar="MODEL", help="model name or path (default: gemma3-270m)")
+    bench.add_argument("--task", default="sst2", metavar="TASK", help="task whose prompts are timed (default: sst2)")
+    bench.add_argument("--k", type=int, default=16, metavar="K", help="demonstrations in the prompt (default: 16)")
+    bench.add_argument("--n-naive", type=int, default=8, metavar="N", help="queries for the (slow) naive loop (default: 8)")
+    bench.add_argument("--n-fast", type=int, default=64, metavar="N", help="queries for the optimized path (default: 64)")
+    bench.add_argument("--batch-size", type=int, default=16, metavar="N", help="queries per forward pass (default: 16)")
+    bench.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ... (default: cpu)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="dtype of the model's weights and activations (default: float32)")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
     add_report_command(sub)
+    add_findings_command(sub)
+    status = sub.add_parser("status", help="list a results folder's cells: done, running, queued, failed, not started")
+    status.add_argument("results_dir", metavar="RESULTS_DIR", help="the --out folder of a sweep")
     sub.add_parser("tasks", help="list the built-in tasks")
     sub.add_parser("models", help="list the named offline models")
     return parser
@@ -193,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = expand_cells(args)
     runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress,
                              attention_examples=args.attention_examples)
-    results = run_cells(cells, args.out, runtime)
+    results = run_cells(cells, args.out, runtime, executor=executor_options(args))
     print(summary(results))
     for cfg in cells:
         print(f"results: {cell_path(args.out, cfg, runtime)}")
@@ -217,6 +288,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(result.report())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from icl_lens.executors import sweep_status
+
+    rows = sweep_status(args.results_dir)
+    order = ("done", "running", "queued", "failed", "not started")
+    for name, status, detail in sorted(rows, key=lambda r: (order.index(r[1]), r[0])):
+        print(f"{status:12s} {name}" + (f"  {detail}" if detail else ""))
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in order}
+    print(", ".join(f"{counts[s]} {s}" for s in order))
     return 0
 
 
@@ -246,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "tasks": cmd_tasks, "models": cmd_models}
+    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "findings": cmd_findings,
+                "status": cmd_status, "tasks": cmd_tasks, "models": cmd_models}
     try:
         return commands[args.command](args)
     except IclLensError as exc:

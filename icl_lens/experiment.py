@@ -21,10 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from icl_lens import metrics
+from icl_lens import metrics, nulls as null_models, stats
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError, IclLensError
@@ -95,6 +96,14 @@ class ExperimentConfig:
         calibration: ``content_free`` (default: contextual calibration of every setting's class
             scores against an "N/A" query, Zhao et al. 2021) or ``none`` (reference).
         template / label_words: override the task's template and label words.
+        nulls: which costly nulls of the similarities to run for FT (``shuffled_pair``,
+            ``wrong_label``, ``random_direction``; ``()`` none); LCGD gets the shuffled-pair and
+            random-direction ones. The Jaccard independence expectation is always computed. The
+            nulls' seeds are ``random_seed``.
+        bootstrap_resamples: resamples of the percentile bootstrap over queries behind every
+            interval and paired test of the cell.
+        bootstrap_seed: seed of those resamples (one set per cell, shared by every statistic).
+        confidence: level of every interval.
     """
 
     task: str = "sst2"
@@ -126,6 +135,10 @@ class ExperimentConfig:
     untrained_seed: int = 0
     template: str | None = None
     label_words: tuple[str, ...] | None = None
+    nulls: tuple[str, ...] = null_models.NULLS
+    bootstrap_resamples: int = stats.DEFAULT_RESAMPLES
+    bootstrap_seed: int = 0
+    confidence: float = stats.DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", tuple(self.settings))
@@ -169,6 +182,8 @@ class ExperimentConfig:
                 del out[name]
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
+        if "nulls" in out:
+            out["nulls"] = list(self.nulls)
         if self.label_words is not None:
             out["label_words"] = list(self.label_words)
         return out
@@ -187,7 +202,7 @@ class ExperimentConfig:
         for key, kind in nested.items():
             if isinstance(values.get(key), dict):
                 values[key] = kind(**values[key])
-        for key in ("settings", "lr_grid", "label_words"):
+        for key in ("settings", "lr_grid", "label_words", "nulls"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -202,7 +217,7 @@ class ExperimentConfig:
         return f"{name}__{digest}"
 
 
-_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep",)
+_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence")
 """Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)
 while at their default, so a rerun still recognises the cells finished before them."""
 
@@ -211,36 +226,80 @@ def apply_task_overrides(task: Task, cfg: ExperimentConfig) -> Task:
     return task.with_overrides(template=cfg.template, label_words=cfg.label_words)
 
 
-def _layer_summary(per_layer: torch.Tensor) -> dict[str, Any]:
-    values = [float(v) for v in per_layer]
-    return {"per_layer": values, "mean": float(sum(values) / len(values))}
+def _layer_summary(per_example: np.ndarray | torch.Tensor, indices: np.ndarray, confidence: float) -> dict[str, Any]:
+    """A per-layer metric from its [n_examples, n_layers] terms: each layer's mean over examples,
+    the mean over layers, and their percentile bootstrap intervals from the cell's resamples."""
+    interval = stats.bootstrap_interval(np.asarray(per_example, dtype=np.float64), indices=indices,
+                                        confidence=confidence)
+    return {"per_layer": interval.per_layer, "mean": interval.value, "ci": interval.ci,
+            "per_layer_ci": interval.per_layer_ci}
+
+
+def _map_name(cfg: ExperimentConfig) -> str:
+    return "attn_scores" if cfg.attention_map == "scores" else "pattern"
+
+
+def comparison_per_example(
+    zsl: SettingRun, icl: SettingRun, tuned: SettingRun, cfg: ExperimentConfig
+) -> dict[str, np.ndarray]:
+    """The per-example terms of the ICL-vs-finetuned similarities: SimAOU, SimAM and SimAM_Δ as
+    [n_examples, n_layers]; token overlap and overlap cosine as [n_examples]."""
+    zsl_maps, icl_maps, tuned_maps = (r.activations.stack_activation(_map_name(cfg)) for r in (zsl, icl, tuned))
+    dist_icl = metrics.TopKDistribution(icl.next_token_ids, icl.next_token_probs)
+    dist_tuned = metrics.TopKDistribution(tuned.next_token_ids, tuned.next_token_probs)
+    k = cfg.record.top_k
+    return {
+        "simaou": metrics.simaou_per_example(zsl.activations, icl.activations, tuned.activations).cpu().numpy(),
+        "simam": metrics.simam_per_example(icl_maps, tuned_maps).cpu().numpy(),
+        "simam_delta": metrics.simam_delta_per_example(zsl_maps, icl_maps, tuned_maps).cpu().numpy(),
+        "token_overlap": metrics.token_overlap(dist_icl, dist_tuned, k=k).double().cpu().numpy(),
+        "overlap_cosine": metrics.overlap_cosine(dist_icl, dist_tuned, k=k).double().cpu().numpy(),
+    }
 
 
 def comparison_metrics(
-    zsl: SettingRun, icl: SettingRun, tuned: SettingRun, labels: torch.Tensor, cfg: ExperimentConfig
+    zsl: SettingRun, icl: SettingRun, tuned: SettingRun, labels: torch.Tensor, cfg: ExperimentConfig,
+    indices: np.ndarray | None = None, per_example: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Every ICL-vs-finetuned metric of SPEC §4 for one finetuned setting (FT or LCGD)."""
-    kind = cfg.attention_map
-    map_name = "attn_scores" if kind == "scores" else "pattern"
-    zsl_maps, icl_maps, tuned_maps = (r.activations.stack_activation(map_name) for r in (zsl, icl, tuned))
+    """Every ICL-vs-finetuned metric of SPEC §4 for one finetuned setting (FT or LCGD), each with
+    its percentile bootstrap interval over queries.
+
+    Args:
+        indices: the cell's bootstrap resamples (default: drawn from ``cfg``).
+        per_example: :func:`comparison_per_example` of these runs, if already computed.
+    """
+    if indices is None:
+        indices = stats.resample_indices(len(labels), cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    if per_example is None:
+        per_example = comparison_per_example(zsl, icl, tuned, cfg)
     overlap = metrics.prediction_change_overlap(zsl.predictions, icl.predictions, tuned.predictions, labels)
+    fixes, both_fix, same_change, jaccard_denominator = _prediction_indicators(zsl.predictions, icl.predictions,
+                                                                 tuned.predictions, labels)
+    level = cfg.confidence
+    token = {}
+    for name in ("token_overlap", "overlap_cosine"):
+        interval = stats.bootstrap_interval(per_example[name], indices=indices, confidence=level)
+        token[name], token[f"{name}_ci"] = interval.value, interval.ci
     return {
         "rec2ftp": metrics.rec2ftp(zsl.predictions, icl.predictions, tuned.predictions, labels),
-        "prediction_changes": overlap.to_dict(),
-        "simaou": _layer_summary(metrics.simaou(zsl.activations, icl.activations, tuned.activations)),
-        "simam": _layer_summary(metrics.simam(icl_maps, tuned_maps)),
-        "simam_delta": _layer_summary(metrics.simam_delta(zsl_maps, icl_maps, tuned_maps)),
-        "token_overlap": _topk_overlap(icl, tuned, cfg.record.top_k),
+        "rec2ftp_ci": [100 * v for v in stats.bootstrap_ratio(both_fix, fixes, indices, level)],
+        "prediction_changes": {**overlap.to_dict(),
+                               "jaccard_ci": stats.bootstrap_ratio(same_change, jaccard_denominator, indices, level)},
+        **{name: _layer_summary(per_example[name], indices, level) for name in ("simaou", "simam", "simam_delta")},
+        "token_overlap": token,
     }
 
 
-def _topk_overlap(a: SettingRun, b: SettingRun, k: int) -> dict[str, float]:
-    dist_a = metrics.TopKDistribution(a.next_token_ids, a.next_token_probs)
-    dist_b = metrics.TopKDistribution(b.next_token_ids, b.next_token_probs)
-    return {
-        "token_overlap": float(metrics.token_overlap(dist_a, dist_b, k=k).mean()),
-        "overlap_cosine": float(metrics.overlap_cosine(dist_a, dist_b, k=k).mean()),
-    }
+def _prediction_indicators(zsl, icl, tuned, labels) -> tuple[np.ndarray, ...]:
+    """Per-example terms whose sums make Rec2FTP (both fix / FT fixes) and the Jaccard index
+    (|S| / (|C_ICL| + |C_FT| − |S|)), so both can be recomputed on resampled examples."""
+    zsl, icl, tuned, labels = (np.asarray(torch.as_tensor(x).cpu()) for x in (zsl, icl, tuned, labels))
+    fixes = (zsl != labels) & (tuned == labels)
+    both_fix = fixes & (icl == labels)
+    icl_changed, tuned_changed = icl != zsl, tuned != zsl
+    same_change = tuned_changed & (tuned == icl)
+    jaccard_denominator = icl_changed.astype(int) + tuned_changed.astype(int) - same_change.astype(int)
+    return fixes, both_fix, same_change, jaccard_denominator
 
 
 def _per_example(queries, runs: dict[str, SettingRun]) -> list[dict[str, Any]]:
@@ -281,6 +340,7 @@ def run_experiment(
     :class:`~icl_lens.errors.ConfigError`. ``results["config"]`` is the filled-in configuration.
     """
     cfg = config_for_objects(model, task, cfg)
+    _check_stats_config(cfg)
     task = apply_task_overrides(task, cfg)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -317,6 +377,8 @@ def run_experiment(
     lcgd_lr_record: dict[str, Any] = {}
     tuned_models: dict[str, HookedTransformer] = {}
     traces: dict[str, TrainingTrace] = {}
+    null_runs: dict[str, dict[str, SettingRun]] = {}
+    null_facts: dict[str, dict[str, Any]] = {}
     if needs_comparison:
         sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query)
         ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
@@ -325,19 +387,25 @@ def run_experiment(
                 continue
             t0 = time.perf_counter()
             if name == "ft":
+                train_cfg = ft_cfg
                 tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
             else:
-                lcgd_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings)
+                train_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings)
                 tuned, trace = layer_causal_finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths,
-                                                     lcgd_cfg, cfg.lcgd_schedule, progress)
+                                                     train_cfg, cfg.lcgd_schedule, progress)
             timings[f"train_{name}"] = time.perf_counter() - t0
             traces[name] = trace
             runs[name] = run_setting(name, tuned, prompts.zsl_prefix)
+            null_runs[name], null_facts[name] = run_null_models(
+                name, model, tuned, train_cfg, cfg, task, demos[: prompts.k], queries, prompts.zsl_prefix, run_setting,
+                progress)
             if keep_models:
                 tuned_models[name] = tuned
             else:
                 del tuned
 
+    indices = stats.resample_indices(len(queries), cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    per_example = per_example_values(runs, null_runs, labels, cfg)
     results: dict[str, Any] = {
         "icl_lens_version": __version__,
         "config": cfg.to_dict(),
@@ -348,25 +416,19 @@ def run_experiment(
         "demonstrations": [{"row_index": d["row_index"], "label": d["label"]} for d in demos[: prompts.k]],
         "n_examples": len(queries),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
+        "accuracy_ci": {name: stats.bootstrap_interval(values, indices=indices, confidence=cfg.confidence).ci
+                        for name, values in per_example["correct"].items()},
+        "uncertainty": {"method": stats.METHOD, "n_resamples": cfg.bootstrap_resamples,
+                        "confidence": cfg.confidence, "seed": cfg.bootstrap_seed},
         "lr": lr_record,
         **({"lcgd_lr": lcgd_lr_record} if lcgd_lr_record else {}),
         "calibration": {"method": cfg.calibration, "content_free_scores": content_free_record},
-        "metrics": {},
+        "metrics": cell_metrics(runs, per_example, labels, indices, cfg),
+        "tests": paired_tests(runs, per_example, indices, cfg),
+        "nulls": null_summaries(runs, per_example, null_facts, labels, indices, cfg),
+        "per_example": _rounded(per_example),
         "training": {name: trace.to_dict() for name, trace in traces.items()},
     }
-    if "icl" in runs:
-        results["metrics"]["alpha"] = _layer_summary(
-            metrics.alpha(runs["icl"].demo_attention_mass, runs["icl"].sink_attention_mass, cfg.alpha_include_sink)
-        )
-    if "icl" in runs and "zsl" in runs:
-        map_name = "attn_scores" if cfg.attention_map == "scores" else "pattern"
-        results["metrics"]["simam_zsl"] = _layer_summary(metrics.simam(
-            runs["icl"].activations.stack_activation(map_name), runs["zsl"].activations.stack_activation(map_name)))
-        results["metrics"]["simaou_random"] = _layer_summary(
-            metrics.simaou_random_baseline(runs["zsl"].activations, runs["icl"].activations, seed=cfg.random_seed))
-    for name in FINETUNED_SETTINGS:
-        if name in runs:
-            results["metrics"][name] = comparison_metrics(runs["zsl"], runs["icl"], runs[name], labels, cfg)
     results["examples"] = _per_example(queries, runs)
     timings["total"] = time.perf_counter() - started
     results["timing_seconds"] = {k: round(v, 3) for k, v in timings.items()}
@@ -421,6 +483,163 @@ def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConf
     if changes:
         logger.info("recording what was passed in, not the config's defaults: %s", changes)
     return replace(cfg, **changes) if changes else cfg
+
+
+def _check_stats_config(cfg: ExperimentConfig) -> None:
+    unknown = [name for name in cfg.nulls if name not in null_models.NULLS]
+    if unknown:
+        raise ConfigError(f"unknown nulls {unknown}; choose from {list(null_models.NULLS)} (or none)")
+    if int(cfg.bootstrap_resamples) < 1:
+        raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
+    if not 0 < cfg.confidence < 1:
+        raise ConfigError(f"confidence must lie in (0, 1), got {cfg.confidence}")
+
+
+def run_null_models(
+    name: str, model: HookedTransformer, tuned: HookedTransformer, train_cfg: FinetuneConfig, cfg: ExperimentConfig,
+    task: Task, demos: list[dict[str, Any]], queries: list[dict[str, Any]], prefix: list[int], run_setting,
+    progress: bool,
+) -> tuple[dict[str, SettingRun], dict[str, Any]]:
+    """Evaluate the null models of one finetuned setting on the cell's queries: the random-direction
+    update of ``tuned``'s size (FT and LCGD) and wrong-label finetuning (FT only, same lr).
+
+    ``run_setting(label, model, prefix)`` evaluates a model on the zero-shot ``prefix`` like every
+    other finetuned setting (calibration included). Returns the null runs and facts to record (how many demonstrations were relabelled).
+    """
+    null_runs: dict[str, SettingRun] = {}
+    facts: dict[str, Any] = {}
+    if "random_direction" in cfg.nulls:
+        perturbed = null_models.random_direction_model(model, tuned, train_cfg.params, cfg.random_seed)
+        null_runs["random_direction"] = run_setting(f"{name}_random_direction", perturbed, prefix)
+        del perturbed
+    if name == "ft" and "wrong_label" in cfg.nulls:
+        true_labels = [d["label"] for d in demos]
+        wrong = null_models.wrong_labels(true_labels, task.n_classes, cfg.random_seed)
+        relabelled = encode_prompts(model.tokenizer, task, [dict(d, label=w) for d, w in zip(demos, wrong)],
+                                    queries, cfg.prompt, model.cfg.n_ctx)
+        wrong_model, _ = finetune(model, relabelled.demo_sequences, relabelled.demo_answer_lengths, train_cfg, progress)
+        null_runs["wrong_label"] = run_setting(f"{name}_wrong_label", wrong_model, prefix)
+        del wrong_model
+        facts["wrong_label"] = {"labels": wrong[: relabelled.k],
+                                "n_relabelled": sum(t != w for t, w in zip(true_labels, wrong[: relabelled.k]))}
+    return null_runs, facts
+
+
+def per_example_values(
+    runs: dict[str, SettingRun], null_runs: dict[str, dict[str, SettingRun]], labels: torch.Tensor,
+    cfg: ExperimentConfig,
+) -> dict[str, Any]:
+    """Every per-example metric term of the cell, as numpy arrays ([n_examples] or
+    [n_examples, n_layers]): correctness per setting, the comparison metrics of FT and LCGD, α,
+    the random baseline, ZSL SimAM and the nulls' SimAOU and SimAM_Δ. Every mean and interval of
+    the results is computed from these arrays."""
+    values: dict[str, Any] = {"correct": {name: (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)
+                                          for name, run in runs.items()}}
+    if "icl" in runs:
+        icl = runs["icl"]
+        values["alpha"] = metrics.alpha_per_example(icl.demo_attention_mass, icl.sink_attention_mass,
+                                                    cfg.alpha_include_sink).cpu().numpy()
+    if "icl" in runs and "zsl" in runs:
+        zsl, icl = runs["zsl"], runs["icl"]
+        values["simam_zsl"] = metrics.simam_per_example(icl.activations.stack_activation(_map_name(cfg)),
+                                                        zsl.activations.stack_activation(_map_name(cfg))).cpu().numpy()
+        values["simaou_random"] = metrics.simaou_random_per_example(zsl.activations, icl.activations,
+                                                                    seed=cfg.random_seed).cpu().numpy()
+    null_values: dict[str, Any] = {}
+    for name in FINETUNED_SETTINGS:
+        if name not in runs:
+            continue
+        zsl, icl = runs["zsl"], runs["icl"]
+        values[name] = comparison_per_example(zsl, icl, runs[name], cfg)
+        null_values[name] = {}
+        if "shuffled_pair" in cfg.nulls and len(labels) < 2:
+            logger.warning("shuffled-pair null skipped: it needs at least 2 queries, got %d", len(labels))
+        elif "shuffled_pair" in cfg.nulls:
+            null_values[name]["shuffled_pair"] = {
+                key: tensor.cpu().numpy() for key, tensor in null_models.shuffled_pair(
+                    zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), cfg.random_seed).items()}
+        for null, run in null_runs.get(name, {}).items():
+            terms = comparison_per_example(zsl, icl, run, cfg)
+            null_values[name][null] = {"simaou": terms["simaou"], "simam_delta": terms["simam_delta"],
+                                       "correct": (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)}
+    values["nulls"] = null_values
+    return values
+
+
+def cell_metrics(
+    runs: dict[str, SettingRun], per_example: dict[str, Any], labels: torch.Tensor, indices: np.ndarray,
+    cfg: ExperimentConfig,
+) -> dict[str, Any]:
+    """The ``metrics`` block: α, ZSL SimAM, the random baseline and every FT/LCGD comparison
+    metric, each with its interval."""
+    out: dict[str, Any] = {}
+    for name in ("alpha", "simam_zsl", "simaou_random"):
+        if name in per_example:
+            out[name] = _layer_summary(per_example[name], indices, cfg.confidence)
+    for name in FINETUNED_SETTINGS:
+        if name in runs:
+            out[name] = comparison_metrics(runs["zsl"], runs["icl"], runs[name], labels, cfg, indices, per_example[name])
+    return out
+
+
+PAIRED_ACCURACY_TESTS = (("icl", "zsl"), ("ft", "zsl"), ("lcgd", "zsl"))
+PAIRED_METRIC_TESTS = (("lcgd", "ft", "simaou"), ("lcgd", "ft", "simam_delta"))
+
+
+def paired_tests(
+    runs: dict[str, SettingRun], per_example: dict[str, Any], indices: np.ndarray, cfg: ExperimentConfig
+) -> dict[str, Any]:
+    """Paired tests on the same queries: exact McNemar of accuracy (b = #(a right, b wrong) for
+    "a_vs_b", with the accuracy difference a − b and its paired bootstrap interval), and paired
+    bootstrap of LCGD − FT SimAOU and SimAM_Δ (per-example means over layers)."""
+    out: dict[str, Any] = {}
+    correct = per_example["correct"]
+    for a, b in PAIRED_ACCURACY_TESTS:
+        if a in runs and b in runs:
+            paired = stats.paired_bootstrap(correct[a], correct[b], indices=indices, confidence=cfg.confidence)
+            out[f"{a}_vs_{b}"] = {**stats.mcnemar_exact(correct[a], correct[b]),
+                                  "difference": paired["difference"], "ci": paired["ci"]}
+    for a, b, metric in PAIRED_METRIC_TESTS:
+        if a in runs and b in runs:
+            out[f"{a}_vs_{b}_{metric}"] = stats.paired_bootstrap(
+                per_example[a][metric].mean(axis=1), per_example[b][metric].mean(axis=1), indices=indices,
+                confidence=cfg.confidence)
+    return out
+
+
+def null_summaries(
+    runs: dict[str, SettingRun], per_example: dict[str, Any], null_facts: dict[str, dict[str, Any]],
+    labels: torch.Tensor, indices: np.ndarray, cfg: ExperimentConfig,
+) -> dict[str, Any]:
+    """The ``nulls`` block: per finetuned setting, each null's SimAOU and SimAM_Δ summaries (with
+    intervals), wrong-label finetuning's accuracy, and the Jaccard independence expectation."""
+    out: dict[str, Any] = {}
+    for name, nulls_of_setting in per_example.get("nulls", {}).items():
+        entry: dict[str, Any] = {}
+        for null, terms in nulls_of_setting.items():
+            entry[null] = {key: _layer_summary(terms[key], indices, cfg.confidence) for key in ("simaou", "simam_delta")}
+            if null == "wrong_label":
+                interval = stats.bootstrap_interval(terms["correct"], indices=indices, confidence=cfg.confidence)
+                entry[null] = {"accuracy": interval.value, "accuracy_ci": interval.ci, **entry[null],
+                               **null_facts.get(name, {}).get("wrong_label", {})}
+        zsl, icl, tuned = (runs[s].predictions for s in ("zsl", "icl", name))
+        _, _, same_change, denominator = _prediction_indicators(zsl, icl, tuned, labels)
+        entry["jaccard_independence"] = {
+            "expected": null_models.jaccard_independence(zsl, icl, tuned),
+            "observed": metrics.prediction_change_overlap(zsl, icl, tuned, labels).jaccard,
+            "observed_ci": stats.bootstrap_ratio(same_change, denominator, indices, cfg.confidence),
+        }
+        out[name] = entry
+    return out
+
+
+def _rounded(value: Any) -> Any:
+    """Per-example arrays as nested lists rounded to 6 decimals (JSON)."""
+    if isinstance(value, dict):
+        return {key: _rounded(v) for key, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.round(6).tolist() if value.dtype.kind == "f" else value.tolist()
+    return value
 
 
 def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query) -> dict[str, Any]:

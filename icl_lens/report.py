@@ -17,7 +17,9 @@ Pages make no network request: images are data URIs and the circuitsvis bundle i
 upper one is causally masked), decoded in the page on demand; whole examples are embedded while
 they fit in a size budget (``--max-mb``, 24 MB by default: a typical cell — 4 examples of ~30
 tokens, 30 layers × 9 heads, 4 settings, pattern and scores — makes a ~13 MB page, 1.3 MB of which
-is the circuitsvis bundle). ``RESULTS_DIR/index.html`` links every cell's report.
+is the circuitsvis bundle). ``RESULTS_DIR/index.html`` is a dashboard of all cells: the findings
+(a verdict per claim, :mod:`icl_lens.findings`), cross-cell tables with intervals, per-layer
+figures across tasks, and links to every cell's report.
 """
 
 from __future__ import annotations
@@ -466,8 +468,69 @@ def find_cells(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return cells
 
 
-def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, Any]]]) -> Path:
-    """Write ``results_dir/index.html`` linking every cell's report."""
+#: Cross-cell table columns: (header, aggregate scalar name, scale, digits).
+DASHBOARD_COLUMNS = (
+    ("ZSL %", "acc_zsl", 100, 1), ("ICL %", "acc_icl", 100, 1), ("FT %", "acc_ft", 100, 1),
+    ("LCGD %", "acc_lcgd", 100, 1), ("Rec2FTP %", "rec2ftp", 1, 1), ("Jaccard %", "jaccard", 100, 1),
+    ("SimAOU FT", "simaou_ft", 1, 3), ("SimAOU LCGD", "simaou_lcgd", 1, 3), ("SimAOU random", "simaou_random", 1, 3),
+    ("SimAM_Δ FT", "simam_delta_ft", 1, 3), ("SimAM_Δ LCGD", "simam_delta_lcgd", 1, 3), ("α", "alpha", 1, 3),
+)
+
+
+def _with_interval(stats: dict[str, Any], name: str, scale: float, digits: int) -> str:
+    if name not in stats:
+        return "–"
+    s = stats[name]
+    text = f"{s['mean'] * scale:.{digits}f}"
+    if s.get("ci"):
+        text += f" [{s['ci'][0] * scale:.{digits}f}, {s['ci'][1] * scale:.{digits}f}]"
+    return text
+
+
+def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
+    """Cross-cell tables: per task × model × k (× untrained), each quantity's mean over seeds with
+    its two-level bootstrap interval (:func:`icl_lens.aggregate.aggregate`)."""
+    from icl_lens.aggregate import aggregate
+
+    agg = aggregate(all_results)
+    rows = []
+    for (task, model, k, untrained), stats in sorted(agg.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        n = max((v["n"] for v in stats.values()), default=0)
+        rows.append([task, model + (" (untrained)" if untrained else ""), _fmt(k), str(n),
+                     *(_with_interval(stats, name, scale, digits) for _, name, scale, digits in DASHBOARD_COLUMNS)])
+    return _table(["task", "model", "k", "seeds", *(h for h, *_ in DASHBOARD_COLUMNS)], rows,
+                  "mean over seeds [interval: resample seeds, then queries within each seed]")
+
+
+def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) -> list[tuple[str, Path]]:
+    """Per-layer SimAOU and SimAM_Δ across tasks (GD vs LCGD), one figure pair per trained model."""
+    from icl_lens import figures
+
+    out: list[tuple[str, Path]] = []
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in all_results:
+        if not dig(r, "config", "untrained") and r.get("metrics"):
+            by_model.setdefault(str(dig(r, "config", "model")), []).append(r)
+    for i, (model, members) in enumerate(sorted(by_model.items())):
+        for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
+            tuned = tuple(s for s in FINETUNED
+                          if all(dig(m, "metrics", s, metric, "per_layer") for m in members))
+            if not tuned:
+                continue
+            caption = f"{model}: {name} per layer and task, mean over seeds" + (
+                "; dashed: random baseline" if metric == "simaou" else "")
+            out.append((caption, figures.plot_layer_metric(members, results_dir / f"index_{metric}_{i}.png",
+                                                           metric=metric, settings=tuned,
+                                                           title=f"{model}: {name} per layer")))
+    return out
+
+
+def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, Any]]],
+                analyses: Sequence[dict[str, Any]] | None = None) -> Path:
+    """Write ``results_dir/index.html``: a dashboard of every cell — the findings (a verdict per
+    claim, :mod:`icl_lens.findings`), cross-cell tables with intervals, per-layer figures across
+    tasks — and a table linking every cell's report."""
+    from icl_lens.findings import FINDINGS_HEADER, evaluate_findings, find_analyses, table_rows
     from icl_lens.viz.html import page
 
     results_dir = Path(results_dir)
@@ -490,7 +553,22 @@ def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, A
     header = ["cell", "task", "model", "k", "seed", "n", "ZSL", "ICL", "FT", "LCGD", "Rec2FTP %", "Jaccard %"]
     table = ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
-    body = f"<h1>Results: {html.escape(str(results_dir))}</h1>\n<p>{len(cells)} cells.</p>\n{table}"
+    all_results = [r for _, r in cells]
+    findings = evaluate_findings(all_results, find_analyses(results_dir) if analyses is None else analyses)
+    settings = findings["settings"]
+    findings_html = (f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
+                     f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
+                     "pooled). The same table: <code>icl-lens findings</code>.</p>"
+                     + _table(list(FINDINGS_HEADER), table_rows(findings)))
+    figures_html = "\n".join(_img(path, caption) for caption, path in dashboard_figures(all_results, results_dir))
+    body = (f"<h1>Results: {html.escape(str(results_dir))}</h1>\n<p>{len(cells)} cells.</p>\n"
+            '<nav><a href="#findings">findings</a><a href="#across-cells">across cells</a>'
+            '<a href="#per-layer">per layer</a><a href="#cells">cells</a></nav>\n'
+            f'<section id="findings"><h2>Findings: a verdict per claim</h2>\n{findings_html}</section>\n'
+            f'<section id="across-cells"><h2>Across cells</h2>\n{dashboard_tables(all_results)}</section>\n'
+            f'<section id="per-layer"><h2>Per layer, across tasks</h2>\n'
+            f'{figures_html or "<p>No finetuned setting: no figure.</p>"}</section>\n'
+            f'<section id="cells"><h2>Cells</h2>\n<div class="table-wrap">{table}</div></section>')
     path = results_dir / INDEX_FILE
     atomic_write_text(path, page(f"icl_lens results: {results_dir.name}", body, css=REPORT_CSS, include_bundle=False))
     logger.info("wrote %s", path)
@@ -521,13 +599,13 @@ def add_report_command(subparsers) -> argparse.ArgumentParser:
     """Add ``report RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_report`)."""
     parser = subparsers.add_parser(
         "report", help="write a self-contained report.html per cell (metrics, figures, attention) and index.html")
-    parser.add_argument("results_dir", help="results folder (one sub-folder per cell), as written by 'run'")
-    parser.add_argument("--max-examples", type=int, default=None,
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder (one sub-folder per cell), as written by 'run'")
+    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="embed at most this many attention examples per page (default: all saved)")
-    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB,
+    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
                         help=f"budget in MB for the attention maps embedded per page, whole examples only, at least "
                              f"one (default: {DEFAULT_MAX_MB:g}; 0 = no limit)")
-    parser.add_argument("--kinds", default="pattern,scores",
+    parser.add_argument("--kinds", default="pattern,scores", metavar="KINDS",
                         help="attention map kinds to embed: pattern, scores or both (default: pattern,scores)")
     parser.set_defaults(func=cmd_report)
     return parser

@@ -1,5 +1,6 @@
 """Plain-text tables of results dicts, shaped like the papers' Tables 1–2 (accuracy, Rec2FTP,
-Jaccard; SimAOU vs random, SimAM, SimAM_Δ). Returned as strings: the CLI prints them."""
+Jaccard; SimAOU vs random, SimAM, SimAM_Δ) and the nulls. Returned as strings: the CLI prints them.
+A number with a bootstrap interval in the results prints as ``0.855 [0.805, 0.900]``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _with_ci(value: Any, ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``value [low, high]``, or the bare value when the results carry no (finite) interval."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    text = _fmt(scale * value, digits)
+    if ci and all(isinstance(v, (int, float)) and v == v for v in ci):
+        text += f" [{_fmt(scale * ci[0], digits)}, {_fmt(scale * ci[1], digits)}]"
+    return text
+
+
+def _summary_cell(summary: dict[str, Any] | None) -> str:
+    """A per-layer summary dict as its mean over layers with the interval."""
+    if not summary:
+        return "–"
+    return _with_ci(summary.get("mean"), summary.get("ci"))
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
@@ -27,14 +45,15 @@ def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
     header = ["task", "model", "k", "seed", "ZSL", "ICL", "FT", "LCGD", "Rec2FTP", "Jaccard%"]
     rows = []
     for r in results_list:
-        acc = r.get("accuracy", {})
+        acc, acc_ci = r.get("accuracy", {}), r.get("accuracy_ci", {})
         ft = r.get("metrics", {}).get("ft", {})
-        jaccard = ft.get("prediction_changes", {}).get("jaccard")
+        changes = ft.get("prediction_changes", {})
         rows.append([
             r["task"]["name"], r["config"]["model"] + (" (untrained)" if r["config"].get("untrained") else ""),
             str(r["prompts"]["k_used"]), str(r["config"]["seed"]),
-            *(_fmt(acc.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
-            _fmt(ft.get("rec2ftp"), 1), _fmt(None if jaccard is None else 100 * jaccard, 1),
+            *(_with_ci(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
+            _with_ci(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
+            _with_ci(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
         ])
     return _table(header, rows)
 
@@ -46,15 +65,39 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results_list:
         m = r.get("metrics", {})
-        mean = lambda *path: dig(m, *path, "mean")
+        cell = lambda *path: _summary_cell(dig(m, *path))
         rows.append([
-            r["task"]["name"], _fmt(mean("ft", "simaou")), _fmt(mean("lcgd", "simaou")), _fmt(mean("simaou_random")),
-            _fmt(mean("ft", "simam")), _fmt(mean("simam_zsl")), _fmt(mean("ft", "simam_delta")),
-            _fmt(mean("lcgd", "simam_delta")), _fmt(mean("alpha")),
+            r["task"]["name"], cell("ft", "simaou"), cell("lcgd", "simaou"), cell("simaou_random"),
+            cell("ft", "simam"), cell("simam_zsl"), cell("ft", "simam_delta"),
+            cell("lcgd", "simam_delta"), cell("alpha"),
         ])
     return _table(header, rows)
 
 
+def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
+    """Each finetuned setting's SimAOU and SimAM_Δ against its nulls (shuffled pair, wrong-label
+    finetuning, random-direction update), and its Jaccard index against the independence
+    expectation; one row per cell and setting that ran."""
+    header = ["task", "setting", "metric", "observed", "shuffled pair", "wrong label", "random direction"]
+    rows = []
+    for r in results_list:
+        for setting in ("ft", "lcgd"):
+            nulls = r.get("nulls", {}).get(setting)
+            if nulls is None:
+                continue
+            for metric in ("simaou", "simam_delta"):
+                rows.append([r["task"]["name"], setting.upper(), metric,
+                             _summary_cell(dig(r, "metrics", setting, metric)),
+                             *(_summary_cell(dig(nulls, null, metric))
+                               for null in ("shuffled_pair", "wrong_label", "random_direction"))])
+            independence = nulls.get("jaccard_independence", {})
+            rows.append([r["task"]["name"], setting.upper(), "Jaccard% (vs independent)",
+                         _with_ci(independence.get("observed"), independence.get("observed_ci"), 1, scale=100),
+                         f"expected {_with_ci(independence.get('expected'), None, 1, scale=100)}", "", ""])
+    return _table(header, rows) if rows else ""
+
+
 
 def summary(results_list: Sequence[dict[str, Any]]) -> str:
-    return accuracy_table(results_list) + "\n\n" + similarity_table(results_list)
+    tables = [accuracy_table(results_list), similarity_table(results_list), nulls_table(results_list)]
+    return "\n\n".join(t for t in tables if t)

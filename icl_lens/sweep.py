@@ -25,7 +25,7 @@ import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -44,6 +44,9 @@ from icl_lens.results import (
 from icl_lens.tasks import Task, get_task
 from icl_lens.tasks import _resolve as resolve_data_file  # the loader's own path rule
 from icl_lens.viz import save_experiment_attention_maps
+
+if TYPE_CHECKING:
+    from icl_lens.executors import ExecutorOptions
 
 logger = logging.getLogger(__name__)
 
@@ -160,14 +163,55 @@ def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Path,
+             runtime: RuntimeOptions, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one cell on a loaded model and write its results; every executor's cells end here.
+
+    The attention maps are written first and ``results.json`` last (atomically, checksummed, with
+    the cell's identity, :func:`cell_identity`), so a cell whose results file verifies is complete.
+    A model that is not the cell's (another name, or untrained when the cell is not) is a
+    :class:`~icl_lens.errors.ConfigError` and nothing is written. Returns the results as read back.
+    """
+    identity = cell_identity(cfg, runtime) if identity is None else identity
+    path = cell_path(out_dir, cfg, runtime)
+    output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
+                            keep_models=runtime.attention_examples > 0)
+    if output.results["config"] != identity["config"]:
+        raise ConfigError(f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
+                          f"cell's (recorded {output.results['config']['model']!r}, untrained="
+                          f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
+                          f"untrained={cfg.untrained})")
+    if runtime.attention_examples > 0:
+        # maps first: a cell whose results.json exists always has its maps
+        save_experiment_attention_maps(path.parent, output, model, n_examples=runtime.attention_examples)
+    output.models.clear()
+    payload = dict(output.results)
+    payload["identity"] = identity
+    payload["meta"] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "device": runtime.device, "dtype": runtime.dtype,
+    }
+    write_results(path, payload)
+    return read_results(path)
+
+
 def run_cells(
     cells: Sequence[ExperimentConfig],
     out_dir: str | Path,
     runtime: RuntimeOptions = RuntimeOptions(),
     model_loader: ModelLoader | None = None,
     on_result: Callable[[ExperimentConfig, dict[str, Any]], None] | None = None,
+    executor: "str | ExecutorOptions" = "inline",
 ) -> list[dict[str, Any]]:
-    """Run every cell not already finished in ``out_dir``; return all cells' results in order."""
+    """Run every cell not already finished in ``out_dir``; return all cells' results in order.
+
+    ``executor``: ``"inline"`` (default: one cell after another in this process), ``"local"``
+    (worker processes on this machine) or ``"slurm"`` (one SLURM job per cell), or an
+    :class:`~icl_lens.executors.ExecutorOptions`. Every executor writes the same files; a cell that
+    fails under ``local``/``slurm`` stays unfinished, and the call raises
+    :class:`~icl_lens.executors.SweepError` naming it and its logs once the other cells are done.
+    """
     if model_loader is None:
         from icl_lens.models import load_model as model_loader
     out_dir = Path(out_dir)
@@ -183,6 +227,11 @@ def run_cells(
             todo.append(index)
         else:
             logger.info("cell %s already finished; skipping", cfg.cell_name())
+    from icl_lens.executors import ExecutorOptions, run_with_executor
+
+    options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
+    if options.kind != "inline":
+        return run_with_executor(cells, todo, results, out_dir, runtime, model_loader, on_result, options)
     groups: dict[tuple, list[int]] = {}
     for index in todo:
         cfg = cells[index]
@@ -193,28 +242,8 @@ def run_cells(
                              untrained=untrained, seed=untrained_seed)
         for index in indices:
             cfg = cells[index]
-            path = cell_path(out_dir, cfg, runtime)
             bar.set_postfix_str(cfg.cell_name())
-            output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
-                                    keep_models=runtime.attention_examples > 0)
-            if output.results["config"] != identities[index]["config"]:
-                raise ConfigError(f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
-                                  f"cell's (recorded {output.results['config']['model']!r}, untrained="
-                                  f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
-                                  f"untrained={cfg.untrained})")
-            if runtime.attention_examples > 0:
-                # maps first: a cell whose results.json exists always has its maps
-                save_experiment_attention_maps(path.parent, output, model, n_examples=runtime.attention_examples)
-            output.models.clear()
-            payload = dict(output.results)
-            payload["identity"] = identities[index]
-            payload["meta"] = {
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__, "python": platform.python_version(),
-                "device": runtime.device, "dtype": runtime.dtype,
-            }
-            write_results(path, payload)
-            results[index] = read_results(path)
+            results[index] = run_cell(model, cfg, out_dir, runtime, identities[index])
             if on_result is not None:
                 on_result(cfg, results[index])
             bar.update(1)

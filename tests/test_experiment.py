@@ -132,3 +132,109 @@ def test_fields_added_later_keep_finished_cells_valid():
     assert ExperimentConfig.from_dict(swept.to_dict()) == swept
     with pytest.raises(ConfigError, match="not both"):
         ExperimentConfig(lcgd_lr=1e-3, lcgd_lr_sweep=True)
+
+
+def _ci_ok(value, ci, tol=1e-9):
+    low, high = ci
+    assert all(math.isfinite(v) for v in (value, low, high)), (value, ci)
+    assert low - tol <= value <= high + tol, (value, ci)
+
+
+def _summary_ok(summary, n_layers):
+    _ci_ok(summary["mean"], summary["ci"])
+    assert len(summary["per_layer"]) == len(summary["per_layer_ci"]) == n_layers
+    for value, ci in zip(summary["per_layer"], summary["per_layer_ci"]):
+        _ci_ok(value, ci)
+
+
+def test_results_carry_intervals_tests_nulls_and_per_example_values(tiny_llama):
+    cfg = replace(CFG, limit=8, bootstrap_resamples=200)
+    r = run_experiment(tiny_llama, get_task("sst2"), cfg, progress=False).results
+    n_layers, n = tiny_llama.cfg.n_layers, 8
+    assert r["uncertainty"] == {"method": "percentile bootstrap over queries", "n_resamples": 200,
+                                "confidence": 0.95, "seed": 0}
+    for setting in ("zsl", "icl", "ft", "lcgd"):
+        _ci_ok(r["accuracy"][setting], r["accuracy_ci"][setting])
+        correct = r["per_example"]["correct"][setting]
+        assert len(correct) == n and sum(correct) / n == pytest.approx(r["accuracy"][setting])
+    for name in ("alpha", "simam_zsl", "simaou_random"):
+        _summary_ok(r["metrics"][name], n_layers)
+    for setting in ("ft", "lcgd"):
+        m = r["metrics"][setting]
+        for name in ("simaou", "simam", "simam_delta"):
+            _summary_ok(m[name], n_layers)
+            per_example = r["per_example"][setting][name]
+            assert len(per_example) == n and len(per_example[0]) == n_layers
+            assert m[name]["mean"] == pytest.approx(sum(map(sum, per_example)) / (n * n_layers), abs=1e-5)
+        assert len(m["rec2ftp_ci"]) == 2 and len(m["prediction_changes"]["jaccard_ci"]) == 2
+        for name in ("token_overlap", "overlap_cosine"):
+            _ci_ok(m["token_overlap"][name], m["token_overlap"][f"{name}_ci"])
+        nulls = r["nulls"][setting]
+        expected_nulls = {"shuffled_pair", "random_direction", "jaccard_independence"} | (
+            {"wrong_label"} if setting == "ft" else set())
+        assert set(nulls) == expected_nulls
+        for null in expected_nulls - {"jaccard_independence"}:
+            for name in ("simaou", "simam_delta"):
+                _summary_ok(nulls[null][name], n_layers)
+                assert len(r["per_example"]["nulls"][setting][null][name]) == n
+        assert set(nulls["jaccard_independence"]) == {"expected", "observed", "observed_ci"}
+    _ci_ok(r["nulls"]["ft"]["wrong_label"]["accuracy"], r["nulls"]["ft"]["wrong_label"]["accuracy_ci"])
+    assert set(r["tests"]) == {"icl_vs_zsl", "ft_vs_zsl", "lcgd_vs_zsl", "lcgd_vs_ft_simaou", "lcgd_vs_ft_simam_delta"}
+    for name in ("icl_vs_zsl", "ft_vs_zsl", "lcgd_vs_zsl"):
+        test = r["tests"][name]
+        a = name.split("_vs_")[0]
+        assert test["test"] == "mcnemar_exact" and 0 <= test["p_value"] <= 1
+        assert test["difference"] == pytest.approx(r["accuracy"][a] - r["accuracy"]["zsl"])
+        assert test["b"] - test["c"] == round(test["difference"] * n)
+        _ci_ok(test["difference"], test["ci"])
+    simaou_test = r["tests"]["lcgd_vs_ft_simaou"]
+    assert simaou_test["difference"] == pytest.approx(
+        r["metrics"]["lcgd"]["simaou"]["mean"] - r["metrics"]["ft"]["simaou"]["mean"])
+    _ci_ok(simaou_test["difference"], simaou_test["ci"])
+
+
+def test_wrong_label_finetuning_trains_on_wrong_labels_and_nulls_can_be_turned_off(tiny_gpt, monkeypatch):
+    import icl_lens.experiment as experiment
+
+    trained_on = []
+    real = experiment.finetune
+
+    def spy(model, sequences, answer_lengths, cfg, progress=True):
+        trained_on.append(([list(s) for s in sequences], list(answer_lengths), cfg.lr))
+        return real(model, sequences, answer_lengths, cfg, progress)
+
+    monkeypatch.setattr(experiment, "finetune", spy)
+    cfg = replace(CFG, k=4, settings=("zsl", "icl", "ft"), bootstrap_resamples=50)
+    out = run_experiment(tiny_gpt, get_task("sst2"), cfg, progress=False)
+    (true_seqs, true_answers, lr), (wrong_seqs, wrong_answers, wrong_lr) = trained_on
+    assert wrong_lr == lr and len(wrong_seqs) == len(true_seqs) == out.prompts.k
+    labels = out.prompts.labels
+    for seq, n_answer, wrong_seq, n_wrong in zip(true_seqs, true_answers, wrong_seqs, wrong_answers):
+        assert seq[:-n_answer] == wrong_seq[:-n_wrong]  # the same demonstration text
+        assert seq[-n_answer:] != wrong_seq[-n_wrong:] and wrong_seq[-n_wrong:] in labels  # another label word
+    assert out.results["nulls"]["ft"]["wrong_label"]["n_relabelled"] == out.prompts.k
+
+    trained_on.clear()
+    off = run_experiment(tiny_gpt, get_task("sst2"), replace(cfg, nulls=()), progress=False).results
+    assert len(trained_on) == 1 and set(off["nulls"]["ft"]) == {"jaccard_independence"}
+    assert off["metrics"]["ft"]["simaou"] == out.results["metrics"]["ft"]["simaou"]  # the nulls change no metric
+    with pytest.raises(ConfigError, match="unknown nulls"):
+        run_experiment(tiny_gpt, get_task("sst2"), replace(cfg, nulls=("bogus",)), progress=False)
+
+
+def test_summary_tables_print_value_and_interval():
+    from icl_lens.summary import summary
+
+    layer = lambda mean, low, high: {"per_layer": [mean], "mean": mean, "ci": [low, high], "per_layer_ci": [[low, high]]}
+    results = {
+        "task": {"name": "sst2"}, "config": {"model": "m", "seed": 0}, "prompts": {"k_used": 4},
+        "accuracy": {"zsl": 0.855, "icl": 0.9}, "accuracy_ci": {"zsl": [0.805, 0.9], "icl": [0.85, 0.95]},
+        "metrics": {"ft": {"simaou": layer(0.2, 0.1, 0.3), "rec2ftp": 50.0, "rec2ftp_ci": [25.0, 75.0],
+                           "prediction_changes": {"jaccard": 0.25, "jaccard_ci": [0.1, 0.4]}}},
+        "nulls": {"ft": {"shuffled_pair": {"simaou": layer(0.05, 0.0, 0.1)},
+                         "jaccard_independence": {"expected": 0.125, "observed": 0.25, "observed_ci": [0.1, 0.4]}}},
+    }
+    text = summary([results])
+    assert "0.855 [0.805, 0.900]" in text and "0.900 [0.850, 0.950]" in text
+    assert "50.0 [25.0, 75.0]" in text and "25.0 [10.0, 40.0]" in text
+    assert "0.200 [0.100, 0.300]" in text and "0.050 [0.000, 0.100]" in text and "expected 12.5" in text

@@ -7,7 +7,19 @@
 - :mod:`~icl_lens.metrics.weights`: weight sparsity, finetuning update norms, dual-form updates.
 """
 
-from icl_lens.metrics.attention import alpha, layer_mean, simam, simam_delta, simaou, simaou_random_baseline
+from icl_lens.metrics.attention import (
+    alpha,
+    alpha_per_example,
+    layer_mean,
+    simam,
+    simam_delta,
+    simam_delta_per_example,
+    simam_per_example,
+    simaou,
+    simaou_per_example,
+    simaou_random_baseline,
+    simaou_random_per_example,
+)
 from icl_lens.metrics.distributions import (
     DEFAULT_TOP_K,
     TopKDistribution,
@@ -40,6 +52,7 @@ __all__ = [
     "accuracy",
     "accuracy_std",
     "alpha",
+    "alpha_per_example",
     "attention_parameter",
     "dual_form_cosine",
     "dual_form_ft_update",
@@ -51,9 +64,13 @@ __all__ = [
     "prediction_change_overlap",
     "rec2ftp",
     "simam",
+    "simam_per_example",
     "simam_delta",
+    "simam_delta_per_example",
     "simaou",
+    "simaou_per_example",
     "simaou_random_baseline",
+    "simaou_random_per_example",
     "token_overlap",
     "weight_sparsity",
     "weight_update_norms",

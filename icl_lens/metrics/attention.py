@@ -117,14 +117,35 @@ def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torc
         zsl, icl, ft: recorded caches or stacked [n_layers, batch, d_model] tensors of the three
             settings on the same examples (pass LCGD in the ``ft`` slot).
     """
+    return simaou_per_example(zsl, icl, ft).mean(dim=0)
+
+
+def simaou_per_example(
+    zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput, ft_index: torch.Tensor | None = None
+) -> Float[torch.Tensor, "batch n_layers"]:
+    """The per-example terms of :func:`simaou`, cos(Δ_ICL[l, i], Δ_FT[l, π(i)]), examples first.
+
+    Args:
+        ft_index: π, one example index per example (default: the identity). A derangement gives
+            the shuffled-pair null: each ICL update against another query's FT update, where
+            Δ_FT(π(i)) = h_FT(π(i)) − h_ZSL(π(i)) is that query's own update.
+    """
     zsl_out, icl_out, ft_out = _attn_out(zsl, "ZSL"), _attn_out(icl, "ICL"), _attn_out(ft, "FT")
     require_same_shape({"zsl": zsl_out, "icl": icl_out, "ft": ft_out}, "simaou")
     zsl_unit = _unit(zsl_out)
     icl_update, ft_update = _unit(icl_out) - zsl_unit, _unit(ft_out) - zsl_unit
     _log_zero_updates(icl_update, "SimAOU ICL")
     _log_zero_updates(ft_update, "SimAOU FT")
-    per_example = cosine(icl_update, ft_update)  # [n_layers, batch]
-    return per_example.mean(dim=1)
+    if ft_index is not None:
+        ft_update = ft_update[:, _pair_index(ft_index, ft_update.shape[1])]
+    return cosine(icl_update, ft_update).T  # [batch, n_layers]
+
+
+def _pair_index(index: torch.Tensor, batch: int) -> torch.Tensor:
+    index = torch.as_tensor(index, dtype=torch.long)
+    if index.shape != (batch,) or (batch and (int(index.min()) < 0 or int(index.max()) >= batch)):
+        raise MetricInputError(f"ft_index must hold {batch} example indices in [0, {batch}), got shape {tuple(index.shape)}")
+    return index
 
 
 def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, "n_layers"]:
@@ -135,12 +156,17 @@ def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> F
     As in the reference, u is *not* centred (it lies in the positive orthant). One u per example
     and layer, drawn in float64 from a ``torch.Generator`` seeded with ``seed`` (deterministic).
     """
+    return simaou_random_per_example(zsl, icl, seed).mean(dim=0)
+
+
+def simaou_random_per_example(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, "batch n_layers"]:
+    """The per-example terms of :func:`simaou_random_baseline`, examples first."""
     zsl_out, icl_out = _attn_out(zsl, "ZSL"), _attn_out(icl, "ICL")
     require_same_shape({"zsl": zsl_out, "icl": icl_out}, "simaou_random_baseline")
     icl_update = _unit(icl_out) - _unit(zsl_out)
     generator = torch.Generator().manual_seed(int(seed))
     random_directions = torch.rand(icl_update.shape, generator=generator, dtype=torch.float64)
-    return cosine(icl_update, random_directions).mean(dim=1)
+    return cosine(icl_update, random_directions).T
 
 
 def _log_zero_updates(update: torch.Tensor, what: str) -> None:
@@ -149,9 +175,9 @@ def _log_zero_updates(update: torch.Tensor, what: str) -> None:
         logger.debug("%s: %d of %d update vectors are zero and score cosine 0", what, n_zero, update.shape[:-1].numel())
 
 
-def _head_cosine_mean(map_a: torch.Tensor, map_b: torch.Tensor) -> Float[torch.Tensor, "n_layers"]:
+def _head_cosine_mean(map_a: torch.Tensor, map_b: torch.Tensor) -> Float[torch.Tensor, "batch n_layers"]:
     per_head = cosine(map_a, map_b)  # [n_layers, batch, n_heads]
-    return per_head.mean(dim=2).mean(dim=1)
+    return per_head.mean(dim=2).T
 
 
 def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") -> Float[torch.Tensor, "n_layers"]:
@@ -167,6 +193,13 @@ def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") ->
         kind: which cache entry to read: ``"scores"`` (pre-softmax ``hook_attn_scores``, the
             reference) or ``"pattern"`` (post-softmax ``hook_pattern``). Ignored for tensors.
     """
+    return simam_per_example(map_a, map_b, kind).mean(dim=0)
+
+
+def simam_per_example(
+    map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores"
+) -> Float[torch.Tensor, "batch n_layers"]:
+    """The per-example terms of :func:`simam` (mean over heads), examples first."""
     a, b = _attn_map(map_a, kind, "first"), _attn_map(map_b, kind, "second")
     require_same_shape({"map_a": a, "map_b": b}, "simam")
     return _head_cosine_mean(a, b)
@@ -182,12 +215,29 @@ def simam_delta(
     Maps are the raw recorded rows (not normalised before the difference). ``kind`` as in
     :func:`simam`.
     """
+    return simam_delta_per_example(zsl, icl, ft, kind).mean(dim=0)
+
+
+def simam_delta_per_example(
+    zsl: AttnMapInput, icl: AttnMapInput, ft: AttnMapInput, kind: MapKind = "scores",
+    ft_index: torch.Tensor | None = None,
+) -> Float[torch.Tensor, "batch n_layers"]:
+    """The per-example terms of :func:`simam_delta` (mean over heads), examples first.
+
+    ``ft_index`` = π pairs example i's ICL update with example π(i)'s FT update (the
+    shuffled-pair null). Different queries have different key lengths; the recorded maps are
+    zero-padded after each query's own keys, so the cosine's dot product runs over the keys the
+    two queries share (the leading min(len_i, len_π(i)) positions) and each norm over its own
+    query's keys.
+    """
     zsl_map, icl_map, ft_map = _attn_map(zsl, kind, "ZSL"), _attn_map(icl, kind, "ICL"), _attn_map(ft, kind, "FT")
     require_same_shape({"zsl": zsl_map, "icl": icl_map, "ft": ft_map}, "simam_delta")
     zsl_map = zsl_map.to(torch.float64)
     icl_update, ft_update = icl_map.to(torch.float64) - zsl_map, ft_map.to(torch.float64) - zsl_map
     _log_zero_updates(icl_update, "SimAM_Δ ICL")
     _log_zero_updates(ft_update, "SimAM_Δ FT")
+    if ft_index is not None:
+        ft_update = ft_update[:, _pair_index(ft_index, ft_update.shape[1])]
     return _head_cosine_mean(icl_update, ft_update)
 
 
@@ -208,6 +258,15 @@ def alpha(
         sink_mass: attention mass on the first token; needed only with ``include_sink``.
         include_sink: count the sink token as part of the demonstrations (default False).
     """
+    return alpha_per_example(demo_mass, sink_mass, include_sink).mean(dim=0)
+
+
+def alpha_per_example(
+    demo_mass: Float[torch.Tensor, "batch n_layers n_heads"],
+    sink_mass: Float[torch.Tensor, "batch n_layers n_heads"] | None = None,
+    include_sink: bool = False,
+) -> Float[torch.Tensor, "batch n_layers"]:
+    """The per-example terms of :func:`alpha` (mean over heads), [batch, n_layers]."""
     if demo_mass.ndim != 3:
         raise MetricInputError(f"demo_mass must be [batch, n_layers, n_heads], got shape {tuple(demo_mass.shape)}")
     require_nonempty(demo_mass, "demo_mass")
@@ -220,4 +279,4 @@ def alpha(
     require_finite(mass, "attention mass")
     if (mass < -1e-6).any() or (mass > 1 + 1e-4).any():
         raise MetricInputError("attention mass must lie in [0, 1]: pass post-softmax masses, not scores")
-    return mass.mean(dim=2).mean(dim=0)
+    return mass.mean(dim=2)

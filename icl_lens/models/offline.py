@@ -14,6 +14,7 @@ holds ``icl_lens_source.json`` (what it was made from); later loads use the dire
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from icl_lens.errors import ModelLoadError
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, WheelFile
@@ -79,6 +80,21 @@ def _remove_aside(directory: Path) -> None:
     stale = directory.with_name(f".{directory.name}.stale-{os.getpid()}-{time.time_ns()}")
     os.rename(directory, stale)
     shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def conversion_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock (``flock`` on ``.<name>.lock`` beside ``out_dir``) while a model is
+    fetched and converted, so concurrent sweep workers never convert the same model twice."""
+    import fcntl
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_converted(directory: Path) -> bool:
@@ -260,19 +276,20 @@ def prepare_offline_model(name: str | OfflineModel, cache_dir: str | Path | None
         raise ModelLoadError(f"{name!r} is not a named offline model; choose from {sorted(OFFLINE_MODELS)}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     out_dir = cache / "hf" / spec.name
-    if is_converted(out_dir):
-        recorded = json.loads((out_dir / SOURCE_FILE).read_text()).get("gguf_sha256")
-        if recorded == spec.gguf_sha256:
-            return out_dir
-        logger.warning("%s was converted from another GGUF (sha256 %s); converting again", out_dir, recorded)
-        _remove_aside(out_dir)
-    gguf = assemble_gguf(spec, cache)
-    source = {
-        "model": spec.name, "upstream": spec.upstream, "quantization": spec.quantization,
-        "licence": spec.licence, "packages": list(spec.packages),
-        "gguf": spec.gguf_name, "gguf_sha256": spec.gguf_sha256,
-    }
-    return convert_gguf(gguf, out_dir, source, extra=lambda tmp: _copy_licence_files(spec, cache, tmp))
+    with conversion_lock(out_dir):  # sweep workers share the cache: one converts, the others wait
+        if is_converted(out_dir):
+            recorded = json.loads((out_dir / SOURCE_FILE).read_text()).get("gguf_sha256")
+            if recorded == spec.gguf_sha256:
+                return out_dir
+            logger.warning("%s was converted from another GGUF (sha256 %s); converting again", out_dir, recorded)
+            _remove_aside(out_dir)
+        gguf = assemble_gguf(spec, cache)
+        source = {
+            "model": spec.name, "upstream": spec.upstream, "quantization": spec.quantization,
+            "licence": spec.licence, "packages": list(spec.packages),
+            "gguf": spec.gguf_name, "gguf_sha256": spec.gguf_sha256,
+        }
+        return convert_gguf(gguf, out_dir, source, extra=lambda tmp: _copy_licence_files(spec, cache, tmp))
 
 
 def prepare_gguf_file(path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -283,7 +300,8 @@ def prepare_gguf_file(path: str | Path, cache_dir: str | Path | None = None) -> 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     digest = sha256_file(path)
     out_dir = cache / "hf" / f"gguf-{digest[:16]}"
-    if is_converted(out_dir):
-        return out_dir
-    source = {"model": path.stem, "gguf": str(path), "gguf_sha256": digest}
-    return convert_gguf(path, out_dir, source)
+    with conversion_lock(out_dir):
+        if is_converted(out_dir):
+            return out_dir
+        source = {"model": path.stem, "gguf": str(path), "gguf_sha256": digest}
+        return convert_gguf(path, out_dir, source)

@@ -1,0 +1,161 @@
+"""Nulls for the ICL-vs-finetuning similarities: is the similarity specific to GD's update?
+
+Beside the reference's uniform-random vector (:func:`icl_lens.metrics.simaou_random_baseline`):
+
+- **shuffled pair** (:func:`shuffled_pair`): cos(Δ_ICL(i), Δ_FT(π(i))) with π a seeded
+  derangement of the queries: is the similarity specific to the example, or one shared direction?
+- **wrong-label finetuning** (:func:`wrong_labels`): finetune on the same demonstrations with their
+  labels permuted so that they are wrong: how much comes from the text rather than from the
+  input→label mapping?
+- **random-direction update** (:func:`random_direction_model`): perturb exactly the parameters GD
+  trained by a seeded Gaussian direction with the same norm as GD's update: is it GD's direction
+  that matches ICL, or any update of that size?
+- **Jaccard independence** (:func:`jaccard_independence`): the Jaccard index expected if ICL and
+  FT changed predictions independently, given how many each changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from scipy.stats import binom, hypergeom
+from transformer_lens import ActivationCache, HookedTransformer
+
+from icl_lens import metrics
+from icl_lens.errors import ConfigError, MetricInputError
+from icl_lens.finetune import PARAM_GROUPS, layer_of, trainable_copy
+from icl_lens.stats import derangement
+
+logger = logging.getLogger(__name__)
+
+NULLS = ("shuffled_pair", "wrong_label", "random_direction")
+"""The nulls that cost a forward pass or a training run (``ExperimentConfig.nulls``); the Jaccard
+independence expectation is always computed."""
+
+
+def shuffled_pair(
+    zsl: ActivationCache, icl: ActivationCache, tuned: ActivationCache, map_name: str, seed: int
+) -> dict[str, Float[torch.Tensor, "batch n_layers"]]:
+    """Per-example SimAOU and SimAM_Δ of each query's ICL update against the finetuned update of
+    the query π(i), π a derangement seeded with ``seed``.
+
+    ``map_name`` is ``attn_scores`` or ``pattern``. SimAM_Δ compares maps of queries of different
+    lengths as recorded (zero-padded after each query's keys): the dot product covers the common
+    leading keys, each norm its own query's keys (:func:`icl_lens.metrics.simam_delta_per_example`).
+    """
+    n = int(icl.stack_activation("attn_out").shape[1])
+    permutation = torch.as_tensor(derangement(n, seed))
+    maps = [run.stack_activation(map_name) for run in (zsl, icl, tuned)]
+    return {
+        "simaou": metrics.simaou_per_example(zsl, icl, tuned, ft_index=permutation),
+        "simam_delta": metrics.simam_delta_per_example(*maps, ft_index=permutation),
+    }
+
+
+def wrong_labels(labels: Sequence[int], n_classes: int, seed: int) -> list[int]:
+    """The demonstrations' labels permuted (seeded) so that as many as possible are wrong.
+
+    The permutation keeps the label counts: demonstrations are ordered by label (seeded random
+    order within a label) and each takes the label m places further on, m = the largest label
+    count; that makes every label wrong whenever no label holds more than half of the
+    demonstrations. Where it cannot (e.g. every demonstration has the same label), each
+    demonstration still holding its true label gets a seeded uniformly random other class, so
+    every returned label differs from the true one (the label counts then change).
+    """
+    labels = [int(label) for label in labels]
+    if n_classes < 2:
+        raise ConfigError(f"wrong-label finetuning needs at least 2 classes, got {n_classes}")
+    if not labels:
+        return []
+    rng = np.random.default_rng(int(seed))
+    order = sorted(range(len(labels)), key=lambda i: (labels[i], rng.random()))
+    shift = max(labels.count(label) for label in set(labels)) % len(labels)
+    permuted = list(labels)
+    for position, index in enumerate(order):
+        permuted[index] = labels[order[(position + shift) % len(labels)]]
+    for i, (true, new) in enumerate(zip(labels, permuted)):
+        if true == new:
+            others = [c for c in range(n_classes) if c != true]
+            permuted[i] = int(others[rng.integers(len(others))])
+    return permuted
+
+
+def trained_parameter_names(model: HookedTransformer, params: str) -> list[str]:
+    """Names of the parameters the finetuning group ``params`` trains (e.g. ``kv``: W_K, W_V, b_K, b_V)."""
+    patterns = [re.compile(PARAM_GROUPS[group]) for group in params.split("+")]
+    return [name for name, _ in model.named_parameters() if any(p.search(name) for p in patterns)]
+
+
+def update_norms(original: HookedTransformer, tuned: HookedTransformer, params: str) -> list[float]:
+    """Per-layer Frobenius norm of tuned − original over the parameters of group ``params``."""
+    before = dict(original.named_parameters())
+    trained = set(trained_parameter_names(original, params))
+    squared = [0.0] * original.cfg.n_layers
+    for name, param in tuned.named_parameters():
+        if name in trained:
+            squared[layer_of(name)] += float((param.detach().double() - before[name].detach().double()).pow(2).sum())
+    return [math.sqrt(s) for s in squared]
+
+
+def random_direction_model(
+    original: HookedTransformer, tuned: HookedTransformer, params: str, seed: int
+) -> HookedTransformer:
+    """A copy of ``original`` whose trained parameters (group ``params``) moved by a seeded random
+    Gaussian direction of GD's size, every other parameter untouched.
+
+    Each trained tensor W gets r · ‖ΔW‖_F / ‖r‖_F, r ~ N(0, 1) elementwise (a ``torch.Generator``
+    seeded with ``seed``, drawn in parameter order), ΔW = W_tuned − W_original: every tensor's,
+    and so every layer's, update has the same Frobenius norm as GD's.
+    """
+    copy, trainable = trainable_copy(original, params)
+    tuned_params = dict(tuned.named_parameters())
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, param in trainable.items():
+            gd_update = tuned_params[name].detach().double() - param.detach().double()
+            direction = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+            scaled = direction * (gd_update.norm() / direction.norm().clamp_min(1e-300))
+            param.add_(scaled.to(device=param.device, dtype=param.dtype))
+    for param in copy.parameters():
+        param.requires_grad_(False)
+    copy.eval()
+    return copy
+
+
+def jaccard_independence(zsl_pred, icl_pred, ft_pred) -> float:
+    """Expected Jaccard index of prediction changes if ICL and FT changed predictions
+    independently, given how many each changed (exact, no sampling).
+
+    With n examples, a = |C_ICL| and f = |C_FT| fixed and the changed sets placed independently
+    at random, the overlap m = |C_ICL ∩ C_FT| is hypergeometric(n, a, f). S (both changed to the
+    same prediction) is all of the overlap with two classes; with more classes each overlapping
+    example agrees with probability q = the observed agreement rate among the examples both
+    changed (1 when none was), so |S| ~ Binomial(m, q). Then
+
+        E[J] = Σ_m P(m) Σ_s P(s | m) · s / (a + f − s)
+
+    NaN when neither setting changed a prediction (J undefined).
+    """
+    zsl, icl, ft = (np.asarray(torch.as_tensor(p).cpu()) for p in (zsl_pred, icl_pred, ft_pred))
+    if not (zsl.ndim == 1 and zsl.shape == icl.shape == ft.shape and zsl.size):
+        raise MetricInputError(f"predictions must be non-empty, 1-d and of one length, got {zsl.shape}, {icl.shape}, {ft.shape}")
+    icl_changed, ft_changed = icl != zsl, ft != zsl
+    n, a, f = int(zsl.size), int(icl_changed.sum()), int(ft_changed.sum())
+    if a + f == 0:
+        return math.nan
+    both = icl_changed & ft_changed
+    q = float((ft[both] == icl[both]).mean()) if both.any() else 1.0
+    overlaps = np.arange(max(0, a + f - n), min(a, f) + 1)
+    p_overlap = hypergeom.pmf(overlaps, n, a, f)
+    expected = 0.0
+    for m, p_m in zip(overlaps, p_overlap):
+        same = np.arange(m + 1)
+        p_same = binom.pmf(same, m, q) if m else np.ones(1)
+        expected += p_m * float((p_same * same / (a + f - same)).sum())
+    return float(expected)

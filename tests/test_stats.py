@@ -1,0 +1,116 @@
+"""Bootstrap intervals, McNemar, paired bootstrap and derangements on closed-form cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from icl_lens.errors import MetricInputError
+from icl_lens.stats import (
+    bootstrap_interval,
+    bootstrap_ratio,
+    bootstrap_statistic,
+    derangement,
+    mcnemar_exact,
+    mcnemar_p_value,
+    paired_bootstrap,
+    resample_indices,
+)
+
+
+def test_bootstrap_of_a_constant_is_a_point():
+    interval = bootstrap_interval(np.full(50, 0.3))
+    assert interval.value == pytest.approx(0.3) and interval.ci == pytest.approx([0.3, 0.3])
+    per_layer = bootstrap_interval(np.tile([0.1, 0.5], (20, 1)))
+    assert per_layer.per_layer == pytest.approx([0.1, 0.5])
+    assert np.allclose(per_layer.per_layer_ci, [[0.1, 0.1], [0.5, 0.5]])
+    assert per_layer.ci == pytest.approx([0.3, 0.3])
+
+
+def test_interval_of_a_large_normal_sample_is_mean_plus_minus_1_96_se():
+    values = np.random.default_rng(1).normal(2.0, 3.0, size=4000)
+    interval = bootstrap_interval(values, n_resamples=2000, seed=3)
+    half_width = 1.96 * values.std(ddof=1) / math.sqrt(values.size)
+    assert interval.low == pytest.approx(values.mean() - half_width, abs=0.15 * half_width)
+    assert interval.high == pytest.approx(values.mean() + half_width, abs=0.15 * half_width)
+
+
+def test_per_layer_interval_and_layer_mean_come_from_the_same_resamples():
+    values = np.random.default_rng(0).normal(size=(30, 3))
+    indices = resample_indices(30, 500, seed=7)
+    joint = bootstrap_interval(values, indices=indices)
+    mean_of_layers = bootstrap_interval(values.mean(axis=1), indices=indices)
+    assert joint.ci == pytest.approx(mean_of_layers.ci)
+    for layer in range(3):
+        assert np.allclose(joint.per_layer_ci[layer], bootstrap_interval(values[:, layer], indices=indices).ci)
+    assert joint.value == pytest.approx(values.mean())
+
+
+def test_same_seed_same_interval_other_seed_other_interval():
+    values = np.random.default_rng(0).random(40)
+    assert bootstrap_interval(values, seed=5).ci == bootstrap_interval(values, seed=5).ci
+    assert bootstrap_interval(values, seed=5).ci != bootstrap_interval(values, seed=6).ci
+
+
+def test_ratio_and_statistic_intervals_agree_and_skip_undefined_resamples():
+    num = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    den = np.array([1, 1, 1, 1, 0, 0, 1, 1])
+    indices = resample_indices(8, 300, seed=2)
+
+    def ratio(idx):
+        d = den[idx].sum()
+        return num[idx].sum() / d if d else math.nan
+
+    assert bootstrap_ratio(num, den, indices) == pytest.approx(bootstrap_statistic(ratio, 8, indices=indices))
+    assert bootstrap_ratio(np.zeros(4), np.zeros(4), resample_indices(4, 10)) == [pytest.approx(math.nan, nan_ok=True)] * 2
+
+
+def test_mcnemar_on_a_known_table():
+    # b = 10, c = 2: p = 2 * P(X <= 2), X ~ Bin(12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    expected = 2 * sum(math.comb(12, i) for i in range(3)) / 2**12
+    assert expected == pytest.approx(0.03857, abs=1e-5)
+    a = [1] * 10 + [0] * 2 + [1] * 5 + [0] * 3
+    b = [0] * 10 + [1] * 2 + [1] * 5 + [0] * 3
+    result = mcnemar_exact(a, b)
+    assert (result["b"], result["c"]) == (10, 2) and result["p_value"] == pytest.approx(expected, rel=1e-12)
+    assert mcnemar_p_value(0, 0) == 1.0 and mcnemar_p_value(3, 3) == 1.0
+    assert mcnemar_p_value(5, 0) == pytest.approx(2 / 32)
+
+
+def test_paired_bootstrap_of_a_constant_shift():
+    a = np.random.default_rng(0).random(25)
+    result = paired_bootstrap(a + 0.2, a, n_resamples=999)
+    assert result["difference"] == pytest.approx(0.2) and result["ci"] == pytest.approx([0.2, 0.2])
+    assert result["p_value"] == pytest.approx(2 / 1000)  # no resample on the far side of 0
+    same = paired_bootstrap(a, a, n_resamples=999)
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+
+
+def test_derangement_has_no_fixed_point_and_is_a_permutation():
+    for seed in range(200):
+        for n in (2, 3, 7):
+            permutation = derangement(n, seed)
+            assert sorted(permutation) == list(range(n))
+            assert all(permutation[i] != i for i in range(n))
+    assert list(derangement(10, 4)) == list(derangement(10, 4))
+    with pytest.raises(MetricInputError, match="n >= 2"):
+        derangement(1)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(MetricInputError, match="NaN"):
+        bootstrap_interval([1.0, math.nan])
+    with pytest.raises(MetricInputError, match="confidence"):
+        bootstrap_interval([1.0, 2.0], confidence=1.5)
+    with pytest.raises(MetricInputError, match="one length"):
+        mcnemar_exact([1, 0], [1])
+
+
+def test_mean_by_resample_counts_equals_the_gathered_mean():
+    values = np.random.default_rng(0).normal(size=(40, 3))
+    indices = resample_indices(40, 200, seed=1)
+    by_counts = bootstrap_interval(values, indices=indices)
+    gathered = bootstrap_interval(values, statistic=lambda a, axis: np.mean(a, axis=axis), indices=indices)
+    assert np.allclose(by_counts.ci, gathered.ci) and np.allclose(by_counts.per_layer_ci, gathered.per_layer_ci)
+    median = bootstrap_interval(values[:, 0], statistic=np.median, indices=indices)
+    assert median.value == pytest.approx(np.median(values[:, 0]))
