@@ -16,6 +16,10 @@ unless --lr fixes it or --sweep-every-seed sweeps in every cell. Writes, under -
     grad_norms_<task>.png        layers × demonstration gradient norms, GD vs LCGD (Fig. 4)
 
     python experiments/reproduce_tables.py --model gemma3-270m --seeds 0,1,2 --k 16 --limit 200 --untrained
+
+``--preset reference`` runs the reference setting (EOS after every demonstration, random
+demonstrations, no calibration, k = 32, the papers' per-task rates, so no sweep); ``--untrained-init``
+picks the untrained model's recipe (default ``reference``: the reference code's module defaults).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from icl_lens.cli import add_executor_flags, executor_options
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.findings import findings_markdown, write_findings
 from icl_lens.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
+from icl_lens.presets import preset_config
 from icl_lens.prompts import PromptFormat
 from icl_lens.sweep import RuntimeOptions, run_cells
 from icl_lens.tasks import BUILTIN_TASK_NAMES
@@ -41,12 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASK_NAMES))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--preset", choices=["default", "reference"], default=None,
+                        help="start from this preset (icl_lens.presets); the flags below win")
+    parser.add_argument("--k", type=int, default=None, help="demonstrations (default: 16; reference preset: 32)")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--lr", type=float, default=None, help="fixed lr (default: sweep per task)")
     parser.add_argument("--lr-grid", default=None, help="comma-separated sweep grid")
     parser.add_argument("--separator", default=None, help="demonstration separator (default: the package's)")
     parser.add_argument("--untrained", action="store_true", help="also run the untrained-model baseline")
+    parser.add_argument("--untrained-init", choices=["reference", "normal"], default="reference",
+                        help="untrained model's recipe: reference (module defaults, default) or normal (N(0, 0.02))")
     parser.add_argument("--untrained-seeds", type=int, default=1,
                         help="how many of the seeds also run the untrained model (default: the first)")
     parser.add_argument("--sweep-every-seed", action="store_true",
@@ -57,7 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    base = ExperimentConfig(model=args.model, k=args.k, limit=args.limit, lr=args.lr)
+    given = dict(model=args.model, limit=args.limit, lr=args.lr, **({} if args.k is None else {"k": args.k}))
+    if args.preset is not None:
+        base = preset_config(args.preset, **given)
+    else:
+        base = ExperimentConfig(**{"k": 16, **given})
     if args.lr_grid:
         base = replace(base, lr_grid=tuple(float(x) for x in args.lr_grid.split(",")))
     if args.separator is not None:
@@ -71,17 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime,
                       executor=executor)
     lr_of = {r["task"]["name"]: r["lr"]["lr"] for r in first}
-    if args.lr is None and not args.sweep_every_seed:
+    sweeps = args.lr is None and base.lr_mode == "sweep"
+    if sweeps and not args.sweep_every_seed:
         logging.info("lr chosen per task on seed %d, reused for the other seeds and the untrained model: %s",
                      seeds[0], lr_of)
 
     def fixed(task: str) -> dict:
-        return {} if args.lr is not None or args.sweep_every_seed else {"lr": lr_of[task]}
+        return {"lr": lr_of[task]} if sweeps and not args.sweep_every_seed else {}
 
     # 2. the untrained baseline, 3. the remaining seeds (cheapest evidence first if the run is cut short)
     later = []
     if args.untrained:
-        later += [replace(base, task=t, seed=s, untrained=True, untrained_seed=s, **fixed(t))
+        later += [replace(base, task=t, seed=s, untrained=True, untrained_seed=s,
+                          untrained_init=args.untrained_init, **fixed(t))
                   for s in seeds[: args.untrained_seeds] for t in tasks]
     later += [replace(base, task=t, seed=s, **fixed(t)) for s in seeds[1:] for t in tasks]
     results = first + run_cells(later, out, runtime, executor=executor)

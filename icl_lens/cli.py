@@ -145,6 +145,10 @@ def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Experim
         else:
             values[parts[1]] = value
     values.update(overrides)
+    if values.get("preset") is not None:  # the preset's values, then every flag given on top
+        from icl_lens.presets import preset_config
+
+        return preset_config(values.pop("preset"), **values, **nested_values)
     for name, (cls, _) in NESTED.items():
         values[name] = cls(**nested_values[name])
     return ExperimentConfig(**values)
@@ -176,20 +180,35 @@ def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
     return cells
 
 
+class _UsageError(ConfigError):
+    """A flag argparse refused (unknown flag, bad choice, value of the wrong type)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one ``icl-lens: error:`` line (exit 2) in :func:`main`,
+    like every other bad input, instead of argparse's usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def add_executor_flags(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("executors", "where the cells run (see the README's 'Running on a cluster')")
     group.add_argument("--executor", default="inline", choices=["inline", "local", "slurm"],
                        help="inline: one cell after another in this process; local: worker processes; "
                             "slurm: one SLURM job per cell, as a job array (default: inline)")
-    group.add_argument("--workers", type=int, default=1,
+    group.add_argument("--workers", type=int, default=1, metavar="N",
                        help="local: cells at once; each gets one GPU (cuda) or cores/N threads (cpu) (default: 1)")
-    group.add_argument("--log-dir", default=None, help="submitit's pickles and job logs (default: OUT/.submitit)")
-    group.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's)")
-    group.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per job (default: 0)")
-    group.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per job = torch threads (default: 1)")
-    group.add_argument("--slurm-mem", default=None, help="slurm: memory per job, e.g. 16G (default: the cluster's)")
-    group.add_argument("--slurm-time", type=int, default=60, help="slurm: time limit per job in minutes (default: 60)")
-    group.add_argument("--slurm-array-parallelism", type=int, default=64,
+    group.add_argument("--log-dir", default=None, metavar="DIR", help="submitit's pickles and job logs (default: OUT/.submitit)")
+    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="slurm: partition (default: the cluster's)")
+    group.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="slurm: GPUs per job (default: 0)")
+    group.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="slurm: CPUs per job = torch threads (default: 1)")
+    group.add_argument("--slurm-mem", default=None, metavar="SIZE", help="slurm: memory per job, e.g. 16G (default: the cluster's)")
+    group.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job in minutes (default: 60)")
+    group.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N",
                        help="slurm: at most this many jobs of the array run at once (default: 64)")
     group.add_argument("--slurm-flag", action="append", default=[], metavar="NAME[=VALUE]",
                        help="slurm: any further sbatch flag, e.g. --slurm-flag account=abc --slurm-flag exclusive "
@@ -214,15 +233,16 @@ def executor_options(args: argparse.Namespace):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icl-lens", description="In-context learning vs gradient descent, "
-                                     "through TransformerLens.")
-    parser.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING)")
+    parser = _Parser(prog="icl-lens", description="In-context learning vs gradient descent, "
+                     "through TransformerLens.")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
+                        help="logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
     run.add_argument("--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)")
     run.add_argument("--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)")
-    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16)")
+    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16; --preset reference: 32)")
     run.add_argument("--seed", metavar="SEEDS", help="demonstration seed(s), comma-separated (default: 0)")
     run.add_argument("--out", default="results", metavar="DIR", help="results folder (one sub-folder per cell)")
     run.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ...")
@@ -261,6 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_lens.summary import summary
     from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
+    if args.attention_examples < 0:
+        raise ConfigError(f"--attention-examples must be >= 0, got {args.attention_examples}")
     cells = expand_cells(args)
     runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress,
                              attention_examples=args.attention_examples)
@@ -325,16 +347,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _close_progress_bars() -> None:
+    """Close every open tqdm bar, so an error line starts on a line of its own."""
+    from tqdm import tqdm as std_tqdm
+    from tqdm.auto import tqdm as auto_tqdm
+
+    for bar in set(getattr(std_tqdm, "_instances", ())) | set(getattr(auto_tqdm, "_instances", ())):
+        bar.close()
+
+
+def _error_line(exc: BaseException) -> str:
+    """The one-line error message: newlines in a message (e.g. a quoted template) are escaped."""
+    return "icl-lens: error: " + " ".join(str(exc).splitlines() or [type(exc).__name__])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "findings": cmd_findings,
                 "status": cmd_status, "tasks": cmd_tasks, "models": cmd_models}
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
         return commands[args.command](args)
     except IclLensError as exc:
-        print(f"icl-lens: error: {exc}", file=sys.stderr)
+        _close_progress_bars()
+        print(_error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("icl-lens: interrupted; finished cells are saved, rerun to resume", file=sys.stderr)

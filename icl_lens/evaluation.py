@@ -24,7 +24,8 @@ from transformer_lens import ActivationCache, HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from icl_lens.errors import ConfigError, NonFiniteError
+from icl_lens._validation import AT_LEAST_ONE, check_token_ids, validate_fields
+from icl_lens.errors import ConfigError, NonFiniteError, PromptError
 from icl_lens.lens import logit_lens
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,7 @@ class RecordSpec:
     top_k: int = 10
 
     def __post_init__(self) -> None:
-        if self.position not in ("answer", "prompt_end"):
-            raise ConfigError(f"record position must be 'answer' or 'prompt_end', got {self.position!r}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        validate_fields(self, {"top_k": AT_LEAST_ONE})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +104,7 @@ def _expand_prefix_cache(
 @torch.no_grad()
 def encode_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache | None:
     """Run the shared prefix once and return its frozen key/value cache (None if empty)."""
+    prefix = check_token_ids(prefix, model.cfg.d_vocab, "prefix", allow_empty=True)
     if not prefix:
         return None
     device = model.cfg.device
@@ -248,6 +247,48 @@ def _mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch
     return log_probs.gather(-1, index).squeeze(-1).mean(-1)
 
 
+def check_record_fits(record: RecordSpec, model: HookedTransformer) -> None:
+    """A :class:`ConfigError` if ``record.top_k`` exceeds the model's vocabulary."""
+    if record.top_k > model.cfg.d_vocab:
+        raise ConfigError(f"record top_k={record.top_k} is larger than the model's vocabulary of "
+                          f"{model.cfg.d_vocab} tokens")
+
+
+def check_evaluation_inputs(
+    model: HookedTransformer,
+    prefix: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    n_start: int = 0,
+    record: RecordSpec | None = None,
+) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """The token inputs of :func:`evaluate` as lists of ints, checked against the model.
+
+    An empty query would make the prefix's last token the prediction position (a silently wrong
+    score), an empty label has nothing to score, and an id outside ``[0, d_vocab)`` would index past
+    the embedding: each is a :class:`PromptError` naming the query/label and the id. A ``top_k``
+    beyond the vocabulary or a sequence longer than the context is an error before any forward pass.
+    """
+    d_vocab = model.cfg.d_vocab
+    if record is not None:
+        check_record_fits(record, model)
+    prefix_ids = check_token_ids(prefix, d_vocab, "prefix", allow_empty=True)
+    if isinstance(n_start, bool) or not isinstance(n_start, int) or not 0 <= n_start <= len(prefix_ids):
+        raise ConfigError(f"n_start must be an integer in 0..{len(prefix_ids)} (the prefix length), got {n_start!r}")
+    if isinstance(queries, (str, bytes)) or not len(queries):
+        raise PromptError("no queries to evaluate")
+    if isinstance(labels, (str, bytes)) or not len(labels):
+        raise PromptError("no labels to score: give the token ids of at least one class's answer")
+    query_ids = [check_token_ids(q, d_vocab, f"query {i}") for i, q in enumerate(queries)]
+    label_ids = [check_token_ids(l, d_vocab, f"label {i}") for i, l in enumerate(labels)]
+    longest = len(prefix_ids) + max(map(len, query_ids)) + max(map(len, label_ids))
+    if longest > model.cfg.n_ctx:
+        raise PromptError(f"prefix + longest query + longest label = {longest} tokens, longer than the model's "
+                          f"context of {model.cfg.n_ctx}")
+    return prefix_ids, query_ids, label_ids
+
+
 @torch.no_grad()
 def evaluate(
     model: HookedTransformer,
@@ -274,11 +315,15 @@ def evaluate(
             excluded from the demonstration attention mass (α) and reported as sink mass.
         reuse_prefix: encode the prefix once and reuse its key/value cache (fast path); False
             re-encodes it inside every sequence (the straightforward path, kept for checking).
+
+    Raises:
+        PromptError: an empty query or label, a token id outside the vocabulary, or a sequence
+            longer than the context (see :func:`check_evaluation_inputs`).
+        ConfigError: ``record.top_k`` beyond the vocabulary, a bad ``n_start`` or ``batch_size``.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not queries:
-        raise ConfigError("no queries to evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    prefix, queries, labels = check_evaluation_inputs(model, prefix, queries, labels, n_start=n_start, record=record)
     cfg = model.cfg
     device = cfg.device
     n_classes = len(labels)

@@ -249,7 +249,8 @@ def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
             if model_loader is None:
                 from icl_lens.models import load_model as model_loader
             model = model_loader(cfg.model, device=runtime.device, dtype=runtime.dtype,
-                                 untrained=cfg.untrained, seed=cfg.untrained_seed)
+                                 untrained=cfg.untrained, seed=cfg.untrained_seed,
+                                 **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}))
             run_cell(model, cfg, out_dir, runtime)
     except BaseException as exc:
         write_state(cell_dir, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], **info)

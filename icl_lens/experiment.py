@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -26,13 +25,14 @@ import torch
 from transformer_lens import HookedTransformer
 
 from icl_lens import metrics, nulls as null_models, stats
+from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, sweep_learning_rate
+from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
     EncodedPrompts,
@@ -45,7 +45,6 @@ from icl_lens.tasks import (
     Task,
     get_task,
     load_split,
-    shuffled_indices,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class ExperimentConfig:
     Defaults follow the reference implementations except three choices that make the small
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
     README): the model (Gemma-3-270M), balanced demonstrations and contextual calibration. The
-    reference setting is ``demo_sampling="random", calibration="none"``.
+    reference setting is the ``reference`` preset (:mod:`icl_lens.presets`).
 
     Args:
         task: task name or task config file.
@@ -95,6 +94,16 @@ class ExperimentConfig:
             (fast path); False re-encodes it for every query (the straightforward path).
         calibration: ``content_free`` (default: contextual calibration of every setting's class
             scores against an "N/A" query, Zhao et al. 2021) or ``none`` (reference).
+        untrained: run on the untrained baseline (attention and MLP weights re-drawn; embeddings,
+            norms and unembedding kept).
+        untrained_seed: seed of that re-initialisation.
+        untrained_init: recipe of the untrained re-initialisation: ``reference`` (default: each
+            projection at its framework module's default initialisation, as the reference code of
+            Dai et al. 2023 leaves it) or ``normal`` (N(0, initializer_range) weights, zero biases).
+        preset: ``reference`` (the reference code's setting: EOS after every demonstration, random
+            demonstrations, no calibration, k = 32, the papers' per-task learning rates) or
+            ``default``; sets those values, explicit flags win (Python: ``icl_lens.presets.
+            preset_config``; the field itself only records the name).
         template / label_words: override the task's template and label words.
         nulls: which costly nulls of the similarities to run for FT (``shuffled_pair``,
             ``wrong_label``, ``random_direction``; ``()`` none); LCGD gets the shuffled-pair and
@@ -139,34 +148,17 @@ class ExperimentConfig:
     bootstrap_resamples: int = stats.DEFAULT_RESAMPLES
     bootstrap_seed: int = 0
     confidence: float = stats.DEFAULT_CONFIDENCE
+    untrained_init: Literal["reference", "normal"] = "reference"
+    preset: Literal["default", "reference"] | None = None
 
     def __post_init__(self) -> None:
+        validate_fields(self, _EXPERIMENT_BOUNDS)
         object.__setattr__(self, "settings", tuple(self.settings))
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown or not self.settings:
             raise ConfigError(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-        if self.k < 0:
-            raise ConfigError(f"k must be >= 0, got {self.k}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1 or None, got {self.limit}")
-        if self.lr_criterion not in ("dev", "demos"):
-            raise ConfigError(f"lr_criterion must be 'dev' or 'demos', got {self.lr_criterion!r}")
-        if self.lr_mode not in ("sweep", "reference", "fixed"):
-            raise ConfigError(f"lr_mode must be sweep, reference or fixed, got {self.lr_mode!r}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-        if self.lcgd_lr is not None and not (self.lcgd_lr > 0 and math.isfinite(self.lcgd_lr)):
-            raise ConfigError(f"lcgd_lr must be a positive finite number, got {self.lcgd_lr}")
         if self.lcgd_lr is not None and self.lcgd_lr_sweep:
             raise ConfigError("give lcgd_lr or lcgd_lr_sweep, not both")
-        if self.attention_map not in ("scores", "pattern"):
-            raise ConfigError(f"attention_map must be 'scores' or 'pattern', got {self.attention_map!r}")
-        if self.demo_sampling not in ("random", "balanced"):
-            raise ConfigError(f"demo_sampling must be 'random' or 'balanced', got {self.demo_sampling!r}")
-        if self.calibration not in ("none", "content_free"):
-            raise ConfigError(f"calibration must be 'none' or 'content_free', got {self.calibration!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.k == 0 and any(s in self.settings for s in ("icl", *FINETUNED_SETTINGS)):
             raise ConfigError("k = 0 leaves nothing to learn from: run settings=('zsl',) only")
         if self.label_words is not None:
@@ -180,6 +172,9 @@ class ExperimentConfig:
         for name in _WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
             if out[name] == self.__dataclass_fields__[name].default:
                 del out[name]
+        if not self.untrained or self.untrained_init == "normal":
+            # meaningless on a trained model; "normal" is what untrained cells before the field used
+            del out["untrained_init"]
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if "nulls" in out:
@@ -205,6 +200,8 @@ class ExperimentConfig:
         for key in ("settings", "lr_grid", "label_words", "nulls"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
+        if values.get("untrained") and "untrained_init" not in values:
+            values["untrained_init"] = "normal"  # untrained cells written before the field existed
         return cls(**values)
 
     def cell_name(self) -> str:
@@ -217,7 +214,15 @@ class ExperimentConfig:
         return f"{name}__{digest}"
 
 
-_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence")
+_EXPERIMENT_BOUNDS = {
+    "k": NON_NEGATIVE, "limit": AT_LEAST_ONE, "seed": SEED, "eval_seed": SEED, "lr": POSITIVE,
+    "lr_grid": POSITIVE, "lr_dev_size": AT_LEAST_ONE, "lcgd_lr": POSITIVE, "random_seed": SEED,
+    "batch_size": AT_LEAST_ONE, "untrained_seed": SEED, "bootstrap_resamples": AT_LEAST_ONE,
+    "bootstrap_seed": SEED,
+}
+"""Bounds of ExperimentConfig's numeric fields (types, NaN/inf and Literal choices come from the hints)."""
+
+_WRITTEN_ONLY_WHEN_SET = ("lcgd_lr_sweep", "nulls", "bootstrap_resamples", "bootstrap_seed", "confidence", "preset")
 """Config fields added after results existed: left out of ``to_dict`` (and so of the cell's digest)
 while at their default, so a rerun still recognises the cells finished before them."""
 
@@ -380,7 +385,7 @@ def run_experiment(
     null_runs: dict[str, dict[str, SettingRun]] = {}
     null_facts: dict[str, dict[str, Any]] = {}
     if needs_comparison:
-        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query)
+        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries)
         ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
         for name in FINETUNED_SETTINGS:
             if name not in cfg.settings:
@@ -479,7 +484,11 @@ def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConf
         if cfg.untrained and cfg.untrained_seed != seed:
             raise ConfigError(f"the config says untrained_seed={cfg.untrained_seed} but model {model_name!r} was "
                               f"re-initialised with seed {seed}")
-        changes.update(untrained=True, untrained_seed=seed)
+        init = getattr(model.cfg, "untrained_init", None)
+        if cfg.untrained and init is not None and cfg.untrained_init != init:
+            raise ConfigError(f"the config says untrained_init={cfg.untrained_init!r} but model {model_name!r} was "
+                              f"re-initialised with the {init!r} recipe")
+        changes.update(untrained=True, untrained_seed=seed, **({"untrained_init": init} if init else {}))
     if changes:
         logger.info("recording what was passed in, not the config's defaults: %s", changes)
     return replace(cfg, **changes) if changes else cfg
@@ -642,13 +651,13 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query) -> dict[str, Any]:
+def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries=()) -> dict[str, Any]:
     """What every lr sweep of this cell scores on: the demonstrations to train on, and the queries
-    (a dev slice disjoint from the demonstrations, or the demonstrations) with their labels."""
+    (a dev slice disjoint from the demonstrations and the evaluation queries, or the demonstrations)
+    with their labels."""
     if cfg.lr_criterion == "dev":
-        demo_rows = {d["row_index"] for d in demos}
-        order = [i for i in shuffled_indices(len(train), cfg.seed) if i not in demo_rows][: cfg.lr_dev_size]
-        score_rows = [dict(train[i], row_index=i) for i in order]
+        score_rows = dev_slice(train, cfg.lr_dev_size, cfg.seed, [d["row_index"] for d in demos], task=task,
+                               query_rows=[q["row_index"] for q in queries])
     else:
         score_rows = demos[: prompts.k]
     scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
@@ -698,4 +707,5 @@ def _model_facts(model: HookedTransformer) -> dict[str, Any]:
         "name": c.model_name, "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads,
         "n_key_value_heads": c.n_key_value_heads, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
         "dtype": str(c.dtype).removeprefix("torch."), "device": str(c.device),
+        "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
     }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -115,16 +116,35 @@ def plot_alpha(results_list: Sequence[dict[str, Any]], path: str | Path) -> Path
     return save_figure(fig, path)
 
 
+_PARAM_GROUP_NAMES = {"kv": "W_K, W_V, b_K, b_V", "q": "W_Q, b_Q", "o": "W_O, b_O", "mlp": "MLP", "all": "all block"}
+
+
+def grad_norms_caption(results: dict[str, Any]) -> str:
+    """What the gradient-norm heatmap shows, and how it differs from the reference's (Deutch et al.
+    2024, Fig. 4): ours is the ℓ2 norm of the gradient of the *mean*-per-token loss over the trained
+    parameters only (k/v by default), in float32, before clipping; the reference logs loss-scaled,
+    token-summed fp16 gradients over all parameters of a layer, so only the pattern is comparable."""
+    group = str(results.get("config", {}).get("finetune", {}).get("params", "kv"))
+    params = " + ".join(_PARAM_GROUP_NAMES.get(g, g) for g in group.split("+"))
+    return (f"ℓ2 norm per layer and step of the gradient of the mean-per-token loss (LCGD: the sum of its "
+            f"per-layer losses) w.r.t. the trained {params} parameters only, float32, before clipping. "
+            f"The reference logs loss-scaled, token-summed fp16 gradients over all parameters of a layer: "
+            f"compare patterns, not magnitudes.")
+
+
 def plot_grad_norms(results: dict[str, Any], path: str | Path, settings: Sequence[str] = ("ft", "lcgd")) -> Path:
-    """Heatmaps of per-layer gradient ℓ2 norms: layers × demonstration index, log colour scale."""
+    """Heatmaps of per-layer gradient ℓ2 norms: layers × demonstration index, log colour scale,
+    with :func:`grad_norms_caption` under them."""
     present = [s for s in settings if s in results.get("training", {})]
-    fig, axes = plt.subplots(1, max(1, len(present)), figsize=(5 * max(1, len(present)), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(present)), figsize=(5 * max(1, len(present)), 4.8), squeeze=False)
+    group = str(results.get("config", {}).get("finetune", {}).get("params", "kv"))
     for ax, setting in zip(axes.flat, present):
         norms = np.array(results["training"][setting]["grad_norms"], dtype=float).T  # [layer, step]
         image = ax.imshow(np.log10(np.maximum(norms, 1e-12)), aspect="auto", origin="lower", cmap="viridis")
         ax.set_xlabel("demonstration (step)")
         ax.set_ylabel("layer")
-        ax.set_title(f"{'GD' if setting == 'ft' else 'LCGD'}: log10 ‖∇‖ per layer")
+        ax.set_title(f"{'GD' if setting == 'ft' else 'LCGD'}: log10 ‖∇_{group} mean loss‖₂ per layer")
         fig.colorbar(image, ax=ax)
-    fig.suptitle(f"{results['task']['name']}, {results['config']['model']}")
+    caption = textwrap.fill(grad_norms_caption(results), width=60 * max(1, len(present)))
+    fig.suptitle(f"{results['task']['name']}, {results['config']['model']}\n{caption}", fontsize=8)
     return save_figure(fig, path)

@@ -630,12 +630,12 @@ def add_findings_command(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "findings", help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
                          "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md")
-    parser.add_argument("results_dir", help="results folder; every results.json under it is a cell")
-    parser.add_argument("--n-resamples", type=int, default=DEFAULT_RESAMPLES,
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder; every results.json under it is a cell")
+    parser.add_argument("--n-resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
                         help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="X",
                         help=f"interval coverage (default: {DEFAULT_CONFIDENCE})")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="SEED", help="bootstrap seed (default: 0)")
     parser.set_defaults(func=cmd_findings)
     return parser
 

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, validate_fields
 from icl_lens.errors import ConfigError, TrainingDivergedError
 from icl_lens.lens import logit_lens
 
@@ -68,26 +69,24 @@ class FinetuneConfig:
     clip_norm: float | None = None
 
     def __post_init__(self) -> None:
+        validate_fields(self, _FINETUNE_BOUNDS)
         for group in self.params.split("+"):
             if group not in PARAM_GROUPS:
                 raise ConfigError(f"unknown parameter group {group!r}; choose from {sorted(PARAM_GROUPS)}")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("momentum and weight_decay must be >= 0")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.loss_on not in ("all", "answer"):
             raise ConfigError(f"loss_on must be 'all' or 'answer', got {self.loss_on!r}")
-        for name in ("clip_value", "clip_norm"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be > 0 or None, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_FINETUNE_BOUNDS = {
+    "lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "epochs": AT_LEAST_ONE,
+    "batch_size": AT_LEAST_ONE, "clip_value": POSITIVE, "clip_norm": POSITIVE,
+}
+"""Bounds of FinetuneConfig's numeric fields (types and NaN/inf come from the hints)."""
 
 
 @dataclass

@@ -3,15 +3,16 @@
 The reference learning rates were tuned for a 1.3B model; a small model needs its own. The sweep
 finetunes a copy of the model at every rate of a grid (starting from the reference rates) and keeps
 the rate with the best criterion, ties going to the smaller rate; diverged rates are skipped.
-Criteria: ``dev`` — FT accuracy on a held-out slice of the train split that shares no row with the
-demonstrations (default); ``demos`` — FT accuracy on the demonstrations themselves.
+Criteria: ``dev`` — FT accuracy on a held-out slice of the train split (:func:`dev_slice`) that
+shares no row with the demonstrations nor, for a task whose queries come from its train split, with
+the evaluation queries (default); ``demos`` — FT accuracy on the demonstrations themselves.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +33,25 @@ REFERENCE_LRS: dict[str, float] = {
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
 
 Criterion = Literal["dev", "demos"]
+
+
+def dev_slice(
+    train, size: int, seed: int, exclude_rows: Iterable[int] = (), *, task=None, query_rows: Iterable[int] = ()
+) -> list[dict[str, Any]]:
+    """``size`` train rows (with ``row_index``) for choosing something, disjoint from what is reported.
+
+    Rows come in the order of the seeded train shuffle (:func:`icl_lens.tasks.shuffled_indices`, the
+    one demonstrations are drawn from), skipping ``exclude_rows`` (the demonstrations) and, when
+    ``task`` draws its evaluation queries from its train split, ``query_rows`` too: nothing chosen on
+    this slice has seen a reported query or a demonstration.
+    """
+    from icl_lens.tasks import shuffled_indices
+
+    excluded = set(int(i) for i in exclude_rows)
+    if task is not None and task.eval_split == task.train_split:
+        excluded |= set(int(i) for i in query_rows)
+    order = [i for i in shuffled_indices(len(train), seed) if i not in excluded][:size]
+    return [dict(train[i], row_index=i) for i in order]
 
 Trainer = Callable[..., tuple[HookedTransformer, Any]]
 """``trainer(model, demo_sequences, answer_lengths, cfg, progress=...) -> (tuned copy, trace)``:

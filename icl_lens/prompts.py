@@ -17,6 +17,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from icl_lens._validation import validate_fields
 from icl_lens.errors import ConfigError, PromptError
 from icl_lens.tasks import Task, load_split, sample_demonstrations, sample_queries
 
@@ -44,6 +45,7 @@ class PromptFormat:
     start: str = "bos"
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.separator == "":
             raise ConfigError("separator must not be empty (use '\\n', ' ' or '<eos>')")
         if not self.start:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ConfigError, DataFormatError
+from icl_lens.evaluation import check_record_fits
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides, run_experiment
 from icl_lens.results import (
     RESULTS_FILE,
@@ -227,6 +228,8 @@ def run_cells(
             todo.append(index)
         else:
             logger.info("cell %s already finished; skipping", cfg.cell_name())
+    check_cells([cells[index] for index in todo])  # fail fast: before any model is loaded
+
     from icl_lens.executors import ExecutorOptions, run_with_executor
 
     options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
@@ -235,11 +238,14 @@ def run_cells(
     groups: dict[tuple, list[int]] = {}
     for index in todo:
         cfg = cells[index]
-        groups.setdefault((cfg.model, cfg.untrained, cfg.untrained_seed), []).append(index)
+        groups.setdefault((cfg.model, cfg.untrained, cfg.untrained_seed, cfg.untrained_init), []).append(index)
     bar = tqdm(total=len(todo), desc="cells", disable=not runtime.progress or not todo)
-    for (model_name, untrained, untrained_seed), indices in groups.items():
+    for (model_name, untrained, untrained_seed, untrained_init), indices in groups.items():
+        init = {"untrained_init": untrained_init} if untrained else {}
         model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
-                             untrained=untrained, seed=untrained_seed)
+                             untrained=untrained, seed=untrained_seed, **init)
+        for index in indices:  # the one check that needs the model: top_k within its vocabulary
+            check_record_fits(cells[index].record, model)
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
@@ -250,3 +256,31 @@ def run_cells(
         del model
     bar.close()
     return [r for r in results if r is not None]
+
+
+def check_cells(cells: Sequence[ExperimentConfig]) -> None:
+    """Resolve and check every cell's task, data files and demonstration sampling (no model needed).
+
+    Run before any model is loaded, so a malformed task file, a bad data row, an unknown task name,
+    k beyond the train split or a missing reference learning rate is reported in seconds. Local data
+    files are parsed in full (each task once); hub datasets (``hf_dataset``) are loaded by the run.
+    """
+    from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides
+    from icl_lens.lr_sweep import REFERENCE_LRS
+    from icl_lens.tasks import load_split, sample_demonstrations
+
+    train_splits: dict[tuple, Any] = {}
+    for cfg in cells:
+        task = apply_task_overrides(get_task(cfg.task), cfg)
+        key = (cfg.task, task.template, task.label_words)
+        if key not in train_splits:
+            train_splits[key] = None
+            if not task.hf_dataset:
+                train_splits[key] = load_split(task, task.train_split)
+                if task.eval_split != task.train_split:
+                    load_split(task, task.eval_split)
+        if train_splits[key] is not None:
+            sample_demonstrations(task, cfg.k, cfg.seed, train=train_splits[key], sampling=cfg.demo_sampling)
+        tuned = any(s in cfg.settings for s in FINETUNED_SETTINGS)
+        if tuned and cfg.lr is None and cfg.lr_mode == "reference" and task.name not in REFERENCE_LRS:
+            raise ConfigError(f"no reference learning rate for task {task.name!r}; use lr_mode='sweep' or give lr")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import random
+import re
 import string
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -22,11 +24,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from icl_lens._validation import validate_fields
 from icl_lens.errors import DataFormatError, TaskError
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_DATA_DIR = Path(str(files("icl_lens").joinpath("data")))
+_DIGITS = re.compile(r"-?[0-9]{1,9}")
+"""An integer label id written as a string (ASCII digits only; longer numbers are no id)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,15 @@ class Task:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_files, str):
+            raise TaskError(
+                f"task {self.name!r}: data_files must map each split to its file, e.g. "
+                f'{{"train": "train.jsonl", "test": "test.jsonl"}}; got the string {self.data_files!r}'
+            )
+        validate_fields(self, error=TaskError)
         object.__setattr__(self, "label_words", tuple(self.label_words))
         object.__setattr__(self, "label_names", tuple(self.label_names) or tuple(self.label_words))
+        object.__setattr__(self, "data_files", dict(self.data_files))
         if not self.name or not self.name.replace("-", "_").replace(".", "_").isidentifier():
             raise TaskError(f"task name {self.name!r} must be a non-empty identifier-like string")
         if len(self.label_words) < 2:
@@ -78,10 +90,22 @@ class Task:
             raise TaskError(
                 f"task {self.name!r}: {len(self.label_names)} label names for {len(self.label_words)} label words"
             )
-        if not self.template_fields:
-            raise TaskError(f"task {self.name!r}: template {self.template!r} has no {{field}} placeholder")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise TaskError(f"task {self.name!r}: label names repeat: {list(self.label_names)}")
+        for i, label_name in enumerate(self.label_names):
+            # A row label "1" could mean the name "1" or the id 1: refuse names that are another id.
+            if _DIGITS.fullmatch(label_name.strip()) and int(label_name) != i and 0 <= int(label_name) < self.n_classes:
+                raise TaskError(
+                    f"task {self.name!r}: label name {label_name!r} is the id of label {int(label_name)} but names "
+                    f"label {i}; a row labelled {label_name!r} would be ambiguous. Order the labels so that "
+                    f"digit names equal their ids, or use non-digit names"
+                )
+        self._check_template()
         if bool(self.data_files) == bool(self.hf_dataset):
             raise TaskError(f"task {self.name!r}: give exactly one of data_files or hf_dataset")
+        for split, file in self.data_files.items():
+            if not split or not file:
+                raise TaskError(f"task {self.name!r}: data_files has an empty split name or file: {split!r}: {file!r}")
         for split in (self.train_split, self.eval_split):
             if self.data_files and split not in self.data_files:
                 raise TaskError(
@@ -96,6 +120,27 @@ class Task:
         except ValueError as exc:
             raise TaskError(f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}")
         return tuple(dict.fromkeys(name for _, name, _, _ in parsed if name))
+
+    def _check_template(self) -> None:
+        """Every placeholder names a row field (``{text}``); positional ``{}``/``{0}``, attribute or
+        index access, and specs that cannot format a string are refused here, not mid-run."""
+        try:
+            parsed = list(string.Formatter().parse(self.template))
+        except ValueError as exc:
+            raise TaskError(f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}") from None
+        names = [name for _, name, _, _ in parsed if name is not None]
+        if not names:
+            raise TaskError(f"task {self.name!r}: template {self.template!r} has no {{field}} placeholder")
+        for name in names:
+            if not name.isidentifier():
+                kind = "a positional field" if name == "" or name.isdigit() else "not a plain field name"
+                raise TaskError(
+                    f"task {self.name!r}: template placeholder {{{name}}} is {kind}; name the row field, e.g. {{text}}"
+                )
+        try:
+            self.template.format(**{name: "x" for name in names})
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise TaskError(f"task {self.name!r}: template {self.template!r} cannot be filled: {exc!r}") from None
 
     @property
     def n_classes(self) -> int:
@@ -191,12 +236,14 @@ def load_task_file(path: str | Path) -> Task:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise TaskError(f"cannot read task file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task file {path} is not UTF-8: {exc}") from None
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise TaskError(f"task file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
     if not isinstance(raw, dict):
         raise TaskError(f"task file {path} must hold a mapping of task fields")
@@ -218,7 +265,7 @@ def _resolve(task: Task, file: str) -> Path:
 def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file (or a JSON list); a bad line is an error naming file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise DataFormatError(f"cannot read data file {path}: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -228,6 +275,8 @@ def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataFormatError(f"{path}: JSON nested too deeply") from None
         if not all(isinstance(r, dict) for r in rows):
             raise DataFormatError(f"{path}: a JSON list of objects is expected")
         return rows
@@ -239,6 +288,8 @@ def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}: line {line_no}: invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataFormatError(f"{path}: line {line_no}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}: line {line_no}: expected a JSON object, got {type(row).__name__}")
         row["__line__"] = line_no
@@ -248,7 +299,7 @@ def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
 
 def _read_csv_rows(path: Path) -> list[dict[str, Any]]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             rows = []
             for row in reader:
@@ -259,18 +310,23 @@ def _read_csv_rows(path: Path) -> list[dict[str, Any]]:
                 rows.append(row)
     except csv.Error as exc:
         raise DataFormatError(f"{path}: invalid CSV: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"data file {path} is not UTF-8: {exc}") from None
     except OSError as exc:
         raise DataFormatError(f"cannot read data file {path}: {exc}") from None
     return rows
 
 
 def _normalise_label(task: Task, value: Any, where: str) -> int:
+    """A row's label as an id: a string is looked up among the label names first, then read as an
+    integer id (ASCII digits); an int is an id. (Digit names that are another label's id are
+    refused when the task is made, so the two readings never disagree.)"""
     if isinstance(value, str):
         stripped = value.strip()
-        if stripped.lstrip("-").isdigit():
-            value = int(stripped)
-        elif stripped in task.label_names:
+        if stripped in task.label_names:
             return task.label_names.index(stripped)
+        if _DIGITS.fullmatch(stripped):
+            value = int(stripped)
         else:
             raise DataFormatError(
                 f"{where}: label {value!r} is neither an id nor one of the label names {list(task.label_names)}"
@@ -290,7 +346,16 @@ def _validate_rows(task: Task, rows: list[dict[str, Any]], source: str) -> list[
         for name in needed:
             if name not in row or row[name] is None:
                 raise DataFormatError(f"{where}: missing field {name!r} (have {sorted(k for k in row if k != '__line__')})")
-        out = {name: str(row[name]) for name in task.template_fields}
+        out = {}
+        for name in task.template_fields:
+            value = row[name]
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise DataFormatError(f"{where}: field {name!r} must be text, got {type(value).__name__} {value!r:.60}")
+            text = str(value)
+            if not text.strip():
+                raise DataFormatError(f"{where}: field {name!r} is empty")
+            out[name] = text
         out["label"] = _normalise_label(task, row[task.label_field], where)
         clean.append(out)
     if not clean:

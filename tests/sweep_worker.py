@@ -63,7 +63,9 @@ KILL_RUNTIME = RuntimeOptions(progress=False, attention_examples=1)
 
 def loader(name, **kwargs):
     model = tiny_model(gqa=True, n_layers=2, name=name)
-    return reinitialize_untrained(model, kwargs.get("seed", 0)) if kwargs.get("untrained") else model
+    if not kwargs.get("untrained"):
+        return model
+    return reinitialize_untrained(model, kwargs.get("seed", 0), init=kwargs.get("untrained_init", "reference"))
 
 
 class Moments:

@@ -50,7 +50,7 @@ def test_run_writes_results_and_prints_tables(tmp_path, tiny_loader, capsys):
     (["--model", "missing-model"], "unknown model 'missing-model'"),
     (["--task", "cb", "--k", "300"], "k=300 demonstrations requested but the train split has 250 rows"),
     (["--k", "0"], "k = 0 leaves nothing to learn from"),
-    (["--lr", "-1"], "lr must be a positive finite number"),
+    (["--lr", "-1"], "ExperimentConfig.lr must be > 0, got -1.0"),
     (["--label-words", "Good,Good"], "label words repeat"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_loader, capsys, argv, message):

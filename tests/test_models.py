@@ -62,11 +62,12 @@ def _params(model: HookedTransformer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("init", ["reference", "normal"])
 @pytest.mark.parametrize("kind", list(_TINY_KINDS))
-def test_reinitialize_keeps_embeddings_norms_unembed_and_redraws_the_rest(kind):
+def test_reinitialize_keeps_embeddings_norms_unembed_and_redraws_the_rest(kind, init):
     model = _tiny(kind)
     before = _params(model)
-    assert reinitialize_untrained(model, seed=1) is model
+    assert reinitialize_untrained(model, seed=1, init=init) is model
     after = _params(model)
     redrawn = [n for n in before if not _kept(n)]
     assert any("_W_K" in n for n in redrawn) == (kind != "ln")  # GQA weights are covered
@@ -74,7 +75,7 @@ def test_reinitialize_keeps_embeddings_norms_unembed_and_redraws_the_rest(kind):
     for name in before:
         if _kept(name):
             assert torch.equal(before[name], after[name]), f"{name} should be kept"
-        elif name.split(".")[-1].lstrip("_").startswith("b"):
+        elif name.split(".")[-1].lstrip("_").startswith("b") and (init == "normal" or name.endswith("b_O")):
             assert torch.count_nonzero(after[name]) == 0, f"{name} should be zero"
         else:
             assert not torch.equal(before[name], after[name]), f"{name} should be re-drawn"
@@ -86,10 +87,10 @@ def test_reinitialize_keeps_embeddings_norms_unembed_and_redraws_the_rest(kind):
 def test_reinitialize_is_deterministic_by_seed(kind):
     a, b, c = _tiny(kind), _tiny(kind), _tiny(kind)
     torch.manual_seed(123)  # the global RNG must not matter
-    reinitialize_untrained(a, seed=7)
+    reinitialize_untrained(a, seed=7, init="normal")
     torch.manual_seed(456)
-    reinitialize_untrained(b, seed=7)
-    reinitialize_untrained(c, seed=8)
+    reinitialize_untrained(b, seed=7, init="normal")
+    reinitialize_untrained(c, seed=8, init="normal")
     pa, pb, pc = _params(a), _params(b), _params(c)
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
     assert any(not torch.equal(pa[n], pc[n]) for n in pa if n.endswith("W_Q"))
@@ -98,7 +99,7 @@ def test_reinitialize_is_deterministic_by_seed(kind):
 def test_reinitialize_draws_with_the_configured_std():
     model = _tiny("ln")
     model.cfg.initializer_range = 0.05
-    reinitialize_untrained(model, seed=0)
+    reinitialize_untrained(model, seed=0, init="normal")
     weights = torch.cat([p.detach().flatten() for n, p in model.named_parameters()
                          if not _kept(n) and n.split(".")[-1].lstrip("_").startswith("W")])
     assert init_std(model) == 0.05
@@ -235,6 +236,8 @@ def test_bad_paths_and_options_are_model_load_errors(tmp_path):
         load_model(str(tmp_path / "missing.gguf"))
     with pytest.raises(ModelLoadError, match="dtype"):
         load_model("smollm2-135m", dtype="int8")
+    with pytest.raises(ModelLoadError, match="'xavier'"):
+        load_model("smollm2-135m", untrained=True, untrained_init="xavier")
 
 
 # ----------------------------------------------------------------------------- a local HF directory
@@ -287,6 +290,12 @@ def test_untrained_then_processed_reinitialises_before_processing(tiny_llama_dir
     path, _ = tiny_llama_dir
     tokens = torch.tensor([[5, 40, 77, 120, 9]])
     untrained = load_model(str(path), untrained=True, seed=3)
+    assert untrained.cfg.untrained_init == "reference"  # the default recipe
+    normal = load_model(str(path), untrained=True, untrained_init="normal", seed=3)
+    assert normal.cfg.untrained_init == "normal"
+    # W_K (fan_in 32, fan_out 2·8): normal std = initializer_range 0.2; reference (1/√2)·√(2/48) = 0.1443
+    assert abs(normal.blocks[0].attn._W_K.std().item() - 0.2) < 0.03
+    assert abs(untrained.blocks[0].attn._W_K.std().item() - 0.1443) < 0.015
     both = load_model(str(path), untrained=True, seed=3, processed=True)
     manual = process_weights(copy.deepcopy(untrained))
     with torch.no_grad():

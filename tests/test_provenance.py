@@ -70,3 +70,13 @@ def test_task_file_config_matches_the_task_it_names(smol, tmp_path):
     assert results["config"]["task"] == str(task_file) and results["task"]["name"] == "reviews"
     with pytest.raises(ConfigError, match="reviews"):
         run_experiment(smol, get_task("sst2"), cfg, progress=False)
+
+
+def test_untrained_recipe_is_recorded_and_a_different_one_refused():
+    fresh = reinitialize_untrained(tiny_model(n_layers=1, name="smollm2-135m"), seed=2, init="reference")
+    results = run_experiment(fresh, get_task("sst2"), ExperimentConfig(**ZSL), progress=False).results
+    assert results["config"]["untrained_init"] == "reference" and results["config"]["untrained_seed"] == 2
+    normal = reinitialize_untrained(tiny_model(n_layers=1, name="smollm2-135m"), seed=2, init="normal")
+    with pytest.raises(ConfigError, match="untrained_init='reference'.*'normal'"):
+        run_experiment(normal, get_task("sst2"), ExperimentConfig(untrained=True, untrained_seed=2, **ZSL),
+                       progress=False)

@@ -17,7 +17,7 @@ def loads(monkeypatch):
     def loader(name, untrained=False, seed=0, **kwargs):
         calls.append((name, untrained, seed))
         model = tiny_model(gqa=True, n_layers=2, name=name)
-        return reinitialize_untrained(model, seed) if untrained else model
+        return reinitialize_untrained(model, seed, init=kwargs.get("untrained_init", "reference")) if untrained else model
 
     monkeypatch.setattr(icl_lens.models, "load_model", loader)
     return calls

@@ -209,7 +209,8 @@ def run_demo_sweep(
             base = cfg.base
             try:
                 model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
-                                     untrained=base.untrained, seed=base.untrained_seed)
+                                     untrained=base.untrained, seed=base.untrained_seed,
+                                     **({"untrained_init": base.untrained_init} if base.untrained else {}))
             except IclLensError as exc:
                 logger.warning("skipping model %s: %s", model_name, exc)
                 skipped.extend({"model": model_name, "task": c.task, "k": c.k, "seed": c.seed,

@@ -5,7 +5,7 @@
 * :mod:`~icl_lens.models.offline` -- fetching, verifying and dequantizing them once into the cache.
 * :mod:`~icl_lens.models.loading` -- :func:`load_model` for named models, local directories, GGUF
   files and hub names.
-* :mod:`~icl_lens.models.untrained` -- the random-weights baseline.
+* :mod:`~icl_lens.models.untrained` -- the random-weights baseline (``reference`` or ``normal`` init).
 
 Both named models are 4-bit GGUF checkpoints dequantized to float32, not the original weights:
 say so wherever results are reported.
@@ -16,10 +16,10 @@ from __future__ import annotations
 from icl_lens.models.loading import list_models, load_model, process_weights, tokenizer_adds_bos
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, WheelFile
-from icl_lens.models.untrained import reinitialize_untrained
+from icl_lens.models.untrained import UNTRAINED_INITS, reinitialize_untrained
 
 __all__ = [
-    "OFFLINE_MODELS", "OfflineModel", "WheelFile", "default_cache_dir", "list_models", "load_model",
+    "OFFLINE_MODELS", "UNTRAINED_INITS", "OfflineModel", "WheelFile", "default_cache_dir", "list_models", "load_model",
     "prepare_gguf_file", "prepare_offline_model", "process_weights", "reinitialize_untrained",
     "tokenizer_adds_bos",
 ]

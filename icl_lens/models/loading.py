@@ -37,7 +37,7 @@ from transformer_lens import HookedTransformer
 from icl_lens.errors import ModelLoadError
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, get_offline_model
-from icl_lens.models.untrained import reinitialize_untrained
+from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitialize_untrained
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype = "float32",
     untrained: bool = False,
+    untrained_init: UntrainedInit = "reference",
     seed: int = 0,
     cache_dir: str | Path | None = None,
 ) -> HookedTransformer:
@@ -90,6 +91,9 @@ def load_model(
         untrained: re-initialise attention and MLP weights randomly (see
             :func:`reinitialize_untrained`), keeping embeddings, norms and unembedding: the
             "same architecture, no training" baseline.
+        untrained_init: its recipe: ``reference`` (default: each projection at its framework
+            module's default initialisation, as the reference code of Dai et al. 2023 leaves it) or
+            ``normal`` (N(0, initializer_range) weights, zero biases).
         seed: seed of that re-initialisation.
         cache_dir: where fetched and converted weights live (default :func:`default_cache_dir`).
 
@@ -98,6 +102,8 @@ def load_model(
     """
     torch_dtype = _resolve_dtype(dtype)
     _check_device(device)
+    if untrained and untrained_init not in UNTRAINED_INITS:
+        raise ModelLoadError(f"untrained_init must be one of {list(UNTRAINED_INITS)}, got {untrained_init!r}")
     key = str(name_or_path).strip()
     if not key:
         raise ModelLoadError("empty model name")
@@ -120,9 +126,11 @@ def load_model(
         )
     else:
         model = _load_from_hub(key)
-    model = _finish(model, processed=processed, untrained=untrained, seed=seed, dtype=torch_dtype, device=device)
+    model = _finish(model, processed=processed, untrained=untrained, untrained_init=untrained_init, seed=seed,
+                    dtype=torch_dtype, device=device)
     logger.info("loaded %s (%s, %s, processed=%s, untrained=%s) in %.1f s", model.cfg.model_name,
-                device, torch_dtype, processed, untrained, time.perf_counter() - started)
+                device, torch_dtype, processed, f"{untrained_init} init" if untrained else False,
+                time.perf_counter() - started)
     return model
 
 
@@ -153,11 +161,12 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def _finish(
-    model: HookedTransformer, *, processed: bool, untrained: bool, seed: int, dtype: torch.dtype, device: str
+    model: HookedTransformer, *, processed: bool, untrained: bool, seed: int, dtype: torch.dtype, device: str,
+    untrained_init: UntrainedInit = "reference",
 ) -> HookedTransformer:
     """Re-initialise (before processing, so folded norms stay the trained ones), process, cast, move."""
     if untrained:
-        reinitialize_untrained(model, seed)
+        reinitialize_untrained(model, seed, init=untrained_init)
     if processed:
         process_weights(model)
     if dtype != model.cfg.dtype:
