@@ -289,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = run_cells(cells, args.out, runtime, executor=executor_options(args))
     print(summary(results))
     for cfg in cells:
-        print(f"results: {cell_path(args.out, cfg)}")
+        print(f"results: {cell_path(args.out, cfg, runtime)}")
     return 0
 
 

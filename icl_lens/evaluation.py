@@ -129,34 +129,81 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
     return tokens.to(device), mask.to(device)
 
 
+def attention_windows(model: HookedTransformer) -> list[int | None]:
+    """Per layer, the sliding-window size of a local-attention layer, or None for a global one.
+
+    Read from the blocks themselves (``attn.attn_type``), so Gemma-3's alternating local/global
+    layers (``cfg.attn_types``, ``cfg.window_size``) and plain models are handled alike.
+    """
+    windows: list[int | None] = []
+    for block in model.blocks:
+        local = getattr(block.attn, "attn_type", "global") == "local"
+        windows.append(int(model.cfg.window_size) if local else None)
+    return windows
+
+
+def attended_keys(
+    query_pos: Int[torch.Tensor, "*rows"], key_pos: Int[torch.Tensor, " keys"], window: int | None
+) -> torch.Tensor:
+    """Which keys each query attends to (absolute positions): causal, and within ``window`` for a
+    local layer — the mask TransformerLens applies (``key <= query`` and ``key > query - window``).
+
+    Returns a boolean tensor of shape ``[*rows, keys]``. Both attention recorders (this module's and
+    :mod:`icl_lens.viz.maps`) zero every other entry with :func:`zero_unattended`, so the ``-inf``
+    scores of causally *and* window-masked keys never reach a metric.
+    """
+    query = query_pos[..., None]
+    keys = key_pos.to(query.device)
+    mask = keys <= query
+    if window is not None:
+        mask = mask & (keys > query - window)
+    return mask
+
+
+def zero_unattended(values: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """``values`` (scores or pattern, ``[..., rows?, keys]``) with keys outside ``attended`` set to 0.
+
+    ``attended`` broadcasts against ``values`` from the right after a head axis is inserted where
+    needed by the caller.
+    """
+    return torch.where(attended.to(values.device), values, torch.zeros_like(values))
+
+
 class _PositionRecorder:
     """Forward hooks that keep one row per example of the hook points the metrics need."""
 
-    def __init__(self, n_layers: int, rows: torch.Tensor, key_start: int, key_lengths: torch.Tensor, n_start: int):
-        self.rows = rows  # [batch] local position of the recorded token
+    def __init__(self, windows: Sequence[int | None], rows: torch.Tensor, key_start: int, key_lengths: torch.Tensor,
+                 n_start: int):
+        self.rows = rows  # [batch] position of the recorded token in the sequences run
         self.key_start = key_start  # absolute key index where the query part begins (= prefix length)
         self.key_lengths = key_lengths  # [batch] keys of the query part up to the recorded token
         self.n_start = n_start
-        self.n_layers = n_layers
+        self.windows = list(windows)  # per layer: local-attention window or None
+        self.n_layers = len(self.windows)
         self.store: dict[str, torch.Tensor] = {}
-        self.demo_mass: list[torch.Tensor] = [torch.empty(0)] * n_layers
-        self.sink_mass: list[torch.Tensor] = [torch.empty(0)] * n_layers
+        self.demo_mass: list[torch.Tensor] = [torch.empty(0)] * self.n_layers
+        self.sink_mass: list[torch.Tensor] = [torch.empty(0)] * self.n_layers
 
     def _row(self, act: torch.Tensor) -> torch.Tensor:  # [batch, head, q, k] -> [batch, head, k]
         batch_index = torch.arange(act.shape[0], device=act.device)
         return act.transpose(1, 2)[batch_index, self.rows.to(act.device)]
 
-    def _query_keys(self, row: torch.Tensor) -> torch.Tensor:
+    def _query_keys(self, row: torch.Tensor, layer: int) -> torch.Tensor:
+        """The query part's keys of the recorded rows, with every key the layer does not attend to
+        (after the recorded token, padding, or outside a local layer's window) set to 0."""
         width = int(self.key_lengths.max())
         keys = row[..., self.key_start : self.key_start + width].float()
-        valid = torch.arange(width, device=row.device)[None, :] < self.key_lengths.to(row.device)[:, None]
-        return torch.where(valid[:, None, :], keys, torch.zeros_like(keys)).cpu()
+        # absolute positions: the recorded token is the query part's (key_lengths - 1)-th token
+        query_pos = self.key_start + self.key_lengths.to(row.device) - 1
+        key_pos = self.key_start + torch.arange(width, device=row.device)
+        attended = attended_keys(query_pos, key_pos, self.windows[layer])  # [batch, width]
+        return zero_unattended(keys, attended[:, None, :]).cpu()
 
     def hooks(self) -> list[tuple[str, Callable]]:
         hooks = []
         for layer in range(self.n_layers):
             hooks.append((ATTN_OUT.format(layer=layer), self._attn_out_hook))
-            hooks.append((ATTN_SCORES.format(layer=layer), self._scores_hook))
+            hooks.append((ATTN_SCORES.format(layer=layer), self._make_scores_hook(layer)))
             hooks.append((ATTN_PATTERN.format(layer=layer), self._make_pattern_hook(layer)))
         return hooks
 
@@ -164,13 +211,16 @@ class _PositionRecorder:
         batch_index = torch.arange(act.shape[0], device=act.device)
         self.store[hook.name] = act[batch_index, self.rows.to(act.device)].float().cpu()
 
-    def _scores_hook(self, act, hook):
-        self.store[hook.name] = self._query_keys(self._row(act))
+    def _make_scores_hook(self, layer: int):
+        def hook_fn(act, hook):
+            self.store[hook.name] = self._query_keys(self._row(act), layer)
+
+        return hook_fn
 
     def _make_pattern_hook(self, layer: int):
         def hook_fn(act, hook):
             row = self._row(act)  # [batch, head, keys]
-            self.store[hook.name] = self._query_keys(row)
+            self.store[hook.name] = self._query_keys(row, layer)
             self.demo_mass[layer] = row[..., self.n_start : self.key_start].sum(-1).float().cpu()
             sink = row[..., 0] if self.n_start else torch.zeros_like(row[..., 0])
             self.sink_mass[layer] = sink.float().cpu()
@@ -281,6 +331,7 @@ def evaluate(
     prefix = list(prefix)
     key_start = len(prefix)
     prefix_cache = encode_prefix(model, prefix) if reuse_prefix else None
+    windows = attention_windows(model)
     n = len(queries)
     order = sorted(range(n), key=lambda i: -len(queries[i]))
     scores = torch.zeros(n, n_classes)
@@ -302,7 +353,7 @@ def evaluate(
         else:
             rec_pos = pred_pos
             n_keys = query_len
-        recorder = _PositionRecorder(cfg.n_layers, rec_pos, key_start, n_keys, n_start)
+        recorder = _PositionRecorder(windows, rec_pos, key_start, n_keys, n_start)
         final_resid, _ = _final_residual(model, prefix, prefix_cache, batch_queries, answer, recorder.hooks())
 
         answer_log_probs = _label_log_probs(model, final_resid, pred_pos, answer)

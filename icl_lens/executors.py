@@ -235,7 +235,7 @@ def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     env = submitit.JobEnvironment()
-    cell_dir = cell_path(out_dir, cfg).parent
+    cell_dir = cell_path(out_dir, cfg, runtime).parent
     info: dict[str, Any] = {
         "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
         "job_id": env.job_id, "executor": env.cluster, "threads": torch.get_num_threads(),
@@ -245,11 +245,12 @@ def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
         info["slurm_job_id"] = env.job_id
     write_state(cell_dir, "running", **info)
     try:
-        if finished_results(cell_path(out_dir, cfg), cfg) is None:
+        if finished_results(cell_path(out_dir, cfg, runtime), cfg, runtime) is None:
             if model_loader is None:
                 from icl_lens.models import load_model as model_loader
             model = model_loader(cfg.model, device=runtime.device, dtype=runtime.dtype,
-                                 untrained=cfg.untrained, seed=cfg.untrained_seed)
+                                 untrained=cfg.untrained, seed=cfg.untrained_seed,
+                                 **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}))
             run_cell(model, cfg, out_dir, runtime)
     except BaseException as exc:
         write_state(cell_dir, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], **info)
@@ -333,18 +334,18 @@ def run_with_executor(
     """
     from tqdm.auto import tqdm
 
-    from icl_lens.sweep import cell_path, finished_results
+    from icl_lens.sweep import cell_dir_name, cell_path, finished_results
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_manifest(out_dir, [cfg.cell_name() for cfg in cells])
+    _write_manifest(out_dir, [cell_dir_name(cfg, runtime) for cfg in cells])
     folder = Path(options.log_dir) if options.log_dir else out_dir / LOG_DIR
     folder = folder.resolve()
     worker_runtime = replace(runtime, progress=False)
     failures: list[str] = []
     submit_order = list(todo)
     for index in list(submit_order):  # cells another submission is still running
-        state = read_state(cell_path(out_dir, cells[index]).parent)
+        state = read_state(cell_path(out_dir, cells[index], runtime).parent)
         if state and state.get("state") in ("running", "queued") and job_alive(state):
             submit_order.remove(index)
             failures.append(f"{cells[index].cell_name()}: still running in job {state.get('job_id')} on "
@@ -362,7 +363,7 @@ def run_with_executor(
                 fields["slurm_job_id"] = job.job_id
             else:
                 fields.update(pid=int(job.job_id), pid_start=_process_start(int(job.job_id)))
-            write_state(cell_path(out_dir, cfg).parent, "queued", **fields)
+            write_state(cell_path(out_dir, cfg, runtime).parent, "queued", **fields)
             return
         error = None
         if options.kind == "slurm" and not job.paths.result_pickle.exists():
@@ -372,13 +373,13 @@ def run_with_executor(
                 job.result()
             except Exception as exc:  # submitit's FailedJobError / UncompletedJobError, or the cell's own
                 error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        done = finished_results(cell_path(out_dir, cfg), cfg)
+        done = finished_results(cell_path(out_dir, cfg, runtime), cfg, runtime)
         if done is None:
             error = error or "the job ended without a verified results.json"
             logs = f"{job.paths.stderr} / {job.paths.stdout}"
-            state = read_state(cell_path(out_dir, cfg).parent) or {}
+            state = read_state(cell_path(out_dir, cfg, runtime).parent) or {}
             if state.get("state") != "failed":
-                write_state(cell_path(out_dir, cfg).parent, "failed", error=error, job_id=job.job_id,
+                write_state(cell_path(out_dir, cfg, runtime).parent, "failed", error=error, job_id=job.job_id,
                             host=state.get("host", socket.gethostname()),
                             stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
             failures.append(f"{cfg.cell_name()}: {error}; logs: {logs}")

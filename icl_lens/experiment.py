@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,11 +28,12 @@ from icl_lens import metrics, nulls as null_models, stats
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
-from icl_lens.errors import ConfigError
+from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
 from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
+from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
     EncodedPrompts,
     PromptFormat,
@@ -41,6 +43,7 @@ from icl_lens.prompts import (
 )
 from icl_lens.tasks import (
     Task,
+    get_task,
     load_split,
 )
 
@@ -330,7 +333,18 @@ class ExperimentOutput:
 def run_experiment(
     model: HookedTransformer, task: Task, cfg: ExperimentConfig, progress: bool = True, keep_models: bool = False
 ) -> ExperimentOutput:
-    """Run the configured settings on the same queries and compute every metric."""
+    """Run the configured settings on the same queries and compute every metric.
+
+    The results record what actually ran, taken from the objects passed in: the task's name from
+    ``task``, the model's name from ``model.cfg.model_name``, and ``untrained`` (with its seed) only
+    when ``model`` was re-initialised by :func:`~icl_lens.models.untrained.reinitialize_untrained`.
+    ``cfg.task`` / ``cfg.model`` left at their defaults (``"sst2"``, :data:`DEFAULT_MODEL`) and
+    ``cfg.untrained=False`` are filled in from the objects (the notebook call
+    ``run_experiment(model, get_task("mr"), ExperimentConfig(k=8))`` records task ``mr`` and the
+    model's own name); a ``cfg`` that names something else than what was passed raises
+    :class:`~icl_lens.errors.ConfigError`. ``results["config"]`` is the filled-in configuration.
+    """
+    cfg = config_for_objects(model, task, cfg)
     _check_stats_config(cfg)
     task = apply_task_overrides(task, cfg)
     started = time.perf_counter()
@@ -424,6 +438,60 @@ def run_experiment(
     timings["total"] = time.perf_counter() - started
     results["timing_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     return ExperimentOutput(results=results, runs=runs, prompts=prompts, models=tuned_models, traces=traces)
+
+
+def _task_matches(name_or_path: str, task: Task) -> bool:
+    if name_or_path == task.name:
+        return True
+    path = Path(name_or_path)
+    if path.suffix in (".json", ".toml"):
+        try:
+            return get_task(name_or_path).name == task.name
+        except IclLensError:
+            return path.stem == task.name
+    return False
+
+
+def _model_matches(name_or_path: str, model_name: str) -> bool:
+    path = Path(name_or_path.rstrip("/\\"))
+    return model_name in (name_or_path, path.name, path.stem)
+
+
+def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``task``, ``model`` and ``untrained`` made to say what ``model`` and ``task`` are.
+
+    Defaults are filled in from the objects; a value naming something else raises
+    :class:`ConfigError` (see :func:`run_experiment`).
+    """
+    changes: dict[str, Any] = {}
+    defaults = ExperimentConfig.__dataclass_fields__
+    if not _task_matches(cfg.task, task):
+        if cfg.task != defaults["task"].default:
+            raise ConfigError(f"the config names task {cfg.task!r} but the task passed is {task.name!r}: "
+                              f"pass get_task({cfg.task!r}) or set task={task.name!r}")
+        changes["task"] = task.name
+    model_name = str(model.cfg.model_name)
+    if not _model_matches(cfg.model, model_name):
+        if cfg.model != defaults["model"].default:
+            raise ConfigError(f"the config names model {cfg.model!r} but the model passed is {model_name!r}: "
+                              f"load {cfg.model!r} or set model={model_name!r}")
+        changes["model"] = model_name
+    seed = untrained_seed(model)
+    if seed is None and cfg.untrained:
+        raise ConfigError(f"the config says untrained (seed {cfg.untrained_seed}) but model {model_name!r} was not "
+                          "re-initialised: load it with load_model(..., untrained=True) or set untrained=False")
+    if seed is not None:
+        if cfg.untrained and cfg.untrained_seed != seed:
+            raise ConfigError(f"the config says untrained_seed={cfg.untrained_seed} but model {model_name!r} was "
+                              f"re-initialised with seed {seed}")
+        init = getattr(model.cfg, "untrained_init", None)
+        if cfg.untrained and init is not None and cfg.untrained_init != init:
+            raise ConfigError(f"the config says untrained_init={cfg.untrained_init!r} but model {model_name!r} was "
+                              f"re-initialised with the {init!r} recipe")
+        changes.update(untrained=True, untrained_seed=seed, **({"untrained_init": init} if init else {}))
+    if changes:
+        logger.info("recording what was passed in, not the config's defaults: %s", changes)
+    return replace(cfg, **changes) if changes else cfg
 
 
 def _check_stats_config(cfg: ExperimentConfig) -> None:

@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 VOLATILE_KEYS = ("meta", "timing_seconds", "checksum")
 
+RESULTS_FORMAT_VERSION = 2
+"""Version of what a cell's results file holds; part of every cell's identity (``"identity"``).
+
+Bump it whenever a file written before the change would be wrong to reuse: a metric added, removed
+or computed differently, a change in what runs (prompts, sampling, training, scoring), in the
+payload's layout, or in the identity's own fields. A sweep recomputes every cell whose file carries
+another version. History: 1 = files without an identity; 2 = identity recorded (task, data hashes,
+dtype, device kind)."""
+
+TEMP_SUFFIX = ".tmp"
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe: NaN/inf become None (strict JSON has no NaN)."""
@@ -58,7 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -69,6 +80,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stray_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write_bytes` leaves when a process is killed between
+    creating and renaming one (``.<name>.<random>.tmp``); returns what was removed.
+
+    Only for a folder no other process is writing into (one sweep per output folder at a time).
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for stray in folder.glob(f".*{TEMP_SUFFIX}"):
+        if stray.is_file():
+            stray.unlink(missing_ok=True)
+            removed.append(stray)
+            logger.info("removed %s, left by an interrupted write", stray)
+    return removed
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:

@@ -1,15 +1,26 @@
 """Resumable sweeps over cells (task × model × k × seed × variant).
 
 Every cell's results are written atomically to ``OUT/<cell>/results.json`` the moment the cell
-finishes. A rerun skips every cell whose file verifies and was made with the same configuration;
-a damaged, partial or differently-configured file is recomputed. Killing a sweep at any point and
-rerunning it therefore ends with exactly the files an uninterrupted sweep writes (timestamps and
-timings aside). Models are loaded once per (model, untrained) group.
+finishes. A rerun skips every cell whose file verifies and has the same *identity*
+(:func:`cell_identity`): the configuration, the resolved task (template, label words, splits, label
+field and names), the sha256 of the data files it reads, the dtype, the device kind (cpu, cuda, mps)
+and :data:`~icl_lens.results.RESULTS_FORMAT_VERSION`. A damaged, partial or differently-identified
+file is recomputed (the log says why). Killing a sweep at any point and rerunning it therefore ends
+with exactly the files an uninterrupted sweep writes (timestamps and timings aside); temporary files
+a killed write left behind are removed on the next run. Models are loaded once per (model,
+untrained) group.
+
+Folders: ``OUT/<cfg.cell_name()>`` for float32 on the CPU; other dtypes and devices get a suffix
+(``__bfloat16__cuda``), so a bf16 GPU run and a float32 CPU run of the same cell are different
+cells and both are kept. An edited task or data file keeps the folder and replaces its results.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
+import json
 import logging
 import platform
 from dataclasses import dataclass
@@ -20,11 +31,19 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from icl_lens.errors import ConfigError
+from icl_lens.errors import ConfigError, DataFormatError
 from icl_lens.evaluation import check_record_fits
-from icl_lens.experiment import ExperimentConfig, run_experiment
-from icl_lens.results import RESULTS_FILE, is_complete, read_results, write_results
-from icl_lens.tasks import get_task
+from icl_lens.experiment import ExperimentConfig, apply_task_overrides, run_experiment
+from icl_lens.results import (
+    RESULTS_FILE,
+    RESULTS_FORMAT_VERSION,
+    is_complete,
+    read_results,
+    remove_stray_temp_files,
+    write_results,
+)
+from icl_lens.tasks import Task, get_task
+from icl_lens.tasks import _resolve as resolve_data_file  # the loader's own path rule
 from icl_lens.viz import save_experiment_attention_maps
 
 if TYPE_CHECKING:
@@ -49,49 +68,133 @@ class RuntimeOptions:
     attention_examples: int = 2
 
 
-def cell_path(out_dir: str | Path, cfg: ExperimentConfig) -> Path:
-    return Path(out_dir) / cfg.cell_name() / RESULTS_FILE
+def _dtype_name(dtype: str) -> str:
+    from icl_lens.models.loading import _resolve_dtype
+
+    return str(_resolve_dtype(dtype)).removeprefix("torch.")
 
 
-def finished_results(path: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
-    """The cell's verified results if they exist and match ``cfg``; None means (re)compute."""
+def device_kind(device: str) -> str:
+    """``cpu``, ``cuda`` or ``mps``: the device's kind, not its index (cuda:0 and cuda:1 agree)."""
+    import torch
+
+    return torch.device(device).type
+
+
+def cell_dir_name(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> str:
+    """The cell's folder: ``cfg.cell_name()``, plus ``__<dtype>__<device kind>`` unless float32 on CPU."""
+    dtype, kind = _dtype_name(runtime.dtype), device_kind(runtime.device)
+    suffix = "" if (dtype, kind) == ("float32", "cpu") else f"__{dtype}__{kind}"
+    return cfg.cell_name() + suffix
+
+
+def cell_path(out_dir: str | Path, cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> Path:
+    return Path(out_dir) / cell_dir_name(cfg, runtime) / RESULTS_FILE
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:  # keyed on mtime/size: an edit re-hashes
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataFormatError(f"cannot read data file {path}: {exc}") from None
+    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def task_identity(task: Task) -> dict[str, Any]:
+    """Everything that defines a resolved task's rows and prompts, with the sha256 of the data file of
+    each split it reads instead of the file's path (a moved folder is the same task). A hub dataset
+    (``hf_dataset``) is identified by its name and config only."""
+    facts = {k: v for k, v in task.to_dict().items() if k not in ("base_dir", "description", "data_files")}
+    if task.data_files:
+        facts["data_sha256"] = {split: file_sha256(resolve_data_file(task, task.data_files[split]))
+                                for split in sorted({task.train_split, task.eval_split})}
+    return facts
+
+
+def cell_identity(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> dict[str, Any]:
+    """What a cell's results depend on; a stored cell is reused only when this is equal (JSON form)."""
+    task = apply_task_overrides(get_task(cfg.task), cfg)
+    return _json_roundtrip({
+        "results_format": RESULTS_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "task": task_identity(task),
+        "dtype": _dtype_name(runtime.dtype),
+        "device": device_kind(runtime.device),
+    })
+
+
+def _differences(stored: Any, wanted: Any, where: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        out = []
+        for key in sorted(set(stored) | set(wanted), key=str):
+            out += _differences(stored.get(key), wanted.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if stored == wanted else [f"{where or 'identity'}: {stored!r} -> {wanted!r}"]
+
+
+def finished_results(
+    path: Path, cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions(),
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The cell's verified results if they exist and have ``cfg``'s identity; None means (re)compute."""
     if not is_complete(path):
         return None
     results = read_results(path)
-    if results.get("config") != _json_roundtrip(cfg.to_dict()):
-        logger.warning("%s was made with another configuration; it will be recomputed", path)
+    identity = cell_identity(cfg, runtime) if identity is None else identity
+    stored = results.get("identity")
+    if stored != identity or results.get("config") != identity["config"]:
+        changed = _differences(stored, identity) if isinstance(stored, dict) else ["no identity (older format)"]
+        logger.warning("%s is stale and will be recomputed: %s", path, "; ".join(changed[:5])
+                       + (f"; and {len(changed) - 5} more" if len(changed) > 5 else ""))
         return None
     return results
 
 
 def _json_roundtrip(value: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(value))
 
 
 def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Path,
-             runtime: RuntimeOptions) -> dict[str, Any]:
+             runtime: RuntimeOptions, identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one cell on a loaded model and write its results; every executor's cells end here.
 
-    The attention maps are written first and ``results.json`` last (atomically, checksummed), so a
-    cell whose results file verifies is complete. Returns the results as read back from disk.
+    The attention maps are written first and ``results.json`` last (atomically, checksummed, with
+    the cell's identity, :func:`cell_identity`), so a cell whose results file verifies is complete.
+    A model that is not the cell's (another name, or untrained when the cell is not) is a
+    :class:`~icl_lens.errors.ConfigError` and nothing is written. Returns the results as read back.
     """
+    identity = cell_identity(cfg, runtime) if identity is None else identity
+    path = cell_path(out_dir, cfg, runtime)
     output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
                             keep_models=runtime.attention_examples > 0)
+    if output.results["config"] != identity["config"]:
+        raise ConfigError(f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
+                          f"cell's (recorded {output.results['config']['model']!r}, untrained="
+                          f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
+                          f"untrained={cfg.untrained})")
     if runtime.attention_examples > 0:
         # maps first: a cell whose results.json exists always has its maps
-        save_experiment_attention_maps(cell_path(out_dir, cfg).parent, output, model,
-                                       n_examples=runtime.attention_examples)
+        save_experiment_attention_maps(path.parent, output, model, n_examples=runtime.attention_examples)
     output.models.clear()
     payload = dict(output.results)
+    payload["identity"] = identity
     payload["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "python": platform.python_version(),
         "device": runtime.device, "dtype": runtime.dtype,
     }
-    write_results(cell_path(out_dir, cfg), payload)
-    return read_results(cell_path(out_dir, cfg))
+    write_results(path, payload)
+    return read_results(path)
 
 
 def run_cells(
@@ -115,8 +218,11 @@ def run_cells(
     out_dir = Path(out_dir)
     results: list[dict[str, Any] | None] = []
     todo: list[int] = []
+    identities = [cell_identity(cfg, runtime) for cfg in cells]  # reads every task first: fail before loading
     for index, cfg in enumerate(cells):
-        done = finished_results(cell_path(out_dir, cfg), cfg)
+        path = cell_path(out_dir, cfg, runtime)
+        remove_stray_temp_files(path.parent)
+        done = finished_results(path, cfg, runtime, identities[index])
         results.append(done)
         if done is None:
             todo.append(index)
@@ -143,7 +249,7 @@ def run_cells(
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
-            results[index] = run_cell(model, cfg, out_dir, runtime)
+            results[index] = run_cell(model, cfg, out_dir, runtime, identities[index])
             if on_result is not None:
                 on_result(cfg, results[index])
             bar.update(1)

@@ -43,23 +43,47 @@ def tiny_model(
     seed: int = 0,
     n_ctx: int = 1024,
     d_model: int = 32,
+    family: str | None = None,
+    window: int = 4,
+    name: str = "tiny",
 ) -> HookedTransformer:
-    """A random HookedTransformer with a byte tokenizer: Llama-like when ``gqa`` (RMSNorm, rotary,
-    grouped-query attention), GPT-2-like otherwise."""
+    """A random HookedTransformer with a byte tokenizer, named ``name`` (``cfg.model_name``).
+
+    ``family``: ``"gpt"`` (LayerNorm, absolute positions), ``"llama"`` (RMSNorm, rotary,
+    grouped-query attention, gated MLP) or ``"gemma"`` (the llama parts plus Gemma-2/3's norms after
+    attention and MLP, q/k RMSNorm, and local sliding-window layers of ``window`` tokens alternating
+    with global ones: local, global, local, ... as Gemma-3's 5:1 pattern, shrunk). Without
+    ``family``, ``gqa`` picks llama (True) or gpt (False), as before.
+    """
+    family = family or ("llama" if gqa else "gpt")
     tokenizer = byte_tokenizer()
     common = dict(
         n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=8, n_heads=4, d_vocab=len(tokenizer),
         act_fn="gelu", seed=seed, d_mlp=4 * d_model, default_prepend_bos=False,
     )
-    if gqa:
+    llama = dict(normalization_type="RMS", positional_embedding_type="rotary", n_key_value_heads=2,
+                 rotary_dim=8, final_rms=True, gated_mlp=True)
+    if family == "llama":
+        cfg = HookedTransformerConfig(**common, **llama)
+    elif family == "gemma":
         cfg = HookedTransformerConfig(
-            **common, normalization_type="RMS", positional_embedding_type="rotary", n_key_value_heads=2,
-            rotary_dim=8, final_rms=True, gated_mlp=True,
+            **common, **llama, use_normalization_before_and_after=True, use_qk_norm=True,
+            use_local_attn=True, window_size=window,
+            attn_types=["local" if layer % 2 == 0 else "global" for layer in range(n_layers)],
         )
-    else:
+    elif family == "gpt":
         cfg = HookedTransformerConfig(**common, normalization_type="LN")
+    else:
+        raise ValueError(f"unknown tiny model family {family!r}")
+    cfg.model_name = name
     torch.manual_seed(seed)
     model = HookedTransformer(cfg, tokenizer=tokenizer)
+    if family == "gemma":  # non-unit norm scales, as a trained Gemma has
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if param_name.endswith(".w") and ("ln" in param_name or "norm" in param_name):
+                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
     model.eval()
     return model
 

@@ -28,7 +28,7 @@ from icl_lens.analyses.demo_sweep import skip_path
 from icl_lens.analyses.order_sensitivity import dense_distribution
 from icl_lens.analyses.weight_space import demo_token_positions
 from icl_lens.errors import ConfigError, ModelLoadError
-from icl_lens.evaluation import RecordSpec, evaluate
+from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.finetune import FinetuneConfig
 from icl_lens.metrics import HANDBUILT_ICL_GD_SPARSITY
@@ -121,24 +121,56 @@ def experiment_output():
     return run_experiment(model, get_task("sst2"), cfg, progress=False)
 
 
-def test_identical_settings_agree_perfectly(experiment_output):
-    icl = experiment_output.runs["icl"]
-    same = pair_agreement(icl, icl)
-    assert same.token_overlap == [1.0] * icl.n_examples
-    assert same.overlap_cosine == pytest.approx([1.0] * icl.n_examples)
+def _run_with_top_tokens(ids, probs):
+    """A SettingRun holding only what pair_agreement reads: the stored top-k tokens."""
+    n = len(ids)
+    return SettingRun(setting="hand", class_scores=torch.zeros(n, 2), activations=None,
+                      key_lengths=torch.zeros(n, dtype=torch.long), demo_attention_mass=None,
+                      sink_attention_mass=None, next_token_ids=torch.tensor(ids),
+                      next_token_probs=torch.tensor(probs))
+
+
+def test_pair_agreement_hand_example():
+    a = _run_with_top_tokens([[1, 2, 3], [4, 5, 6]], [[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])
+    b = _run_with_top_tokens([[2, 1, 9], [7, 8, 9]], [[0.4, 0.4, 0.2], [0.5, 0.3, 0.2]])
+    agreement = pair_agreement(a, b, k=3)
+    # example 0 shares tokens 1 and 2: overlap 2/3, cosine of (.5, .3) and (.4, .4); example 1 shares none
+    assert agreement.token_overlap == pytest.approx([2 / 3, 0.0])
+    cos0 = (0.5 * 0.4 + 0.3 * 0.4) / (math.hypot(0.5, 0.3) * math.hypot(0.4, 0.4))
+    assert agreement.overlap_cosine == pytest.approx([cos0, 0.0])
+    # top 1 only: token 1 vs token 2 (ties broken by the stored order) share nothing
+    assert pair_agreement(a, b, k=1).token_overlap == [0.0, 0.0]
+    assert pair_agreement(a, a, k=3).token_overlap == [1.0, 1.0]
+
+
+def _hand_overlap(run_a, run_b, k):
+    """Top-k token overlap and overlap cosine from the stored ids and probabilities, with sets and dicts."""
+    overlaps, cosines = [], []
+    for ids_a, p_a, ids_b, p_b in zip(run_a.next_token_ids.tolist(), run_a.next_token_probs.tolist(),
+                                      run_b.next_token_ids.tolist(), run_b.next_token_probs.tolist()):
+        prob_a, prob_b = dict(zip(ids_a[:k], p_a[:k])), dict(zip(ids_b[:k], p_b[:k]))
+        shared = set(prob_a) & set(prob_b)
+        overlaps.append(len(shared) / k)
+        dot = sum(prob_a[t] * prob_b[t] for t in shared)
+        norm = math.sqrt(sum(prob_a[t] ** 2 for t in shared)) * math.sqrt(sum(prob_b[t] ** 2 for t in shared))
+        cosines.append(dot / norm if shared else 0.0)
+    return overlaps, cosines
 
 
 def test_output_agreement_of_an_experiment(experiment_output):
     agreement = output_agreement(experiment_output)
     assert [p.name for p in agreement.pairs] == ["icl_vs_ft", "zsl_vs_icl"]
     assert agreement.skipped == ["icl_vs_lcgd"]  # LCGD was not run
-    ft = agreement.pair("icl", "ft")
-    assert len(ft.token_overlap) == 5
-    assert all(0 <= v <= 1 for v in ft.token_overlap + ft.overlap_cosine)
-    # the same numbers as the experiment's own summary
+    runs = experiment_output.runs
+    for pair, (a, b) in (("icl_vs_ft", ("icl", "ft")), ("zsl_vs_icl", ("zsl", "icl"))):
+        overlaps, cosines = _hand_overlap(runs[a], runs[b], k=10)
+        assert agreement.pair(a, b).token_overlap == pytest.approx(overlaps)
+        assert agreement.pair(a, b).overlap_cosine == pytest.approx(cosines)
+    # the experiment's own summary is the mean of the same per-example values
+    overlaps, cosines = _hand_overlap(runs["icl"], runs["ft"], k=10)
     reference = experiment_output.results["metrics"]["ft"]["token_overlap"]
-    assert ft.mean_token_overlap == pytest.approx(reference["token_overlap"])
-    assert ft.mean_overlap_cosine == pytest.approx(reference["overlap_cosine"])
+    assert reference["token_overlap"] == pytest.approx(sum(overlaps) / len(overlaps))
+    assert reference["overlap_cosine"] == pytest.approx(sum(cosines) / len(cosines))
     d = agreement.to_dict()
     assert d["task"] == "sst2" and set(d["pairs"]) == {"icl_vs_ft", "zsl_vs_icl"}
 

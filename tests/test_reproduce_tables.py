@@ -6,6 +6,7 @@ import pytest
 
 import icl_lens.models
 from helpers import load_experiment_script, tiny_model
+from icl_lens.models.untrained import reinitialize_untrained
 from icl_lens.results import read_results
 
 
@@ -15,7 +16,8 @@ def loads(monkeypatch):
 
     def loader(name, untrained=False, seed=0, **kwargs):
         calls.append((name, untrained, seed))
-        return tiny_model(gqa=True, n_layers=2, seed=100 + seed if untrained else 0)
+        model = tiny_model(gqa=True, n_layers=2, name=name)
+        return reinitialize_untrained(model, seed, init=kwargs.get("untrained_init", "reference")) if untrained else model
 
     monkeypatch.setattr(icl_lens.models, "load_model", loader)
     return calls

@@ -203,7 +203,7 @@ def run_demo_sweep(
         cells = cfg.cells(model_name)
         known_skips = {c.cell_name(): recorded_skip(out_dir, c, cfg.max_context) for c in cells}
         pending = [c for c in cells if known_skips[c.cell_name()] is None
-                   and finished_results(cell_path(out_dir, c), c) is None]
+                   and finished_results(cell_path(out_dir, c, runtime), c, runtime) is None]
         model = None
         if pending:
             base = cfg.base

@@ -42,6 +42,15 @@ UNTRAINED_INITS: tuple[str, ...] = ("reference", "normal")
 _NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 _QKV_GAIN = 1 / math.sqrt(2)  # fairseq MultiheadAttention.reset_parameters (q/k/v share one in_proj scale)
 
+UNTRAINED_SEED_ATTR = "icl_lens_untrained_seed"
+"""Attribute :func:`reinitialize_untrained` sets on the model (the seed it drew with), so results
+record "untrained" only for a model that really was re-initialised (copies keep it)."""
+
+
+def untrained_seed(model: HookedTransformer) -> int | None:
+    """The seed ``model`` was re-initialised with by :func:`reinitialize_untrained`, or None."""
+    return getattr(model, UNTRAINED_SEED_ATTR, None)
+
 
 def init_std(model: HookedTransformer) -> float:
     """Std of the ``normal`` re-initialisation.
@@ -150,6 +159,7 @@ def reinitialize_untrained(
                         else:
                             n_biases += 1
     model.cfg.untrained_init = init
+    setattr(model, UNTRAINED_SEED_ATTR, int(seed))
     logger.info("re-initialised %d attention/MLP weight and %d bias tensors (%s init, seed %d)",
                 n_weights, n_biases, init, seed)
     return model

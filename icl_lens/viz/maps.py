@@ -28,6 +28,7 @@ from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ResultsError
+from icl_lens.evaluation import attended_keys, attention_windows, zero_unattended
 from icl_lens.results import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,8 +104,10 @@ def record_attention_maps(
           (rows) to each query-part token (keys). Prefix keys are excluded, so rows do **not** sum
           to 1: ICL rows miss the mass that went to the demonstrations (``demo_mass``), every
           setting's rows miss the start-token mass (``start_mass``).
-        * ``scores`` [n_layers, n_heads, q, q]: pre-softmax scores on the same rows and keys; the
-          causally masked entries (key after row) are 0 instead of -inf.
+        * ``scores`` [n_layers, n_heads, q, q]: pre-softmax scores on the same rows and keys; every
+          key the layer does not attend to (after the row, or outside a local layer's sliding
+          window) is 0 instead of -inf — the same mask as :func:`icl_lens.evaluation.evaluate`
+          records (:func:`icl_lens.evaluation.attended_keys`).
         * ``demo_mass`` [n_layers, n_heads, q]: attention of each row on the demonstration tokens.
         * ``start_mass`` [n_layers, n_heads, q]: attention of each row on the start token(s).
     """
@@ -113,6 +116,7 @@ def record_attention_maps(
     n_prefix = len(prefix)
     n_start = max(0, min(int(n_start), n_prefix))
     n_layers = model.cfg.n_layers
+    windows = attention_windows(model)
     device = model.cfg.device
     out: list[AttentionMap] = []
     for query in queries:
@@ -125,11 +129,11 @@ def record_attention_maps(
         pattern = torch.stack([recorder.pattern[layer] for layer in range(n_layers)])  # [L, H, q, P+q]
         scores = torch.stack([recorder.scores[layer] for layer in range(n_layers)])
         q = pattern.shape[-2]
-        query_scores = scores[..., n_prefix:]
-        causal = torch.ones(q, q, dtype=torch.bool).tril()
+        positions = torch.arange(n_prefix, n_prefix + q)  # absolute positions of the query part
+        attended = torch.stack([attended_keys(positions, positions, window) for window in windows])  # [L, q, q]
         out.append({
             "pattern": pattern[..., n_prefix:].contiguous(),
-            "scores": torch.where(causal, query_scores, torch.zeros_like(query_scores)).contiguous(),
+            "scores": zero_unattended(scores[..., n_prefix:], attended[:, None]).contiguous(),
             "demo_mass": pattern[..., n_start:n_prefix].sum(-1),
             "start_mass": pattern[..., :n_start].sum(-1),
         })

@@ -94,8 +94,16 @@ def test_order_sensitivity_sparse_path_equals_dense_when_support_is_stored():
     sparse = [TopKDistribution.from_probs(dense[p], 8) for p in range(5)]
     assert order_sensitivity(sparse) == pytest.approx(order_sensitivity(dense))
     assert order_sensitivity(sparse, unbiased=True) == pytest.approx(order_sensitivity(dense, unbiased=True))
-    # Truncated to the top 3, tails are dropped: the approximation can only differ, never fail.
-    assert order_sensitivity([TopKDistribution.from_probs(dense[p], 3) for p in range(5)]) >= 0
+
+
+def test_order_sensitivity_sparse_path_drops_tails_by_hand():
+    # Two permutations of one example over 4 tokens, stored as top 2: p0 keeps tokens {0: .4, 1: .3},
+    # p1 keeps {3: .4, 2: .3}; each counts the other's tokens as 0. Population std of two values is
+    # |a - b| / 2: sparse .2 + .15 + .15 + .2 = .7; exact (dense) (.3 + .1 + .1 + .3) / 2 = .4.
+    dense = torch.tensor([[[0.4, 0.3, 0.2, 0.1]], [[0.1, 0.2, 0.3, 0.4]]])
+    sparse = [TopKDistribution.from_probs(dense[p], 2) for p in range(2)]
+    assert order_sensitivity(sparse) == pytest.approx(0.7)
+    assert order_sensitivity(dense) == pytest.approx(0.4)
 
 
 def test_order_sensitivity_is_zero_without_order_effect():

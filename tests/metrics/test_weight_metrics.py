@@ -36,10 +36,14 @@ def tiny_gqa_model() -> HookedTransformer:
         normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, seed=0,
     )
     model = HookedTransformer(cfg)
+    generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # non-zero biases, so the bias path is exercised
         for block in model.blocks:
             block.attn._b_K.normal_()
             block.attn._b_V.normal_()
+            # norm scales far from 1, as in trained models (Gemma's RMS weights are not 1)
+            for norm in (block.ln1, block.ln2):
+                norm.w.copy_(0.3 + 1.4 * torch.rand(norm.w.shape, generator=generator))
     return model
 
 
@@ -60,7 +64,10 @@ def test_model_weight_sparsity(tiny_model):
     sparsity = model_weight_sparsity(model, [1e-6, 10.0])
     assert set(sparsity) == {0, 1} and set(sparsity[0]) == {"W_Q", "W_K", "W_V"}
     assert sparsity[0]["W_Q"] == {1e-6: 1.0, 10.0: 1.0}
-    assert sparsity[1]["W_K"] == weight_sparsity(model.blocks[1].attn.W_K, [1e-6, 10.0])
+    w_k = model.blocks[1].attn.W_K.detach()
+    # by hand: the fraction of entries strictly below each threshold (random init: none below 1e-6)
+    assert sparsity[1]["W_K"] == pytest.approx({t: (w_k.abs() < t).sum().item() / w_k.numel() for t in (1e-6, 10.0)})
+    assert sparsity[1]["W_K"][10.0] == 1.0
     with pytest.raises(MetricInputError):
         model_weight_sparsity(model, [])
     with pytest.raises(MetricInputError):
@@ -72,7 +79,8 @@ def test_model_weight_sparsity_gqa_uses_stored_kv_weights(tiny_gqa_model):
     sparsity = model_weight_sparsity(tiny_gqa_model, thresholds)
     attn = tiny_gqa_model.blocks[0].attn
     assert attention_parameter(tiny_gqa_model, 0, "W_K").shape == (2, 8, 4)  # unexpanded _W_K
-    assert sparsity[0]["W_K"] == weight_sparsity(attn._W_K, thresholds)
+    stored = attn._W_K.detach()
+    assert sparsity[0]["W_K"] == pytest.approx({t: (stored.abs() < t).sum().item() / stored.numel() for t in thresholds})
     # Expanding by repeat_interleave repeats every entry equally: same fraction.
     for t in thresholds:
         assert sparsity[0]["W_V"][t] == pytest.approx(weight_sparsity(attn.W_V, thresholds)[t])
@@ -166,17 +174,25 @@ def test_dual_form_gqa_expansion(tiny_gqa_model):
 
 def test_dual_form_matches_the_model_keys_and_values(tiny_gqa_model):
     """Σ v ⊗ k from the model's own hook_k / hook_v (pre-rotary) equals the dual form of its
-    attention input ``ln1.hook_normalized``."""
-    tokens = torch.tensor([[1, 5, 7, 2, 9]])
-    _, cache = tiny_gqa_model.run_with_cache(tokens)
-    layer = 1
-    keys = torch.repeat_interleave(cache["k", layer][0], 2, dim=1).double()  # [pos, n_heads, d_head]
-    values = torch.repeat_interleave(cache["v", layer][0], 2, dim=1).double()
-    expected = torch.einsum("phv,phk->hvk", values, keys)
-    attn = tiny_gqa_model.blocks[layer].attn
-    inputs = cache[f"blocks.{layer}.ln1.hook_normalized"][0]
-    update = dual_form_icl_update(inputs, attn._W_K, attn._W_V, attn._b_K, attn._b_V, n_heads=4)
-    torch.testing.assert_close(update, expected, rtol=1e-5, atol=1e-5)
+    attention input, the norm's *output* ``ln1(resid_pre)`` (what
+    :func:`icl_lens.analyses.attention_inputs` returns) — not ``ln1.hook_normalized``, which is
+    taken before the (here non-unit) scale."""
+    from icl_lens.analyses import attention_inputs
+
+    tokens = [1, 5, 7, 2, 9]
+    _, cache = tiny_gqa_model.run_with_cache(torch.tensor([tokens]))
+    attn_inputs = attention_inputs(tiny_gqa_model, tokens)
+    for layer in range(2):
+        keys = torch.repeat_interleave(cache["k", layer][0], 2, dim=1).double()  # [pos, n_heads, d_head]
+        values = torch.repeat_interleave(cache["v", layer][0], 2, dim=1).double()
+        expected = torch.einsum("phv,phk->hvk", values, keys)
+        attn = tiny_gqa_model.blocks[layer].attn
+        update = dual_form_icl_update(attn_inputs[layer], attn._W_K, attn._W_V, attn._b_K, attn._b_V, n_heads=4)
+        torch.testing.assert_close(update, expected, rtol=1e-5, atol=1e-5)
+        # the pre-scale hook gives another update: the fixture's scales are not 1, so this test can fail
+        pre_scale = cache[f"blocks.{layer}.ln1.hook_normalized"][0]
+        wrong = dual_form_icl_update(pre_scale, attn._W_K, attn._W_V, attn._b_K, attn._b_V, n_heads=4)
+        assert (wrong - expected).abs().max() > 0.1
 
 
 def test_dual_form_ft_update_equals_difference_of_zero_shot_weights(tiny_gqa_model):
