@@ -83,13 +83,15 @@ def _remove_aside(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def conversion_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock (``flock`` on ``.<name>.lock`` beside ``out_dir``) while a model is
-    fetched and converted, so concurrent sweep workers never convert the same model twice."""
+def conversion_lock(cache: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock (``flock`` on ``CACHE/.locks/<name>.lock``) while a model is fetched and
+    converted, so concurrent sweep workers never convert the same model twice. The lock lives outside
+    ``hf/`` so a failed conversion leaves nothing there."""
     import fcntl
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as handle:
+    locks = cache / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -276,7 +278,7 @@ def prepare_offline_model(name: str | OfflineModel, cache_dir: str | Path | None
         raise ModelLoadError(f"{name!r} is not a named offline model; choose from {sorted(OFFLINE_MODELS)}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     out_dir = cache / "hf" / spec.name
-    with conversion_lock(out_dir):  # sweep workers share the cache: one converts, the others wait
+    with conversion_lock(cache, out_dir.name):  # sweep workers share the cache: one converts, the others wait
         if is_converted(out_dir):
             recorded = json.loads((out_dir / SOURCE_FILE).read_text()).get("gguf_sha256")
             if recorded == spec.gguf_sha256:
@@ -300,7 +302,7 @@ def prepare_gguf_file(path: str | Path, cache_dir: str | Path | None = None) -> 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     digest = sha256_file(path)
     out_dir = cache / "hf" / f"gguf-{digest[:16]}"
-    with conversion_lock(out_dir):
+    with conversion_lock(cache, out_dir.name):
         if is_converted(out_dir):
             return out_dir
         source = {"model": path.stem, "gguf": str(path), "gguf_sha256": digest}
