@@ -164,6 +164,7 @@ class ExperimentConfig:
         for name in _WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
             if out[name] == self.__dataclass_fields__[name].default:
                 del out[name]
+        out["finetune"] = self.finetune.to_dict()  # drops its own later-added fields at their defaults
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if self.label_words is not None:

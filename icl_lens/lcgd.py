@@ -165,6 +165,7 @@ def layer_causal_finetune(
         trace.layer_losses = loss_rows
         trace.losses = [sum(row) for row in loss_rows]
 
+    masters.warn_if_update_lost()
     for param in student.parameters():
         param.requires_grad_(False)
     student.eval()
