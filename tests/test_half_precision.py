@@ -110,3 +110,17 @@ def test_float32_training_is_unchanged_by_master_weights(tiny_gpt):
     tuned_again, _ = finetune(tiny_gpt, seqs, answers, FinetuneConfig(lr=0.05), progress=False)
     for (name, p), q in zip(tuned.named_parameters(), tuned_again.parameters()):
         assert p.dtype == torch.float32 and torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("trainer", ["gd", "lcgd-simultaneous"])
+def test_an_update_the_half_model_cannot_hold_is_reported(trainer, caplog):
+    """No silent no-op: one step far below half an ulp leaves the bf16 model as it was, and says so."""
+    half, _ = _half_and_reference(True, torch.bfloat16)
+    seqs, answers = _demos(half, k=1)
+    with caplog.at_level("WARNING", logger="icl_lens.finetune"):
+        _train(trainer, half, seqs, answers, FinetuneConfig(lr=1e-6))
+    assert any("below the resolution of bfloat16" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="icl_lens.finetune"):
+        _train(trainer, half, seqs, answers, FinetuneConfig(lr=0.1))
+    assert not any("below the resolution" in r.getMessage() for r in caplog.records)
