@@ -175,6 +175,7 @@ class ExperimentConfig:
         if not self.untrained or self.untrained_init == "normal":
             # meaningless on a trained model; "normal" is what untrained cells before the field used
             del out["untrained_init"]
+        out["finetune"] = self.finetune.to_dict()  # drops its own later-added fields at their defaults
         out["settings"] = list(self.settings)
         out["lr_grid"] = list(self.lr_grid)
         if "nulls" in out:

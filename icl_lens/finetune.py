@@ -5,8 +5,9 @@ chosen parameter group — by default only the key and value projections, the pa
 dual form says ICL implicitly updates — takes one SGD step per demonstration. Each step's per-layer
 gradient ℓ2 norm is recorded (the heatmaps of Deutch et al. Fig. 4).
 
-The helpers here (parameter groups, batching, masked next-token loss, clipping, the NaN guard) are
-shared with layer-causal GD in :mod:`icl_lens.lcgd`.
+The helpers here (parameter groups, batching, masked next-token loss, clipping, the NaN guard, and
+the float32 master weights that make half-precision finetuning update at all) are shared with
+layer-causal GD in :mod:`icl_lens.lcgd`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class FinetuneConfig:
         loss_on: ``all`` tokens of each demonstration (input and answer) or ``answer`` tokens only.
         clip_value: per-layer ℓ∞ gradient value clip (None: off).
         clip_norm: per-layer ℓ2 gradient norm clip (None: off).
+        clip_global_norm: one ℓ2 norm over all trained parameters of all layers together, clipped
+            to this value (None: off). This is the clip of Deutch et al. 2024's reference trainer
+            (``--clip-norm 12`` for LCGD on Subj), applied like ``torch.nn.utils.clip_grad_norm_``
+            to the gradient of the mean-per-token loss. Applied after the per-layer clips.
     """
 
     params: str = "kv"
@@ -67,6 +72,7 @@ class FinetuneConfig:
     loss_on: Literal["all", "answer"] = "all"
     clip_value: float | None = None
     clip_norm: float | None = None
+    clip_global_norm: float | None = None
 
     def __post_init__(self) -> None:
         validate_fields(self, _FINETUNE_BOUNDS)
@@ -79,12 +85,21 @@ class FinetuneConfig:
             raise ConfigError(f"loss_on must be 'all' or 'answer', got {self.loss_on!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for name in _FINETUNE_WRITTEN_ONLY_WHEN_SET:  # so cells finished before the field existed stay valid
+            if out[name] == self.__dataclass_fields__[name].default:
+                del out[name]
+        return out
+
+
+_FINETUNE_WRITTEN_ONLY_WHEN_SET = ("clip_global_norm",)
+"""Fields added after results existed: left out of :meth:`FinetuneConfig.to_dict` (and so of the
+cell digest of the experiment config that nests it) while at their default."""
 
 
 _FINETUNE_BOUNDS = {
     "lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "epochs": AT_LEAST_ONE,
-    "batch_size": AT_LEAST_ONE, "clip_value": POSITIVE, "clip_norm": POSITIVE,
+    "batch_size": AT_LEAST_ONE, "clip_value": POSITIVE, "clip_norm": POSITIVE, "clip_global_norm": POSITIVE,
 }
 """Bounds of FinetuneConfig's numeric fields (types and NaN/inf come from the hints)."""
 
@@ -133,6 +148,82 @@ def trainable_copy(model: HookedTransformer, params: str) -> tuple[HookedTransfo
     student = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})
     student.train(False)  # no dropout in these models, but keep eval semantics explicit
     return student, select_trainable(student, params)
+
+
+class MasterWeights:
+    """Float32 master copies of the trainable parameters of a half-precision model.
+
+    In bfloat16 (8 significant bits) an SGD update smaller than half a unit in the last place of
+    the weight rounds away: at Gemma's weight scale (RMS ≈ 0.04) and lr 1e-4 no entry of W_K
+    changes, so the "finetuned" model would equal the original. Here the optimizer (momentum,
+    weight decay, Adam moments, every clip) acts on float32 masters; after backward the model's
+    gradients are moved onto the masters as float32, and after each step the masters are cast
+    into the model's parameters for the next forward. The small updates accumulate in the masters
+    and reach the model as soon as they add up to a representable change.
+
+    The finetuned model is still a half-precision model: an update far below half a unit in the
+    last place (Gemma-3-270M, 4 demonstrations at lr 1e-4: about 1 % of a bf16 ulp) cannot be held
+    by it however it is computed. :meth:`update_fidelity` measures how much of the update the model
+    holds, and the trainers log a warning when it holds little of it.
+
+    For a float32 model the masters *are* the model's parameters and every method is a no-op, so
+    float32 finetuning is unchanged bit for bit.
+    """
+
+    def __init__(self, trainable: dict[str, torch.nn.Parameter]):
+        self.model_params = dict(trainable)
+        self.separate = any(p.dtype != torch.float32 for p in trainable.values())
+        if self.separate:
+            self.params = {n: torch.nn.Parameter(p.detach().float().clone()) for n, p in trainable.items()}
+            self.start = {n: p.detach().float().clone() for n, p in trainable.items()}
+        else:
+            self.params = self.model_params
+
+    def of_layer(self, layer: int) -> dict[str, torch.nn.Parameter]:
+        """The masters of one layer."""
+        return {n: p for n, p in self.params.items() if layer_of(n) == layer}
+
+    def zero_grad(self) -> None:
+        for param in (*self.model_params.values(), *self.params.values()):
+            param.grad = None
+
+    def gradients_to_masters(self) -> None:
+        """Move the model's gradients onto the masters, as float32."""
+        if not self.separate:
+            return
+        for name, param in self.model_params.items():
+            self.params[name].grad = None if param.grad is None else param.grad.detach().float()
+            param.grad = None
+
+    @torch.no_grad()
+    def update_fidelity(self) -> float:
+        """Cosine between the update the model's parameters hold and the masters' update (1.0 for
+        a float32 model, or where nothing moved)."""
+        if not self.separate:
+            return 1.0
+        held = torch.cat([(p.detach().float() - self.start[n]).flatten() for n, p in self.model_params.items()])
+        wanted = torch.cat([(p.detach() - self.start[n]).flatten() for n, p in self.params.items()])
+        if not bool(wanted.any()):
+            return 1.0
+        return float(torch.nn.functional.cosine_similarity(held, wanted, dim=0))
+
+    def warn_if_update_lost(self, min_fidelity: float = 0.9) -> None:
+        """Log a warning when the half-precision model holds little of the trained update."""
+        fidelity = self.update_fidelity()
+        if fidelity < min_fidelity:
+            dtype = next(iter(self.model_params.values())).dtype
+            logger.warning(
+                "the finetuning update is mostly below the resolution of %s: the finetuned model holds it "
+                "with cosine %.2f only, so it behaves almost like the original; use dtype float32 or a larger "
+                "learning rate", str(dtype).removeprefix("torch."), fidelity)
+
+    @torch.no_grad()
+    def masters_to_model(self, names: Sequence[str] | None = None) -> None:
+        """Cast the masters (all, or ``names``) into the model's parameters."""
+        if not self.separate:
+            return
+        for name in self.params if names is None else names:
+            self.model_params[name].copy_(self.params[name])
 
 
 def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -230,7 +321,8 @@ def check_parameters_finite(step: int, trainable: dict[str, torch.nn.Parameter])
 
 
 def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: FinetuneConfig, n_layers: int) -> None:
-    """Per-layer ℓ∞ value clip and/or ℓ2 norm clip (SPEC §5), in place."""
+    """Per-layer ℓ∞ value clip and/or ℓ2 norm clip, then the global ℓ2 norm clip over every
+    parameter in ``trainable`` (Deutch et al. 2024's reference clip), in place."""
     if cfg.clip_value is not None:
         for param in trainable.values():
             if param.grad is not None:
@@ -241,6 +333,10 @@ def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: Finetune
             norm = norms[layer_of(name)]
             if param.grad is not None and norm > cfg.clip_norm:
                 param.grad.mul_(cfg.clip_norm / (norm + 1e-12))
+    if cfg.clip_global_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in trainable.values() if p.grad is not None], cfg.clip_global_norm, norm_type=2.0
+        )
 
 
 def finetune(
@@ -254,24 +350,29 @@ def finetune(
     if not demo_sequences:
         raise ConfigError("no demonstrations to finetune on (k = 0)")
     student, trainable = trainable_copy(model, cfg.params)
-    optimizer = make_optimizer(list(trainable.values()), cfg)
+    masters = MasterWeights(trainable)
+    optimizer = make_optimizer(list(masters.params.values()), cfg)
     trace = TrainingTrace()
     n_layers = student.cfg.n_layers
     batches = list(demo_batches(demo_sequences, answer_lengths, cfg, student.cfg.device))
     for step, (tokens, attention_mask, loss_mask) in enumerate(
         tqdm(batches, desc="finetune", disable=not progress, leave=False)
     ):
-        optimizer.zero_grad(set_to_none=True)
+        masters.zero_grad()
         final_resid = student(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
         loss = masked_next_token_loss(student, final_resid, tokens, loss_mask)
         loss.backward()
-        norms = layer_grad_norms(trainable, n_layers)
+        masters.gradients_to_masters()
+        norms = layer_grad_norms(masters.params, n_layers)
         check_finite(step, float(loss.detach()), norms)
-        clip_layer_gradients(trainable, cfg, n_layers)
+        clip_layer_gradients(masters.params, cfg, n_layers)
         optimizer.step()
-        check_parameters_finite(step, trainable)
+        check_parameters_finite(step, masters.params)
+        masters.masters_to_model()
+        check_parameters_finite(step, masters.model_params)  # a float16 cast can overflow to inf
         trace.losses.append(float(loss.detach()))
         trace.grad_norms.append(norms)
+    masters.warn_if_update_lost()
     for param in student.parameters():
         param.requires_grad_(False)
     student.eval()

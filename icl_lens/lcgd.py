@@ -29,13 +29,13 @@ from transformer_lens import HookedTransformer
 from icl_lens.errors import ConfigError
 from icl_lens.finetune import (
     FinetuneConfig,
+    MasterWeights,
     TrainingTrace,
     check_finite,
     check_parameters_finite,
     clip_layer_gradients,
     demo_batches,
     layer_grad_norms,
-    layer_of,
     make_optimizer,
     masked_next_token_losses,
     trainable_copy,
@@ -117,7 +117,8 @@ def layer_causal_finetune(
         raise ConfigError("no demonstrations to finetune on (k = 0)")
     student, trainable = trainable_copy(model, cfg.params)
     n_layers = student.cfg.n_layers
-    optimizer = make_optimizer(list(trainable.values()), cfg)
+    masters = MasterWeights(trainable)  # float32 masters for a half-precision model (see there)
+    optimizer = make_optimizer(list(masters.params.values()), cfg)
     batches = list(demo_batches(demo_sequences, answer_lengths, cfg, student.cfg.device))
     trace = TrainingTrace()
 
@@ -125,39 +126,46 @@ def layer_causal_finetune(
         for step, (tokens, attention_mask, loss_mask) in enumerate(
             tqdm(batches, desc="lcgd", disable=not progress, leave=False)
         ):
-            optimizer.zero_grad(set_to_none=True)
+            masters.zero_grad()
             losses = [float(l) for l in layer_causal_losses(student, tokens, attention_mask, loss_mask, backward=True)]
-            norms = layer_grad_norms(trainable, n_layers)
+            masters.gradients_to_masters()
+            norms = layer_grad_norms(masters.params, n_layers)
             check_finite(step, sum(losses), norms, what="layer-causal loss")
-            clip_layer_gradients(trainable, cfg, n_layers)
+            clip_layer_gradients(masters.params, cfg, n_layers)
             optimizer.step()
-            check_parameters_finite(step, trainable)
+            check_parameters_finite(step, masters.params)
+            masters.masters_to_model()
+            check_parameters_finite(step, masters.model_params)
             trace.losses.append(sum(losses))
             trace.layer_losses.append(losses)
             trace.grad_norms.append(norms)
     else:
         norm_rows = [[0.0] * n_layers for _ in batches]
         loss_rows = [[0.0] * n_layers for _ in batches]
-        layer_params = [{n: p for n, p in trainable.items() if layer_of(n) == layer} for layer in range(n_layers)]
+        layer_params = [masters.of_layer(layer) for layer in range(n_layers)]
         for layer in tqdm(range(n_layers), desc="lcgd (sequential)", disable=not progress, leave=False):
             for step, (tokens, attention_mask, loss_mask) in enumerate(batches):
-                optimizer.zero_grad(set_to_none=True)
+                masters.zero_grad()
                 # Blocks above `layer` are not run; blocks below are detached, so only this layer learns.
                 (loss,) = layer_causal_losses(
                     student, tokens, attention_mask, loss_mask, n_layers=layer + 1, only_last=True
                 )
                 loss.backward()
+                masters.gradients_to_masters()
                 norms = layer_grad_norms(layer_params[layer], n_layers)
                 check_finite(step, float(loss.detach()), norms, what=f"layer-{layer} loss")
                 clip_layer_gradients(layer_params[layer], cfg, n_layers)
                 optimizer.step()
                 check_parameters_finite(step, layer_params[layer])
+                masters.masters_to_model(list(layer_params[layer]))
+                check_parameters_finite(step, {n: masters.model_params[n] for n in layer_params[layer]})
                 norm_rows[step][layer] = norms[layer]
                 loss_rows[step][layer] = float(loss.detach())
         trace.grad_norms = norm_rows
         trace.layer_losses = loss_rows
         trace.losses = [sum(row) for row in loss_rows]
 
+    masters.warn_if_update_lost()
     for param in student.parameters():
         param.requires_grad_(False)
     student.eval()

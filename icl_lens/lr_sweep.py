@@ -2,7 +2,8 @@
 
 The reference learning rates were tuned for a 1.3B model; a small model needs its own. The sweep
 finetunes a copy of the model at every rate of a grid (starting from the reference rates) and keeps
-the rate with the best criterion, ties going to the smaller rate; diverged rates are skipped.
+the rate with the best criterion, ties going to the smaller rate; diverged rates (training stopped on a
+NaN/inf, or trained weights or scores that are not finite) are recorded as None and skipped.
 Criteria: ``dev`` — FT accuracy on a held-out slice of the train split (:func:`dev_slice`) that
 shares no row with the demonstrations nor, for a task whose queries come from its train split, with
 the evaluation queries (default); ``demos`` — FT accuracy on the demonstrations themselves.
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from icl_lens.calibration import calibrate, content_free_scores
-from icl_lens.errors import TrainingDivergedError
+from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
 
@@ -99,26 +100,56 @@ def sweep_learning_rate(
     rate is swept by passing a layer-causal trainer (its per-layer losses sum over every layer, so
     GD's rate is not LCGD's).
     """
+    if not score_queries:
+        raise ConfigError("the learning-rate sweep has no query to score")
     scores: dict[float, float | None] = {}
     for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
         try:
-            student, _ = trainer(model, demo_sequences, answer_lengths, replace(base, lr=lr), progress=False)
-        except TrainingDivergedError as exc:
+            scores[lr] = _score_rate(model, demo_sequences, answer_lengths, replace(base, lr=lr), trainer,
+                                     score_prefix, score_queries, score_labels, label_tokens, n_start,
+                                     batch_size, content_free_query)
+        except (TrainingDivergedError, NonFiniteError) as exc:
             logger.info("lr %g diverged: %s", lr, exc)
             scores[lr] = None
             continue
-        run = evaluate(student, score_prefix, score_queries, label_tokens, n_start=n_start,
-                       record=RecordSpec(), batch_size=batch_size, progress=False)
-        scores_tensor = run.class_scores
-        if content_free_query is not None:
-            bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)
-            scores_tensor = calibrate(scores_tensor, bias)
-        correct = (scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean()
-        scores[lr] = float(correct)
-        del student
         logger.info("lr %g: %s accuracy %.3f", lr, criterion, scores[lr])
     finite = [(score, -lr) for lr, score in scores.items() if score is not None]
     if not finite:
         raise TrainingDivergedError(f"every learning rate of the sweep diverged: {sorted(grid)}")
     best_score, neg_lr = max(finite)
     return LearningRateChoice(lr=-neg_lr, criterion=criterion, scores=scores, n_scored=len(score_queries))
+
+
+def _score_rate(
+    model: HookedTransformer,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    cfg: FinetuneConfig,
+    trainer: Trainer,
+    score_prefix: Sequence[int],
+    score_queries: Sequence[Sequence[int]],
+    score_labels: Sequence[int],
+    label_tokens: Sequence[Sequence[int]],
+    n_start: int,
+    batch_size: int,
+    content_free_query: Sequence[int] | None,
+) -> float:
+    """Accuracy of the model trained at ``cfg.lr``.
+
+    Raises:
+        TrainingDivergedError: the trainer stopped on a NaN/inf.
+        NonFiniteError: the trained weights, or the (calibrated) class scores, are not finite.
+    """
+    student, _ = trainer(model, demo_sequences, answer_lengths, cfg, progress=False)
+    for name, param in student.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise NonFiniteError(f"lr {cfg.lr:g}: trained parameter {name} is not finite")
+    run = evaluate(student, score_prefix, score_queries, label_tokens, n_start=n_start,
+                   record=RecordSpec(), batch_size=batch_size, progress=False)
+    scores_tensor = run.class_scores
+    if content_free_query is not None:
+        bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)
+        scores_tensor = calibrate(scores_tensor, bias)
+    if not bool(torch.isfinite(scores_tensor).all()):
+        raise NonFiniteError(f"lr {cfg.lr:g}: the trained model's class scores are not finite")
+    return float((scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean())

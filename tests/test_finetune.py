@@ -175,3 +175,63 @@ def test_gradient_clipping_bounds_each_layer(tiny_gpt):
         sq = sum(float((p - dict(tiny_gpt.named_parameters())[n]).pow(2).sum())
                  for n, p in tuned.named_parameters() if n.startswith(f"blocks.{layer}."))
         assert sq ** 0.5 <= lr * 1e-2 + 1e-6
+
+
+def _kv_gradients(model, seqs, answers):
+    """float32 gradients of the mean-per-token loss (one demonstration) for each W_K/W_V/b_K/b_V."""
+    model = copy.deepcopy(model)
+    params = select_trainable(model, "kv")
+    tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(), "cpu"))
+    _reference_loss(model(tokens, attention_mask=attn), tokens, mask).backward()
+    return {n: p.grad.clone() for n, p in params.items()}
+
+
+@pytest.mark.parametrize("trainer", ["gd", "lcgd"])
+def test_global_norm_clip_scales_all_layers_together(tiny_llama, trainer):
+    """Deutch et al.'s reference clip: one ℓ2 norm over every layer, so the step is the gradient times
+    clip / ‖g‖ — layer-norm ratios unchanged, global norm of the step = lr · clip."""
+    seqs, answers = _demos(tiny_llama, k=1)
+    lr = 0.5
+    train = finetune if trainer == "gd" else layer_causal_finetune
+    _, trace = train(tiny_llama, seqs, answers, FinetuneConfig(lr=lr), progress=False)
+    global_norm = sum(v * v for v in trace.grad_norms[0]) ** 0.5
+    clip = global_norm / 4
+    tuned, clipped_trace = train(tiny_llama, seqs, answers, FinetuneConfig(lr=lr, clip_global_norm=clip), progress=False)
+    assert clipped_trace.grad_norms == trace.grad_norms  # the trace keeps the norms before clipping
+    original = dict(tiny_llama.named_parameters())
+    steps = {n: (original[n] - p) / lr for n, p in tuned.named_parameters() if not torch.equal(p, original[n])}
+    layer_norms = [sum(float(g.pow(2).sum()) for n, g in steps.items() if n.startswith(f"blocks.{layer}.")) ** 0.5
+                   for layer in range(tiny_llama.cfg.n_layers)]
+    assert abs(sum(v * v for v in layer_norms) ** 0.5 - clip) <= 1e-4 * clip
+    for clipped, unclipped in zip(layer_norms, trace.grad_norms[0]):
+        assert abs(clipped / clip - unclipped / global_norm) <= 1e-4
+    if trainer == "gd":
+        expected = _kv_gradients(tiny_llama, seqs, answers)
+        for name, step in steps.items():
+            assert torch.allclose(step, expected[name] * clip / global_norm, atol=1e-5), name
+
+
+def test_global_norm_clip_above_the_norm_changes_nothing(tiny_gpt):
+    seqs, answers = _demos(tiny_gpt, k=2)
+    plain, _ = finetune(tiny_gpt, seqs, answers, FinetuneConfig(lr=0.1), progress=False)
+    loose, _ = finetune(tiny_gpt, seqs, answers, FinetuneConfig(lr=0.1, clip_global_norm=1e6), progress=False)
+    for (name, p), q in zip(plain.named_parameters(), loose.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_new_finetune_field_at_its_default_keeps_cell_digests():
+    """clip_global_norm is written only when set, so cells finished before it existed keep their name."""
+    from icl_lens.experiment import ExperimentConfig
+
+    assert "clip_global_norm" not in FinetuneConfig().to_dict()
+    assert FinetuneConfig(clip_global_norm=12.0).to_dict()["clip_global_norm"] == 12.0
+    cfg = ExperimentConfig(task="sst2", finetune=FinetuneConfig(clip_global_norm=12.0))
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.cell_name() != ExperimentConfig(task="sst2").cell_name()
+    old = ExperimentConfig(task="sst2").to_dict()
+    assert set(old["finetune"]) == {"params", "optimizer", "lr", "momentum", "weight_decay", "epochs", "batch_size",
+                                    "loss_on", "clip_value", "clip_norm"}
+    with pytest.raises(ConfigError, match="clip_global_norm"):
+        FinetuneConfig(clip_global_norm=0.0)
+    with pytest.raises(ConfigError, match="clip_global_norm"):
+        FinetuneConfig(clip_global_norm=float("nan"))
