@@ -1,8 +1,8 @@
 """Reproduce Tables 1–2 and Figures 2–4 of Dai et al. 2023 / Deutch et al. 2024 on one model.
 
 For every task and seed: ZSL, ICL, GD (FT) and LCGD on the same queries, every metric; optionally
-the untrained-model baseline (SPEC §6) too. The learning rate is chosen once per task and model
-(dev sweep on the first seed, SPEC §2 grid) and reused for the other seeds and the untrained model,
+the untrained-model baseline (Deutch et al. 2024) too. The learning rate is chosen once per task and model
+(dev sweep on the first seed, grid starting from the papers' rates) and reused for the other seeds and the untrained model,
 unless --lr fixes it or --sweep-every-seed sweeps in every cell. Writes, under --out:
 
     <cell>/results.json          one per task × seed (× untrained), resumable

@@ -1,4 +1,4 @@
-"""Contextual calibration (Zhao et al. 2021) of the prediction rule (the package default; SPEC §1's
+"""Contextual calibration (Zhao et al. 2021) of the prediction rule (the package default; the papers'
 reference rule is uncalibrated, ``calibration="none"``).
 
 A small model's label choice is biased by the prompt itself (majority and recency of demonstration

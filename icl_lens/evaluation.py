@@ -5,9 +5,9 @@ prefix (``[start]`` for zero-shot and finetuned models, ``[start] + demonstratio
 learning). The prefix is encoded once; its key/value cache is reused for every batch of queries.
 Queries are right-padded (causal attention makes padding after a token invisible to it), sorted by
 length to waste little compute on padding, and run with hooks that keep only the recorded position
-of the few hook points the metrics need (SPEC §3) — never a full activation cache.
+of the few hook points the metrics need (see the README's definitions) — never a full activation cache.
 
-Prediction (SPEC §1): the score of class j is the mean log-softmax (over the full vocabulary) of
+Prediction (Dai et al. 2023; Deutch et al. 2024): the score of class j is the mean log-softmax (over the full vocabulary) of
 label j's tokens after the prompt; the prediction is the argmax.
 """
 
@@ -38,7 +38,7 @@ ATTN_PATTERN = "blocks.{layer}.attn.hook_pattern"
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """What to record at one position per example (SPEC §3).
+    """What to record at one position per example (see the README's definitions).
 
     Args:
         position: ``"answer"`` (reference): the last token of prompt + class-0 answer, one
@@ -310,7 +310,7 @@ def evaluate(
         prefix: token ids shared by every prompt (start token, then demonstrations for ICL).
         queries: token ids of each query's prompt (template filled, no answer).
         labels: token ids of each class's answer; class 0's answer is appended to every query
-            so the recorded ``"answer"`` position exists (SPEC §3).
+            so the recorded ``"answer"`` position exists (see the README's definitions).
         n_start: how many leading prefix tokens are the start/sink token (0 or 1): they are
             excluded from the demonstration attention mass (α) and reported as sink mass.
         reuse_prefix: encode the prefix once and reuse its key/value cache (fast path); False

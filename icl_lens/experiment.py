@@ -1,4 +1,4 @@
-"""One comparison cell: a task, a model, k demonstrations and a seed, run every way (SPEC §1–§5).
+"""One comparison cell: a task, a model, k demonstrations and a seed, run every way (Dai et al. 2023; Deutch et al. 2024).
 
 ``run_experiment`` takes a loaded model and a task, and returns a plain-JSON results dict:
 
@@ -57,7 +57,7 @@ FINETUNED_SETTINGS = ("ft", "lcgd")
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything that defines one comparison cell (SPEC §1–§5).
+    """Everything that defines one comparison cell (Dai et al. 2023; Deutch et al. 2024).
 
     Defaults follow the reference implementations except three choices that make the small
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
@@ -76,7 +76,7 @@ class ExperimentConfig:
         settings: which of ``zsl, icl, ft, lcgd`` to run (``zsl`` and ``icl`` are always run
             when a comparison metric needs them).
         lr: finetuning learning rate; ``None`` = the ``lr_mode`` decides.
-        lr_mode: ``sweep`` (choose per task and model on a dev slice), ``reference`` (SPEC §2's
+        lr_mode: ``sweep`` (choose per task and model on a dev slice), ``reference`` (the papers'
             per-task rate) or ``fixed`` (``finetune.lr``).
         lr_grid: rates the sweep tries.
         lr_dev_size: dev-slice size of the sweep.
@@ -267,7 +267,7 @@ def comparison_metrics(
     zsl: SettingRun, icl: SettingRun, tuned: SettingRun, labels: torch.Tensor, cfg: ExperimentConfig,
     indices: np.ndarray | None = None, per_example: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Every ICL-vs-finetuned metric of SPEC §4 for one finetuned setting (FT or LCGD), each with
+    """Every ICL-vs-finetuned metric of Dai et al. 2023 and Deutch et al. 2024 for one finetuned setting (FT or LCGD), each with
     its percentile bootstrap interval over queries.
 
     Args:

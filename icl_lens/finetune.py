@@ -1,4 +1,4 @@
-"""Gradient-descent finetuning on the demonstrations (GD, SPEC §2).
+"""Gradient-descent finetuning on the demonstrations (GD, Dai et al. 2023; Deutch et al. 2024).
 
 The comparison's "FT" setting: a copy of the model (the loaded model is never modified) whose
 chosen parameter group — by default only the key and value projections, the parameters Dai et al.'s
@@ -42,7 +42,7 @@ PARAM_GROUPS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """How the model is finetuned on the k demonstrations (reference defaults, SPEC §2).
+    """How the model is finetuned on the k demonstrations (reference defaults of Deutch et al. 2024).
 
     Args:
         params: trainable group: ``kv`` (W_K, W_V, b_K, b_V), ``q``, ``o``, ``mlp`` or ``all``

@@ -1,4 +1,4 @@
-"""Layer-causal gradient descent (LCGD, Deutch et al. 2024; SPEC §5).
+"""Layer-causal gradient descent (LCGD, Deutch et al. 2024).
 
 In-context learning cannot send information from a higher layer back down to a lower one, but GD
 can: the gradient reaching layer l's W_K/W_V flows back from the loss through every layer above l.

@@ -1,4 +1,4 @@
-"""Choosing the finetuning learning rate per task and model (SPEC §2).
+"""Choosing the finetuning learning rate per task and model (Dai et al. 2023; Deutch et al. 2024).
 
 The reference learning rates were tuned for a 1.3B model; a small model needs its own. The sweep
 finetunes a copy of the model at every rate of a grid (starting from the reference rates) and keeps
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 REFERENCE_LRS: dict[str, float] = {
     "sst2": 5e-4, "sst5": 1.6e-4, "mr": 3e-3, "subj": 3e-3, "agnews": 0.2, "cb": 0.08,
 }
-"""Per-task reference learning rates of Dai et al. / Deutch et al. for a 1.3B GPT (SPEC §2)."""
+"""Per-task reference learning rates of Dai et al. / Deutch et al. for a 1.3B GPT (Dai et al. 2023; Deutch et al. 2024)."""
 
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
 

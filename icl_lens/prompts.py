@@ -1,4 +1,4 @@
-"""Prompts: demonstrations, queries and label words as token ids (SPEC §1).
+"""Prompts: demonstrations, queries and label words as token ids (Dai et al. 2023; Deutch et al. 2024).
 
 Every prompt is built from token-id pieces so that positions are exact and shared across settings:
 
@@ -233,7 +233,7 @@ def sample_prompts(
     require_demos: bool = True,
     train=None,
 ) -> tuple[EncodedPrompts, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Sample k demonstrations and the queries of a task and encode them (SPEC §1).
+    """Sample k demonstrations and the queries of a task and encode them (Dai et al. 2023; Deutch et al. 2024).
 
     Returns the prompts, the sampled demonstrations and the queries. With ``require_demos``, a
     request for k > 0 demonstrations of which none fits the context is an error.

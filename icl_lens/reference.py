@@ -1,4 +1,4 @@
-"""Published numbers a reproduction is held against (SPEC §7).
+"""Published numbers a reproduction is held against (Deutch et al. 2024, Tables 1–2).
 
 Deutch et al. 2024 (1.3B fairseq GPT, k = 32, mean of 3 seeds): SimAOU and SimAM_Δ for GD and
 LCGD, the untrained-model baseline, and Table 1 (accuracy ZSL / FT / ICL and the Jaccard index, %).

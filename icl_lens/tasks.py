@@ -1,4 +1,4 @@
-"""Classification tasks: data + template + label words (SPEC §1).
+"""Classification tasks: data + template + label words (Dai et al. 2023; Deutch et al. 2024).
 
 A :class:`Task` says where its rows come from (bundled JSONL, the user's JSONL/CSV files, or a
 `datasets` hub name), how a row becomes a prompt (``template``, a ``str.format`` string over the
@@ -191,7 +191,7 @@ def _bundled(name: str, template: str, label_words: list[str], eval_split: str, 
 
 
 def builtin_tasks() -> dict[str, Task]:
-    """The six reference tasks with their template-0 prompts and label words (SPEC §1)."""
+    """The six reference tasks with their template-0 prompts and label words (Dai et al. 2023; Deutch et al. 2024)."""
     return {
         "sst2": _bundled("sst2", "Sentence: {text} Label:", ["Negative", "Positive"], "validation",
                          "SST-2 binary sentiment (Socher et al. 2013)"),
@@ -404,7 +404,7 @@ def sample_demonstrations(
 ) -> list[dict[str, Any]]:
     """k demonstrations from the train split shuffled with ``seed``.
 
-    ``random`` (reference, SPEC §1): the first k rows of the shuffle. ``balanced``: the same
+    ``random`` (reference): the first k rows of the shuffle. ``balanced``: the same
     shuffle, taken round-robin over the labels (in a seeded label order), so every label appears
     ⌊k/C⌋ or ⌈k/C⌉ times and no label ends the prompt twice in a row — small models copy the
     majority and the most recent demonstration label.
@@ -433,7 +433,7 @@ def sample_demonstrations(
 
 
 def sample_queries(task: Task, limit: int | None, eval_seed: int = 1, dataset=None) -> list[dict[str, Any]]:
-    """At most ``limit`` rows of the eval split, shuffled with the fixed ``eval_seed`` (SPEC §1)."""
+    """At most ``limit`` rows of the eval split, shuffled with the fixed ``eval_seed`` (Dai et al. 2023; Deutch et al. 2024)."""
     dataset = load_split(task, task.eval_split) if dataset is None else dataset
     order = shuffled_indices(len(dataset), eval_seed)
     if limit is not None:

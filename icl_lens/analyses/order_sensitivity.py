@@ -1,4 +1,4 @@
-"""Order sensitivity of ICL and of GD (Shen et al. 2023; SPEC §4).
+"""Order sensitivity of ICL and of GD (Shen et al. 2023).
 
 The same k demonstrations are put in P random orders. For each order:
 

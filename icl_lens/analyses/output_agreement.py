@@ -1,4 +1,4 @@
-"""Agreement of next-token output distributions between settings (Shen et al. 2023; SPEC §4).
+"""Agreement of next-token output distributions between settings (Shen et al. 2023).
 
 For two settings a, b on the same queries, with TopK(p) the 10 most likely next tokens at the
 prediction position (kept by every run, :class:`icl_lens.evaluation.SettingRun`):

@@ -1,4 +1,4 @@
-"""Sparsity of the attention projections W_Q, W_K, W_V of real models (Shen et al. 2023; SPEC §4).
+"""Sparsity of the attention projections W_Q, W_K, W_V of real models (Shen et al. 2023).
 
 The hand-built transformers in which ICL implements gradient descent need attention weights that
 are about 75 % zeros (:data:`~icl_lens.metrics.HANDBUILT_ICL_GD_SPARSITY`). For each layer l,

@@ -1,5 +1,5 @@
 """The weight-space view: how big the finetuning update is, and whether it points where the
-dual-form in-context update points (SPEC §4; Dai et al. 2023's dual form).
+dual-form in-context update points (Dai et al. 2023's dual form).
 
 Per layer l:
 

@@ -1,4 +1,4 @@
-"""Metrics on next-token output distributions (SPEC §4, after Shen et al. 2024): top-k token
+"""Metrics on next-token output distributions (after Shen et al. 2023): top-k token
 overlap, overlap cosine, order sensitivity across demonstration permutations, and the std of
 accuracy across permutations.
 
