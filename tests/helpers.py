@@ -96,3 +96,22 @@ def load_experiment_script(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_same_results(got, expected, rel: float = 1e-4, abs_tol: float = 1e-5, path: str = "") -> None:
+    """Two results payloads are the same: every key, string, integer and list length exactly; floats
+    within float32 reordering (a worker process with another torch thread count sums in another order)."""
+    import math
+
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected), f"{path}: keys {sorted(got)} != {sorted(expected)}"
+        for key in expected:
+            assert_same_results(got[key], expected[key], rel, abs_tol, f"{path}/{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), f"{path}: lengths differ"
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert_same_results(a, b, rel, abs_tol, f"{path}[{i}]")
+    elif isinstance(expected, float) and not isinstance(got, bool) and isinstance(got, (int, float)):
+        assert math.isclose(got, expected, rel_tol=rel, abs_tol=abs_tol), f"{path}: {got} != {expected}"
+    else:
+        assert got == expected, f"{path}: {got!r} != {expected!r}"

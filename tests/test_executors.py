@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from executor_loaders import hanging_loader
+from helpers import assert_same_results
 from sweep_worker import cells, loader
 
 from icl_lens.cli import main
@@ -45,7 +46,7 @@ def test_local_workers_give_the_inline_results(tmp_path, worker_env):
     out = run_cells(cells(), tmp_path / "local", QUIET, model_loader=loader,
                     on_result=lambda cfg, res: seen.append(cfg.cell_name()),
                     executor=ExecutorOptions(kind="local", workers=2, poll_seconds=0.2))
-    assert _payloads(tmp_path / "local") == _payloads(tmp_path / "inline")
+    assert_same_results(_payloads(tmp_path / "local"), _payloads(tmp_path / "inline"))
     assert sorted(seen) == sorted(cfg.cell_name() for cfg in cells())
     assert [r["config"] for r in out] == [read_results(cell_path(tmp_path / "inline", c))["config"] for c in cells()]
     # every cell ran in its own process (not this one), with a 1-thread share of the cores
@@ -99,7 +100,7 @@ def test_killed_worker_leaves_its_cell_unfinished_and_resubmission_reruns_only_i
     run_cells(cells(), out, QUIET, model_loader=hanging_loader,  # the hang file exists: no more hanging
               executor=ExecutorOptions(kind="local", workers=2, poll_seconds=0.2))
     assert {c.cell_name(): cell_path(out, c).stat().st_mtime_ns for c in cells() if c != killed[0]} == mtimes
-    assert _payloads(out) == _payloads(reference)
+    assert_same_results(_payloads(out), _payloads(reference))
 
 
 def test_status_counts_a_running_state_whose_process_is_gone_as_failed(tmp_path, capsys):

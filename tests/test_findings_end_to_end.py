@@ -17,6 +17,7 @@ from icl_lens.cli import main
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.findings import CLAIM_IDS, FINDINGS_JSON, FINDINGS_MD, POOLED, VERDICTS, evaluate_findings
 from icl_lens.results import read_results
+from icl_lens.models.untrained import reinitialize_untrained
 from icl_lens.report import INDEX_FILE, REPORT_FILE, build_cell_report
 from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
@@ -27,8 +28,10 @@ ANALYSIS_CLAIMS = {"icl_more_order_sensitive", "attention_not_sparse"}
 
 
 def _loader(name, **kwargs):
-    # the untrained model is another random model (its own seed), as a re-initialised one would be
-    return tiny_model(gqa=True, n_layers=2, seed=kwargs.get("seed", 0) + (7 if kwargs.get("untrained") else 0))
+    model = tiny_model(gqa=True, n_layers=2, seed=kwargs.get("seed", 0))
+    if not kwargs.get("untrained"):
+        return model
+    return reinitialize_untrained(model, kwargs.get("seed", 0), init=kwargs.get("untrained_init", "reference"))
 
 
 def _cells() -> list[ExperimentConfig]:

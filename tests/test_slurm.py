@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from executor_loaders import hanging_loader
+from helpers import assert_same_results
 from sweep_worker import cells, loader
 
 from icl_lens.executors import ExecutorOptions, SlurmOptions, SweepError, read_state, sweep_status
@@ -179,7 +180,7 @@ def _payloads(out_dir, which):
 def test_slurm_sweep_gives_the_inline_results(slurm_cluster, tmp_path):
     run_cells(cells(), tmp_path / "inline", QUIET, model_loader=loader)
     run_cells(cells(), tmp_path / "slurm", QUIET, model_loader=loader, executor=SLURM)
-    assert _payloads(tmp_path / "slurm", cells()) == _payloads(tmp_path / "inline", cells())
+    assert_same_results(_payloads(tmp_path / "slurm", cells()), _payloads(tmp_path / "inline", cells()))
     states = [read_state(cell_path(tmp_path / "slurm", cfg).parent) for cfg in cells()]
     assert {s["state"] for s in states} == {"finished"}
     assert {s["executor"] for s in states} == {"slurm"}
@@ -217,5 +218,5 @@ def test_cancelled_job_is_completed_by_resubmission(slurm_cluster, tmp_path, mon
     assert sweep_status(tmp_path / "out")[0][1] == "failed"
 
     run_cells(cfg, tmp_path / "out", QUIET, model_loader=hanging_loader, executor=SLURM)
-    assert _payloads(tmp_path / "out", cfg) == _payloads(tmp_path / "inline", cfg)
+    assert_same_results(_payloads(tmp_path / "out", cfg), _payloads(tmp_path / "inline", cfg))
     assert sweep_status(tmp_path / "out")[0][1] == "done"
