@@ -24,8 +24,8 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, validate_fields
-from icl_lens.errors import ConfigError, TrainingDivergedError
+from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_token_ids, validate_fields
+from icl_lens.errors import ConfigError, PromptError, TrainingDivergedError
 from icl_lens.lens import logit_lens
 
 logger = logging.getLogger(__name__)
@@ -339,6 +339,27 @@ def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: Finetune
         )
 
 
+def check_demonstrations(
+    model: HookedTransformer, demo_sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int]
+) -> None:
+    """Refuse demonstrations GD cannot train on, before the model is copied: none at all, a sequence
+    without a next token to predict, token ids outside the vocabulary, longer than the context, or an
+    answer length that does not fit its sequence."""
+    if not demo_sequences:
+        raise ConfigError("no demonstrations to finetune on (k = 0)")
+    if len(answer_lengths) != len(demo_sequences):
+        raise PromptError(f"{len(demo_sequences)} demonstrations but {len(answer_lengths)} answer lengths")
+    for i, (sequence, answer_length) in enumerate(zip(demo_sequences, answer_lengths)):
+        ids = check_token_ids(sequence, model.cfg.d_vocab, f"demonstration {i}")
+        if len(ids) < 2:
+            raise PromptError(f"demonstration {i} has {len(ids)} token(s): at least 2 are needed to predict one")
+        if len(ids) > model.cfg.n_ctx:
+            raise PromptError(f"demonstration {i} has {len(ids)} tokens, more than the context ({model.cfg.n_ctx})")
+        if isinstance(answer_length, bool) or not isinstance(answer_length, int) or not 1 <= answer_length < len(ids):
+            raise PromptError(f"demonstration {i}: answer length {answer_length!r} must be an integer in "
+                              f"1..{len(ids) - 1}")
+
+
 def finetune(
     model: HookedTransformer,
     demo_sequences: Sequence[Sequence[int]],
@@ -347,8 +368,7 @@ def finetune(
     progress: bool = True,
 ) -> tuple[HookedTransformer, TrainingTrace]:
     """Plain GD: finetune a copy of ``model`` on the demonstrations; return it and its trace."""
-    if not demo_sequences:
-        raise ConfigError("no demonstrations to finetune on (k = 0)")
+    check_demonstrations(model, demo_sequences, answer_lengths)
     student, trainable = trainable_copy(model, cfg.params)
     masters = MasterWeights(trainable)
     optimizer = make_optimizer(list(masters.params.values()), cfg)

@@ -31,6 +31,7 @@ from icl_lens.finetune import (
     FinetuneConfig,
     MasterWeights,
     TrainingTrace,
+    check_demonstrations,
     check_finite,
     check_parameters_finite,
     clip_layer_gradients,
@@ -113,8 +114,7 @@ def layer_causal_finetune(
     """
     if schedule not in ("simultaneous", "sequential"):
         raise ConfigError(f"LCGD schedule must be 'simultaneous' or 'sequential', got {schedule!r}")
-    if not demo_sequences:
-        raise ConfigError("no demonstrations to finetune on (k = 0)")
+    check_demonstrations(model, demo_sequences, answer_lengths)
     student, trainable = trainable_copy(model, cfg.params)
     n_layers = student.cfg.n_layers
     masters = MasterWeights(trainable)  # float32 masters for a half-precision model (see there)
