@@ -25,3 +25,26 @@ def hanging_loader(name, **kwargs):
             os.close(fd)
             time.sleep(600)
     return loader(name, **kwargs)
+
+
+def start_hanging_sweep(run, hang_file, poll: float = 0.1, timeout: float = 300):
+    """Start ``run()`` (a sweep whose ``hanging_loader`` cell blocks) in a thread and wait until the
+    hanging worker wrote its pid to ``hang_file``; returns the thread and the list that receives the
+    exception ``run`` ends with, if any."""
+    import threading
+    import time
+
+    errors: list[BaseException] = []
+
+    def submit():
+        try:
+            run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    deadline = time.time() + timeout
+    while not (hang_file.exists() and hang_file.read_text()) and time.time() < deadline:
+        time.sleep(poll)
+    return thread, errors

@@ -115,3 +115,22 @@ def assert_same_results(got, expected, rel: float = 1e-4, abs_tol: float = 1e-5,
         assert math.isclose(got, expected, rel_tol=rel, abs_tol=abs_tol), f"{path}: {got} != {expected}"
     else:
         assert got == expected, f"{path}: {got!r} != {expected!r}"
+
+
+def save_tiny_hf_llama(path: Path, max_position_embeddings: int = 64, initializer_range: float = 0.2):
+    """A random 2-layer Llama (GQA) with the byte tokenizer, saved as a Hugging Face directory at
+    ``path``; returns the Hugging Face model (for logits to compare against)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
+        rope_theta=10000.0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=initializer_range,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model

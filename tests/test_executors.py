@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from executor_loaders import hanging_loader
+from executor_loaders import hanging_loader, start_hanging_sweep
 from helpers import assert_same_results
 from sweep_worker import cells, loader
 
@@ -64,20 +62,9 @@ def test_killed_worker_leaves_its_cell_unfinished_and_resubmission_reruns_only_i
     run_cells(cells(), reference, QUIET, model_loader=loader)
     hang = tmp_path / "hang.pid"
     monkeypatch.setenv("ICL_LENS_TEST_HANG_FILE", str(hang))
-    errors: list[BaseException] = []
-
-    def submit():
-        try:
-            run_cells(cells(), out, QUIET, model_loader=hanging_loader,
-                      executor=ExecutorOptions(kind="local", workers=2, poll_seconds=0.2))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=submit)
-    thread.start()
-    deadline = time.time() + 300
-    while not (hang.exists() and hang.read_text()) and time.time() < deadline:
-        time.sleep(0.1)
+    thread, errors = start_hanging_sweep(
+        lambda: run_cells(cells(), out, QUIET, model_loader=hanging_loader,
+                          executor=ExecutorOptions(kind="local", workers=2, poll_seconds=0.2)), hang)
     pid = int(hang.read_text())
     # the hanging worker shows as running, with its own pid
     running = {name: detail for name, (status, detail) in _status(out).items() if status == "running"}

@@ -247,21 +247,10 @@ def test_bad_paths_and_options_are_model_load_errors(tmp_path):
 def tiny_llama_dir(tmp_path_factory):
     """A random tiny Llama saved as a Hugging Face directory whose path contains "llama" (a name
     TransformerLens would otherwise use to pick a name-based config)."""
-    from helpers import byte_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import save_tiny_hf_llama
 
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("models") / "tiny-llama-test"
-    hf.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    hf = save_tiny_hf_llama(path)
     return path, hf
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,20 +23,10 @@ NOTEBOOK = REPO / "experiments" / "walkthrough.ipynb"
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A random 2-layer Llama (GQA) saved as a Hugging Face directory, with a byte tokenizer and a
     1024-token context so that a few SST-2 demonstrations fit."""
-    from helpers import byte_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import save_tiny_hf_llama
 
-    tokenizer = byte_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.2,
-    )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny-notebook-model"
-    LlamaForCausalLM(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tiny_hf_llama(path, max_position_embeddings=1024)
     return path
 
 

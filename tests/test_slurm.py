@@ -15,12 +15,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from executor_loaders import hanging_loader
+from executor_loaders import hanging_loader, start_hanging_sweep
 from helpers import assert_same_results
 from sweep_worker import cells, loader
 
@@ -193,19 +192,8 @@ def test_cancelled_job_is_completed_by_resubmission(slurm_cluster, tmp_path, mon
     run_cells(cfg, tmp_path / "inline", QUIET, model_loader=loader)
     hang = tmp_path / "hang.pid"
     monkeypatch.setenv("ICL_LENS_TEST_HANG_FILE", str(hang))
-    errors: list[BaseException] = []
-
-    def submit():
-        try:
-            run_cells(cfg, tmp_path / "out", QUIET, model_loader=hanging_loader, executor=SLURM)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=submit)
-    thread.start()
-    deadline = time.time() + 300
-    while not (hang.exists() and hang.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
+    thread, errors = start_hanging_sweep(
+        lambda: run_cells(cfg, tmp_path / "out", QUIET, model_loader=hanging_loader, executor=SLURM), hang, poll=0.2)
     state = read_state(cell_path(tmp_path / "out", cfg[0]).parent)
     assert state["state"] == "running" and state["slurm_job_id"]
     assert sweep_status(tmp_path / "out")[0][1] == "running"
