@@ -33,21 +33,52 @@ from icl_lens.errors import (
 
 # Public names -> defining module, imported on first use so `import icl_lens` stays light.
 _LAZY = {
-    "RecordSpec": "evaluation", "SettingRun": "evaluation", "evaluate": "evaluation",
-    "ExperimentConfig": "experiment", "ExperimentOutput": "experiment", "run_experiment": "experiment",
-    "FinetuneConfig": "finetune", "TrainingTrace": "finetune", "finetune": "finetune",
-    "layer_causal_finetune": "lcgd", "logit_lens": "lens",
-    "list_models": "models", "load_model": "models",
-    "EncodedPrompts": "prompts", "PromptFormat": "prompts", "encode_prompts": "prompts",
-    "Task": "tasks", "builtin_tasks": "tasks", "get_task": "tasks", "load_split": "tasks",
-    "sample_demonstrations": "tasks", "sample_queries": "tasks",
+    "RecordSpec": "evaluation",
+    "SettingRun": "evaluation",
+    "evaluate": "evaluation",
+    "ExperimentConfig": "experiment",
+    "ExperimentOutput": "experiment",
+    "run_experiment": "experiment",
+    "FinetuneConfig": "finetune",
+    "TrainingTrace": "finetune",
+    "finetune": "finetune",
+    "layer_causal_finetune": "lcgd",
+    "logit_lens": "lens",
+    "list_models": "models",
+    "load_model": "models",
+    "EncodedPrompts": "prompts",
+    "PromptFormat": "prompts",
+    "encode_prompts": "prompts",
+    "Task": "tasks",
+    "builtin_tasks": "tasks",
+    "get_task": "tasks",
+    "load_split": "tasks",
+    "sample_demonstrations": "tasks",
+    "sample_queries": "tasks",
 }
 
 # Subpackages and modules reachable as attributes (``icl_lens.metrics.simaou``) without importing
 # torch-heavy code at ``import icl_lens`` time.
 _SUBMODULES = (
-    "analyses", "calibration", "evaluation", "executors", "experiment", "finetune", "findings", "lcgd", "lens",
-    "lr_sweep", "metrics", "models", "nulls", "prompts", "results", "stats", "sweep", "tasks", "viz",
+    "analyses",
+    "calibration",
+    "evaluation",
+    "executors",
+    "experiment",
+    "finetune",
+    "findings",
+    "lcgd",
+    "lens",
+    "lr_sweep",
+    "metrics",
+    "models",
+    "nulls",
+    "prompts",
+    "results",
+    "stats",
+    "sweep",
+    "tasks",
+    "viz",
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
@@ -60,12 +91,28 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on 
     from icl_lens.models import list_models, load_model  # noqa: F401
     from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts  # noqa: F401
     from icl_lens.tasks import (  # noqa: F401
-        Task, builtin_tasks, get_task, load_split, sample_demonstrations, sample_queries,
+        Task,
+        builtin_tasks,
+        get_task,
+        load_split,
+        sample_demonstrations,
+        sample_queries,
     )
 
 __all__ = [
-    "__version__", "ConfigError", "DataFormatError", "IclLensError", "MetricInputError", "ModelLoadError", "NonFiniteError",
-    "PromptError", "ResultsError", "TaskError", "TrainingDivergedError", *_LAZY, *_SUBMODULES,
+    "__version__",
+    "ConfigError",
+    "DataFormatError",
+    "IclLensError",
+    "MetricInputError",
+    "ModelLoadError",
+    "NonFiniteError",
+    "PromptError",
+    "ResultsError",
+    "TaskError",
+    "TrainingDivergedError",
+    *_LAZY,
+    *_SUBMODULES,
 ]
 
 

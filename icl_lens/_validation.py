@@ -15,8 +15,9 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from icl_lens.errors import ConfigError, IclLensError, PromptError
 
@@ -95,14 +96,14 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         return isinstance(value, Mapping) and all(
-            _matches(k, key_tp) and _matches(v, value_tp) for k, v in value.items())
+            _matches(k, key_tp) and _matches(v, value_tp) for k, v in value.items()
+        )
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if tp is float:
-        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                and math.isfinite(float(value)))
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
     if tp is str:
         return isinstance(value, str)
     if isinstance(tp, type):
@@ -158,6 +159,7 @@ def check_token_ids(ids: Any, d_vocab: int, what: str, allow_empty: bool = False
         if isinstance(token, bool) or not isinstance(token, numbers.Integral):
             raise PromptError(f"{what}: token {position} is {token!r}, not an integer id")
         if not 0 <= token < d_vocab:
-            raise PromptError(f"{what}: token id {token} at position {position} is outside the vocabulary "
-                              f"(0..{d_vocab - 1})")
+            raise PromptError(
+                f"{what}: token id {token} at position {position} is outside the vocabulary (0..{d_vocab - 1})"
+            )
     return [int(t) for t in values]

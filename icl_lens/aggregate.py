@@ -16,8 +16,9 @@ import statistics
 import warnings
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,6 @@ SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "lr": lambda r: dig(r, "lr", "lr"),
     "k_used": lambda r: dig(r, "prompts", "k_used"),
 }
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +139,13 @@ def _z(confidence: float) -> float:
     return statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def cell_draws(results: dict[str, Any], quantity: Quantity, n_resamples: int, rng: np.random.Generator,
-               confidence: float = DEFAULT_CONFIDENCE) -> CellDraws | None:
+def cell_draws(
+    results: dict[str, Any],
+    quantity: Quantity,
+    n_resamples: int,
+    rng: np.random.Generator,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> CellDraws | None:
     """Bootstrap draws of one cell's ``quantity`` over its queries; None when the cell lacks it,
     ``method == UNDEFINED`` (value NaN) when the statistic is undefined on the cell's queries."""
     rows = quantity.per_example(results)
@@ -190,8 +195,12 @@ def percentile_interval(draws: np.ndarray, confidence: float = DEFAULT_CONFIDENC
     return float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
 
 
-def two_level_bootstrap(per_seed: Sequence[Sequence[float]], n_resamples: int = DEFAULT_RESAMPLES,
-                        confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+def two_level_bootstrap(
+    per_seed: Sequence[Sequence[float]],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Interval of the mean over seeds of per-query values (``per_seed[s]`` = seed s's queries):
     seeds resampled, then queries within each seed."""
     if not per_seed or any(len(v) == 0 for v in per_seed):
@@ -219,13 +228,22 @@ class SeedSummary:
     draws: np.ndarray | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "ci": None if self.ci is None else list(self.ci),
-                "method": self.method}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+            "ci": None if self.ci is None else list(self.ci),
+            "method": self.method,
+        }
 
 
-def summarise_seeds(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resamples: int = DEFAULT_RESAMPLES,
-                    confidence: float = DEFAULT_CONFIDENCE, rng: np.random.Generator | None = None
-                    ) -> SeedSummary | None:
+def summarise_seeds(
+    cells: Sequence[dict[str, Any]],
+    quantity: Quantity,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    rng: np.random.Generator | None = None,
+) -> SeedSummary | None:
     """Mean, sample std and two-level bootstrap interval of ``quantity`` over the seed cells; None
     when a cell lacks the quantity. With one seed and nothing to resample, no interval."""
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -242,23 +260,32 @@ def summarise_seeds(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resam
     if all(d.draws is None for d in draws) and len(draws) < 2:  # type: ignore[union-attr]
         return SeedSummary(mean, std, len(values), None, "no interval: one seed, no per-query values", None)
     combined = two_level_draws(draws, n_resamples, rng)  # type: ignore[arg-type]
-    method = ("seeds × " + " / ".join(m for m in methods if m != "value only")
-              if any(m != "value only" for m in methods) else "seeds only")
+    method = (
+        "seeds × " + " / ".join(m for m in methods if m != "value only")
+        if any(m != "value only" for m in methods)
+        else "seeds only"
+    )
     if "value only" in methods and method != "seeds only":
         method += " (some seeds: value only)"
     return SeedSummary(mean, std, len(values), percentile_interval(combined, confidence), method, combined)
 
 
 def _accuracy(setting: str) -> Quantity:
-    return Quantity(per_example=lambda r: correct_flags(r, setting),
-                    value=lambda r: dig(r, "accuracy", setting),
-                    interval=lambda r: dig(r, "accuracy_ci", setting), needs=f"accuracy.{setting}")
+    return Quantity(
+        per_example=lambda r: correct_flags(r, setting),
+        value=lambda r: dig(r, "accuracy", setting),
+        interval=lambda r: dig(r, "accuracy_ci", setting),
+        needs=f"accuracy.{setting}",
+    )
 
 
 def _layer_metric(*path: str) -> Quantity:
-    return Quantity(per_example=lambda r: layer_mean_per_example(r, *path),
-                    value=lambda r: dig(r, "metrics", *path, "mean"),
-                    interval=lambda r: dig(r, "metrics", *path, "ci"), needs="metrics." + ".".join(path))
+    return Quantity(
+        per_example=lambda r: layer_mean_per_example(r, *path),
+        value=lambda r: dig(r, "metrics", *path, "mean"),
+        interval=lambda r: dig(r, "metrics", *path, "ci"),
+        needs="metrics." + ".".join(path),
+    )
 
 
 def rec2ftp_statistic(samples: np.ndarray) -> np.ndarray:
@@ -282,8 +309,9 @@ def jaccard_statistic(samples: np.ndarray) -> np.ndarray:
         return same.sum(axis=-1) / np.where(union > 0, union, np.nan)
 
 
-def prediction_quantity(setting: str, statistic: Callable[[np.ndarray], np.ndarray], value_key: str,
-                        shift: float = 0.0) -> Quantity:
+def prediction_quantity(
+    setting: str, statistic: Callable[[np.ndarray], np.ndarray], value_key: str, shift: float = 0.0
+) -> Quantity:
     """Rec2FTP or Jaccard of ``setting`` (ft / lcgd), recomputed on resampled queries, minus ``shift``."""
     if value_key == "rec2ftp":
         value = lambda r: dig(r, "metrics", setting, "rec2ftp")
@@ -298,24 +326,34 @@ def prediction_quantity(setting: str, statistic: Callable[[np.ndarray], np.ndarr
             if out is None:
                 return None
             return [v - shift for v in out] if isinstance(out, (list, tuple)) else out - shift
+
         return g
 
-    return Quantity(per_example=lambda r: predictions(r, ("zsl", "icl", setting)),
-                    statistic=lambda s: statistic(s) - shift, value=shifted(value), interval=shifted(interval),
-                    needs=f"metrics.{setting}.{value_key}")
+    return Quantity(
+        per_example=lambda r: predictions(r, ("zsl", "icl", setting)),
+        statistic=lambda s: statistic(s) - shift,
+        value=shifted(value),
+        interval=shifted(interval),
+        needs=f"metrics.{setting}.{value_key}",
+    )
 
 
 #: Quantities summarised over seeds (mean, sample std, two-level bootstrap interval).
 QUANTITIES: dict[str, Quantity] = {
-    "acc_zsl": _accuracy("zsl"), "acc_icl": _accuracy("icl"), "acc_ft": _accuracy("ft"),
+    "acc_zsl": _accuracy("zsl"),
+    "acc_icl": _accuracy("icl"),
+    "acc_ft": _accuracy("ft"),
     "acc_lcgd": _accuracy("lcgd"),
     "rec2ftp": prediction_quantity("ft", rec2ftp_statistic, "rec2ftp"),
     "jaccard": prediction_quantity("ft", jaccard_statistic, "jaccard"),
-    "simaou_ft": _layer_metric("ft", "simaou"), "simaou_lcgd": _layer_metric("lcgd", "simaou"),
+    "simaou_ft": _layer_metric("ft", "simaou"),
+    "simaou_lcgd": _layer_metric("lcgd", "simaou"),
     "simaou_random": _layer_metric("simaou_random"),
-    "simam_ft": _layer_metric("ft", "simam"), "simam_lcgd": _layer_metric("lcgd", "simam"),
+    "simam_ft": _layer_metric("ft", "simam"),
+    "simam_lcgd": _layer_metric("lcgd", "simam"),
     "simam_zsl": _layer_metric("simam_zsl"),
-    "simam_delta_ft": _layer_metric("ft", "simam_delta"), "simam_delta_lcgd": _layer_metric("lcgd", "simam_delta"),
+    "simam_delta_ft": _layer_metric("ft", "simam_delta"),
+    "simam_delta_lcgd": _layer_metric("lcgd", "simam_delta"),
     "alpha": _layer_metric("alpha"),
 }
 
@@ -325,8 +363,12 @@ def group_key(results: dict[str, Any]) -> tuple[str, str, int, bool]:
     return results["task"]["name"], cfg["model"], cfg["k"], bool(cfg.get("untrained"))
 
 
-def aggregate(results_list: Sequence[dict[str, Any]], n_resamples: int = DEFAULT_RESAMPLES,
-              confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[tuple, dict[str, dict[str, Any]]]:
+def aggregate(
+    results_list: Sequence[dict[str, Any]],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[tuple, dict[str, dict[str, Any]]]:
     """Per (task, model, k, untrained): every scalar's mean, std (sample, n-1) and n over seeds,
     and, where the cells allow it, ``ci``: the two-level (seeds, then queries) bootstrap interval
     (:func:`summarise_seeds`; ``ci_method`` says what was resampled)."""
@@ -337,8 +379,11 @@ def aggregate(results_list: Sequence[dict[str, Any]], n_resamples: int = DEFAULT
     for key, members in groups.items():
         stats = {}
         for name, getter in SCALARS.items():
-            values = [v for v in (getter(m) for m in members) if v is not None and not (
-                isinstance(v, float) and math.isnan(v))]
+            values = [
+                v
+                for v in (getter(m) for m in members)
+                if v is not None and not (isinstance(v, float) and math.isnan(v))
+            ]
             if values:
                 stats[name] = {
                     "mean": statistics.fmean(values),
@@ -346,8 +391,11 @@ def aggregate(results_list: Sequence[dict[str, Any]], n_resamples: int = DEFAULT
                     "n": len(values),
                 }
                 quantity = QUANTITIES.get(name)
-                summary = None if quantity is None else summarise_seeds(
-                    members, quantity, n_resamples, confidence, stable_rng(seed, key, name))
+                summary = (
+                    None
+                    if quantity is None
+                    else summarise_seeds(members, quantity, n_resamples, confidence, stable_rng(seed, key, name))
+                )
                 if summary is not None and summary.ci is not None:
                     stats[name]["ci"] = list(summary.ci)
                     stats[name]["ci_method"] = summary.method
@@ -372,20 +420,28 @@ def _ref(value: float | None, digits: int = 3) -> str:
 def markdown_tables(agg: dict[tuple, dict[str, dict[str, float]]]) -> str:
     """Table 1 (accuracy, Rec2FTP, Jaccard) and Table 2 (SimAOU, SimAM, SimAM_Δ), ours beside the
     reference (1.3B GPT, k = 32) in parentheses."""
-    rows1 = ["| task | model | k | ZSL | ICL | FT | LCGD | Rec2FTP | Jaccard % | ref ZSL / FT / ICL, Jaccard % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    rows2 = ["| task | model | SimAOU GD (ref) | SimAOU LCGD (ref) | random | SimAM GD | ZSL SimAM | "
-             "SimAM_Δ GD (ref) | SimAM_Δ LCGD (ref) | α |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows1 = [
+        "| task | model | k | ZSL | ICL | FT | LCGD | Rec2FTP | Jaccard % | ref ZSL / FT / ICL, Jaccard % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows2 = [
+        "| task | model | SimAOU GD (ref) | SimAOU LCGD (ref) | random | SimAM GD | ZSL SimAM | "
+        "SimAM_Δ GD (ref) | SimAM_Δ LCGD (ref) | α |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (task, model, k, untrained), s in sorted(agg.items()):
         label = model + (" (untrained)" if untrained else "")
         ref_acc = REFERENCE_ACCURACY.get(task, {})
-        ref_acc_text = (f"{ref_acc['zsl']:.1f} / {ref_acc['ft']:.1f} / {ref_acc['icl']:.1f}, {ref_acc['jaccard']:.1f}"
-                        if ref_acc else "–")
+        ref_acc_text = (
+            f"{ref_acc['zsl']:.1f} / {ref_acc['ft']:.1f} / {ref_acc['icl']:.1f}, {ref_acc['jaccard']:.1f}"
+            if ref_acc
+            else "–"
+        )
         rows1.append(
             f"| {task} | {label} | {k} | {_pm(s, 'acc_zsl', 100, 1)} | {_pm(s, 'acc_icl', 100, 1)} | "
             f"{_pm(s, 'acc_ft', 100, 1)} | {_pm(s, 'acc_lcgd', 100, 1)} | {_pm(s, 'rec2ftp', 1, 1)} | "
-            f"{_pm(s, 'jaccard', 100, 1)} | {ref_acc_text} |")
+            f"{_pm(s, 'jaccard', 100, 1)} | {ref_acc_text} |"
+        )
         ref = REFERENCE_SIMILARITY.get(task, {})
         if untrained:
             ref_ft, ref_delta = ref.get("untrained_simaou"), ref.get("untrained_simam_delta")
@@ -397,9 +453,12 @@ def markdown_tables(agg: dict[tuple, dict[str, dict[str, float]]]) -> str:
             f"{_pm(s, 'simaou_random')} | {_pm(s, 'simam_ft')} | {_pm(s, 'simam_zsl')} | "
             f"{_pm(s, 'simam_delta_ft')} ({_ref(ref_delta)}) | "
             f"{_pm(s, 'simam_delta_lcgd')} ({_ref(None if untrained else ref.get('simam_delta_lcgd'))}) | "
-            f"{_pm(s, 'alpha')} |")
-    return ("### Table 1 — predictions (accuracy %, mean ± sample std over seeds [two-level bootstrap "
-            "interval: seeds, then queries])\n\n" + "\n".join(rows1) +
-            "\n\n### Table 2 — attention (mean over layers, mean ± sample std over seeds [interval]; reference in "
-            "parentheses)\n\n" +
-            "\n".join(rows2) + "\n")
+            f"{_pm(s, 'alpha')} |"
+        )
+    return (
+        "### Table 1 — predictions (accuracy %, mean ± sample std over seeds [two-level bootstrap "
+        "interval: seeds, then queries])\n\n"
+        + "\n".join(rows1)
+        + "\n\n### Table 2 — attention (mean over layers, mean ± sample std over seeds [interval]; reference in "
+        "parentheses)\n\n" + "\n".join(rows2) + "\n"
+    )

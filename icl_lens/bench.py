@@ -57,21 +57,24 @@ class BenchmarkResult:
         return asdict(self)
 
     def report(self) -> str:
-        return "\n".join([
-            f"device {self.device} ({self.dtype}, {self.threads} threads); k={self.k} "
-            f"({self.prefix_tokens} prefix tokens)",
-            f"naive loop : {self.naive_examples_per_s:8.2f} examples/s  ({self.n_naive} queries, batch 1, full cache)",
-            f"optimized  : {self.fast_examples_per_s:8.2f} examples/s  ({self.n_fast} queries, batch {self.batch_size},"
-            " prefix cache, filtered hooks)",
-            f"speed-up   : {self.speedup:8.1f}x",
-            f"max |Δ|    : class scores {self.max_abs_diff_scores:.2e}, recorded activations "
-            f"{self.max_abs_diff_activations:.2e}",
-            f"forward    : {self.forward_flop_per_s / 1e9:8.1f} GFLOP/s on {self.forward_tokens} tokens "
-            f"({self.forward_seconds:.3f} s)",
-            f"matmul peak: {self.matmul_peak_flop_per_s / 1e9:8.1f} GFLOP/s  -> forward at "
-            f"{100 * self.forward_fraction_of_peak:.0f}% of peak",
-            f"peak memory: {self.peak_memory_mb:8.0f} MB",
-        ])
+        return "\n".join(
+            [
+                f"device {self.device} ({self.dtype}, {self.threads} threads); k={self.k} "
+                f"({self.prefix_tokens} prefix tokens)",
+                f"naive loop : {self.naive_examples_per_s:8.2f} examples/s  ({self.n_naive} queries, batch 1, "
+                "full cache)",
+                f"optimized  : {self.fast_examples_per_s:8.2f} examples/s  ({self.n_fast} queries, "
+                f"batch {self.batch_size}, prefix cache, filtered hooks)",
+                f"speed-up   : {self.speedup:8.1f}x",
+                f"max |Δ|    : class scores {self.max_abs_diff_scores:.2e}, recorded activations "
+                f"{self.max_abs_diff_activations:.2e}",
+                f"forward    : {self.forward_flop_per_s / 1e9:8.1f} GFLOP/s on {self.forward_tokens} tokens "
+                f"({self.forward_seconds:.3f} s)",
+                f"matmul peak: {self.matmul_peak_flop_per_s / 1e9:8.1f} GFLOP/s  -> forward at "
+                f"{100 * self.forward_fraction_of_peak:.0f}% of peak",
+                f"peak memory: {self.peak_memory_mb:8.0f} MB",
+            ]
+        )
 
 
 def _sync(device: str) -> None:
@@ -125,14 +128,18 @@ def naive_loop(model: HookedTransformer, prompts: EncodedPrompts, n: int):
         scores.append(torch.stack(row).cpu())
         rec = tokens.shape[1] - 1
         attn_out.append(torch.stack([cache[ATTN_OUT.format(layer=l)][0, rec] for l in range(model.cfg.n_layers)]).cpu())
-        attn_scores.append(torch.stack([cache[ATTN_SCORES.format(layer=l)][0, :, rec, len(prefix):]
-                                        for l in range(model.cfg.n_layers)]).cpu())
+        attn_scores.append(
+            torch.stack(
+                [cache[ATTN_SCORES.format(layer=l)][0, :, rec, len(prefix) :] for l in range(model.cfg.n_layers)]
+            ).cpu()
+        )
         del cache
     return torch.stack(scores), attn_out, attn_scores
 
 
-def run_benchmark(model: HookedTransformer, prompts: EncodedPrompts, n_naive: int = 8, n_fast: int = 64,
-                  batch_size: int = 16) -> BenchmarkResult:
+def run_benchmark(
+    model: HookedTransformer, prompts: EncodedPrompts, n_naive: int = 8, n_fast: int = 64, batch_size: int = 16
+) -> BenchmarkResult:
     """Time both paths on the same queries and check they agree."""
     device = str(model.cfg.device)
     n_naive = min(n_naive, len(prompts.queries))
@@ -147,8 +154,15 @@ def run_benchmark(model: HookedTransformer, prompts: EncodedPrompts, n_naive: in
     naive_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    fast = evaluate(model, prompts.icl_prefix, prompts.queries[:n_fast], prompts.labels,
-                    n_start=prompts.n_start, batch_size=batch_size, progress=False)
+    fast = evaluate(
+        model,
+        prompts.icl_prefix,
+        prompts.queries[:n_fast],
+        prompts.labels,
+        n_start=prompts.n_start,
+        batch_size=batch_size,
+        progress=False,
+    )
     _sync(device)
     fast_s = time.perf_counter() - t0
 
@@ -156,17 +170,25 @@ def run_benchmark(model: HookedTransformer, prompts: EncodedPrompts, n_naive: in
     diff_acts = 0.0
     for i in range(n_naive):
         for layer in range(model.cfg.n_layers):
-            diff_acts = max(diff_acts, float((fast.activations[ATTN_OUT.format(layer=layer)][i]
-                                              - naive_out[i][layer]).abs().max()))
+            diff_acts = max(
+                diff_acts, float((fast.activations[ATTN_OUT.format(layer=layer)][i] - naive_out[i][layer]).abs().max())
+            )
             n_keys = naive_rows[i].shape[-1]
-            diff_acts = max(diff_acts, float((fast.activations[ATTN_SCORES.format(layer=layer)][i, :, :n_keys]
-                                              - naive_rows[i][layer]).abs().max()))
+            diff_acts = max(
+                diff_acts,
+                float(
+                    (fast.activations[ATTN_SCORES.format(layer=layer)][i, :, :n_keys] - naive_rows[i][layer])
+                    .abs()
+                    .max()
+                ),
+            )
 
     # achieved FLOP/s of one plain batched forward over queries, prefix included in the keys
     queries = prompts.queries[:batch_size]
     width = max(len(q) for q in queries)
-    tokens = torch.tensor([prompts.icl_prefix + q + [q[-1]] * (width - len(q)) for q in queries],
-                          device=model.cfg.device)
+    tokens = torch.tensor(
+        [prompts.icl_prefix + q + [q[-1]] * (width - len(q)) for q in queries], device=model.cfg.device
+    )
     with torch.no_grad():
         model(tokens, stop_at_layer=model.cfg.n_layers)
         _sync(device)
@@ -185,11 +207,23 @@ def run_benchmark(model: HookedTransformer, prompts: EncodedPrompts, n_naive: in
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchmarkResult(
-        device=device, dtype=str(model.cfg.dtype).removeprefix("torch."), threads=torch.get_num_threads(),
-        k=prompts.k, prefix_tokens=len(prompts.icl_prefix), n_naive=n_naive, n_fast=n_fast, batch_size=batch_size,
-        naive_examples_per_s=n_naive / naive_s, fast_examples_per_s=n_fast / fast_s,
-        speedup=(n_fast / fast_s) / (n_naive / naive_s), max_abs_diff_scores=diff_scores,
-        max_abs_diff_activations=diff_acts, forward_tokens=int(tokens.numel()), forward_seconds=best,
-        forward_flop_per_s=achieved, matmul_peak_flop_per_s=peak, forward_fraction_of_peak=achieved / peak,
+        device=device,
+        dtype=str(model.cfg.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        k=prompts.k,
+        prefix_tokens=len(prompts.icl_prefix),
+        n_naive=n_naive,
+        n_fast=n_fast,
+        batch_size=batch_size,
+        naive_examples_per_s=n_naive / naive_s,
+        fast_examples_per_s=n_fast / fast_s,
+        speedup=(n_fast / fast_s) / (n_naive / naive_s),
+        max_abs_diff_scores=diff_scores,
+        max_abs_diff_activations=diff_acts,
+        forward_tokens=int(tokens.numel()),
+        forward_seconds=best,
+        forward_flop_per_s=achieved,
+        matmul_peak_flop_per_s=peak,
+        forward_fraction_of_peak=achieved / peak,
         peak_memory_mb=peak_mb,
     )

@@ -10,7 +10,7 @@ query ("N/A" in every template field) under the same prefix and model, and remov
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float

@@ -18,8 +18,9 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
@@ -81,16 +82,28 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str, dest
         help_text = _field_help(doc, f.name)
         dest = dest_prefix + f.name
         if tp is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(
+                flag,
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
             continue
         choices = None
         inner, _ = _unwrap_optional(tp)
         if typing.get_origin(inner) is typing.Literal:
             choices = list(typing.get_args(inner))
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument(flag, dest=dest, type=_parser_for(tp), default=None, choices=choices,
-                            metavar=None if choices else _metavar(f.name, tp), help=f"{help_text} (default: {shown})")
+        parser.add_argument(
+            flag,
+            dest=dest,
+            type=_parser_for(tp),
+            default=None,
+            choices=choices,
+            metavar=None if choices else _metavar(f.name, tp),
+            help=f"{help_text} (default: {shown})",
+        )
 
 
 def _field_help(doc: str, name: str) -> str:
@@ -100,7 +113,7 @@ def _field_help(doc: str, name: str) -> str:
         stripped = line.strip()
         if stripped.startswith(f"{name}:") or stripped.startswith(f"{name} /"):
             text = stripped.split(":", 1)[1].strip()
-            for nxt in lines[i + 1:]:
+            for nxt in lines[i + 1 :]:
                 if not nxt.startswith(" " * 12):
                     break
                 text += " " + nxt.strip()
@@ -114,8 +127,16 @@ def _plain(text: str) -> str:
     return text.replace("``", "").replace("%", "%%")
 
 
-_METAVAR_BY_NAME = {"label_words": "WORDS", "lr_grid": "RATES", "settings": "SETTINGS", "template": "TEMPLATE",
-                    "params": "GROUPS", "separator": "TEXT", "answer_prefix": "TEXT", "start": "TOKEN"}
+_METAVAR_BY_NAME = {
+    "label_words": "WORDS",
+    "lr_grid": "RATES",
+    "settings": "SETTINGS",
+    "template": "TEMPLATE",
+    "params": "GROUPS",
+    "separator": "TEXT",
+    "answer_prefix": "TEXT",
+    "start": "TOKEN",
+}
 
 
 def _metavar(name: str, tp: Any) -> str:
@@ -175,7 +196,9 @@ def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
                 try:
                     combo[int_field] = int(combo[int_field])
                 except ValueError:
-                    raise ConfigError(f"--{int_field} must be an integer or a comma-separated list of integers")
+                    raise ConfigError(
+                        f"--{int_field} must be an integer or a comma-separated list of integers"
+                    ) from None
         cells.append(build_config(args, combo))
     return cells
 
@@ -197,22 +220,54 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def add_executor_flags(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("executors", "where the cells run (see the README's 'Running on a cluster')")
-    group.add_argument("--executor", default="inline", choices=["inline", "local", "slurm"],
-                       help="inline: one cell after another in this process; local: worker processes; "
-                            "slurm: one SLURM job per cell, as a job array (default: inline)")
-    group.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="local: cells at once; each gets one GPU (cuda) or cores/N threads (cpu) (default: 1)")
-    group.add_argument("--log-dir", default=None, metavar="DIR", help="submitit's pickles and job logs (default: OUT/.submitit)")
-    group.add_argument("--slurm-partition", default=None, metavar="NAME", help="slurm: partition (default: the cluster's)")
+    group.add_argument(
+        "--executor",
+        default="inline",
+        choices=["inline", "local", "slurm"],
+        help="inline: one cell after another in this process; local: worker processes; "
+        "slurm: one SLURM job per cell, as a job array (default: inline)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local: cells at once; each gets one GPU (cuda) or cores/N threads (cpu) (default: 1)",
+    )
+    group.add_argument(
+        "--log-dir", default=None, metavar="DIR", help="submitit's pickles and job logs (default: OUT/.submitit)"
+    )
+    group.add_argument(
+        "--slurm-partition", default=None, metavar="NAME", help="slurm: partition (default: the cluster's)"
+    )
     group.add_argument("--slurm-gpus", type=int, default=0, metavar="N", help="slurm: GPUs per job (default: 0)")
-    group.add_argument("--slurm-cpus", type=int, default=1, metavar="N", help="slurm: CPUs per job = torch threads (default: 1)")
-    group.add_argument("--slurm-mem", default=None, metavar="SIZE", help="slurm: memory per job, e.g. 16G (default: the cluster's)")
-    group.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="slurm: time limit per job in minutes (default: 60)")
-    group.add_argument("--slurm-array-parallelism", type=int, default=64, metavar="N",
-                       help="slurm: at most this many jobs of the array run at once (default: 64)")
-    group.add_argument("--slurm-flag", action="append", default=[], metavar="NAME[=VALUE]",
-                       help="slurm: any further sbatch flag, e.g. --slurm-flag account=abc --slurm-flag exclusive "
-                            "(repeatable)")
+    group.add_argument(
+        "--slurm-cpus", type=int, default=1, metavar="N", help="slurm: CPUs per job = torch threads (default: 1)"
+    )
+    group.add_argument(
+        "--slurm-mem", default=None, metavar="SIZE", help="slurm: memory per job, e.g. 16G (default: the cluster's)"
+    )
+    group.add_argument(
+        "--slurm-time",
+        type=int,
+        default=60,
+        metavar="MINUTES",
+        help="slurm: time limit per job in minutes (default: 60)",
+    )
+    group.add_argument(
+        "--slurm-array-parallelism",
+        type=int,
+        default=64,
+        metavar="N",
+        help="slurm: at most this many jobs of the array run at once (default: 64)",
+    )
+    group.add_argument(
+        "--slurm-flag",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="slurm: any further sbatch flag, e.g. --slurm-flag account=abc --slurm-flag exclusive (repeatable)",
+    )
 
 
 def executor_options(args: argparse.Namespace):
@@ -226,46 +281,83 @@ def executor_options(args: argparse.Namespace):
         if not name:
             raise ConfigError(f"--slurm-flag needs NAME or NAME=VALUE, got {flag!r}")
         extra.append((name, value if sep else True))
-    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.slurm_gpus, cpus_per_job=args.slurm_cpus,
-                         mem=args.slurm_mem, time_min=args.slurm_time,
-                         array_parallelism=args.slurm_array_parallelism, extra=tuple(extra))
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        gpus_per_job=args.slurm_gpus,
+        cpus_per_job=args.slurm_cpus,
+        mem=args.slurm_mem,
+        time_min=args.slurm_time,
+        array_parallelism=args.slurm_array_parallelism,
+        extra=tuple(extra),
+    )
     return ExecutorOptions(kind=args.executor, workers=args.workers, log_dir=args.log_dir, slurm=slurm)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="icl-lens", description="In-context learning vs gradient descent, "
-                     "through TransformerLens.")
-    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
-                        help="logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    parser = _Parser(prog="icl-lens", description="In-context learning vs gradient descent, through TransformerLens.")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
-    run.add_argument("--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)")
-    run.add_argument("--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)")
-    run.add_argument("--k", metavar="K", help="demonstrations; comma-separated for several (default: 16; --preset reference: 32)")
+    run.add_argument(
+        "--task", metavar="TASKS", help="task name or task file; comma-separated for several (default: sst2)"
+    )
+    run.add_argument(
+        "--model", metavar="MODELS", help="model name or path; comma-separated for several (default: gemma3-270m)"
+    )
+    run.add_argument(
+        "--k", metavar="K", help="demonstrations; comma-separated for several (default: 16; --preset reference: 32)"
+    )
     run.add_argument("--seed", metavar="SEEDS", help="demonstration seed(s), comma-separated (default: 0)")
     run.add_argument("--out", default="results", metavar="DIR", help="results folder (one sub-folder per cell)")
     run.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ...")
-    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                     help="dtype of the model's weights and activations (default: float32)")
+    run.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the model's weights and activations (default: float32)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    run.add_argument("--attention-examples", type=int, default=4, metavar="N",
-                     help="queries whose full attention maps (all settings) are saved for the report (0: none)")
+    run.add_argument(
+        "--attention-examples",
+        type=int,
+        default=4,
+        metavar="N",
+        help="queries whose full attention maps (all settings) are saved for the report (0: none)",
+    )
     add_executor_flags(run)
     _add_dataclass_flags(run, ExperimentConfig, "", "cfg__", skip=SWEEPABLE)
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
     bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
-    bench.add_argument("--model", default="gemma3-270m", metavar="MODEL", help="model name or path (default: gemma3-270m)")
+    bench.add_argument(
+        "--model", default="gemma3-270m", metavar="MODEL", help="model name or path (default: gemma3-270m)"
+    )
     bench.add_argument("--task", default="sst2", metavar="TASK", help="task whose prompts are timed (default: sst2)")
     bench.add_argument("--k", type=int, default=16, metavar="K", help="demonstrations in the prompt (default: 16)")
-    bench.add_argument("--n-naive", type=int, default=8, metavar="N", help="queries for the (slow) naive loop (default: 8)")
-    bench.add_argument("--n-fast", type=int, default=64, metavar="N", help="queries for the optimized path (default: 64)")
+    bench.add_argument(
+        "--n-naive", type=int, default=8, metavar="N", help="queries for the (slow) naive loop (default: 8)"
+    )
+    bench.add_argument(
+        "--n-fast", type=int, default=64, metavar="N", help="queries for the optimized path (default: 64)"
+    )
     bench.add_argument("--batch-size", type=int, default=16, metavar="N", help="queries per forward pass (default: 16)")
-    bench.add_argument("--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ... (default: cpu)")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                       help="dtype of the model's weights and activations (default: float32)")
+    bench.add_argument(
+        "--device", default="cpu", metavar="DEVICE", help="torch device: cpu, cuda, cuda:1 ... (default: cpu)"
+    )
+    bench.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the model's weights and activations (default: float32)",
+    )
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
     add_report_command(sub)
@@ -284,8 +376,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.attention_examples < 0:
         raise ConfigError(f"--attention-examples must be >= 0, got {args.attention_examples}")
     cells = expand_cells(args)
-    runtime = RuntimeOptions(device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                             attention_examples=args.attention_examples)
+    runtime = RuntimeOptions(
+        device=args.device, dtype=args.dtype, progress=not args.no_progress, attention_examples=args.attention_examples
+    )
     results = run_cells(cells, args.out, runtime, executor=executor_options(args))
     print(summary(results))
     for cfg in cells:
@@ -304,8 +397,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     task = get_task(args.task)
     queries = sample_queries(task, max(args.n_naive, args.n_fast))
-    prompts = encode_prompts(model.tokenizer, task, sample_demonstrations(task, args.k, 0), queries,
-                             PromptFormat(), model.cfg.n_ctx)
+    prompts = encode_prompts(
+        model.tokenizer, task, sample_demonstrations(task, args.k, 0), queries, PromptFormat(), model.cfg.n_ctx
+    )
     result = run_benchmark(model, prompts, args.n_naive, args.n_fast, args.batch_size)
     print(result.report())
     if args.json:
@@ -363,8 +457,15 @@ def _error_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    commands = {"run": cmd_run, "bench": cmd_bench, "report": cmd_report, "findings": cmd_findings,
-                "status": cmd_status, "tasks": cmd_tasks, "models": cmd_models}
+    commands = {
+        "run": cmd_run,
+        "bench": cmd_bench,
+        "report": cmd_report,
+        "findings": cmd_findings,
+        "status": cmd_status,
+        "tasks": cmd_tasks,
+        "models": cmd_models,
+    }
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")

@@ -7,15 +7,16 @@ Queries are right-padded (causal attention makes padding after a token invisible
 length to waste little compute on padding, and run with hooks that keep only the recorded position
 of the few hook points the metrics need (see the README's definitions) — never a full activation cache.
 
-Prediction (Dai et al. 2023; Deutch et al. 2024): the score of class j is the mean log-softmax (over the full vocabulary) of
-label j's tokens after the prompt; the prediction is the argmax.
+Prediction (Dai et al. 2023; Deutch et al. 2024): the score of class j is the mean log-softmax (over the
+full vocabulary) of label j's tokens after the prompt; the prediction is the argmax.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -70,14 +71,14 @@ class SettingRun:
     setting: str
     class_scores: Float[torch.Tensor, "n_examples n_classes"]
     activations: ActivationCache
-    key_lengths: Int[torch.Tensor, "n_examples"]
+    key_lengths: Int[torch.Tensor, " n_examples"]
     demo_attention_mass: Float[torch.Tensor, "n_examples n_layers n_heads"]
     sink_attention_mass: Float[torch.Tensor, "n_examples n_layers n_heads"]
     next_token_ids: Int[torch.Tensor, "n_examples top_k"]
     next_token_probs: Float[torch.Tensor, "n_examples top_k"]
 
     @property
-    def predictions(self) -> Int[torch.Tensor, "n_examples"]:
+    def predictions(self) -> Int[torch.Tensor, " n_examples"]:
         return self.class_scores.argmax(dim=-1)
 
     @property
@@ -85,9 +86,7 @@ class SettingRun:
         return self.class_scores.shape[0]
 
 
-def _expand_prefix_cache(
-    prefix_cache: TransformerLensKeyValueCache, batch_size: int
-) -> TransformerLensKeyValueCache:
+def _expand_prefix_cache(prefix_cache: TransformerLensKeyValueCache, batch_size: int) -> TransformerLensKeyValueCache:
     """A frozen view of a batch-1 prefix cache for ``batch_size`` rows (no copy)."""
     entries = [
         TransformerLensKeyValueCacheEntry(
@@ -172,8 +171,9 @@ def zero_unattended(values: torch.Tensor, attended: torch.Tensor) -> torch.Tenso
 class _PositionRecorder:
     """Forward hooks that keep one row per example of the hook points the metrics need."""
 
-    def __init__(self, windows: Sequence[int | None], rows: torch.Tensor, key_start: int, key_lengths: torch.Tensor,
-                 n_start: int):
+    def __init__(
+        self, windows: Sequence[int | None], rows: torch.Tensor, key_start: int, key_lengths: torch.Tensor, n_start: int
+    ):
         self.rows = rows  # [batch] position of the recorded token in the sequences run
         self.key_start = key_start  # absolute key index where the query part begins (= prefix length)
         self.key_lengths = key_lengths  # [batch] keys of the query part up to the recorded token
@@ -250,8 +250,9 @@ def _mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch
 def check_record_fits(record: RecordSpec, model: HookedTransformer) -> None:
     """A :class:`ConfigError` if ``record.top_k`` exceeds the model's vocabulary."""
     if record.top_k > model.cfg.d_vocab:
-        raise ConfigError(f"record top_k={record.top_k} is larger than the model's vocabulary of "
-                          f"{model.cfg.d_vocab} tokens")
+        raise ConfigError(
+            f"record top_k={record.top_k} is larger than the model's vocabulary of {model.cfg.d_vocab} tokens"
+        )
 
 
 def check_evaluation_inputs(
@@ -284,8 +285,10 @@ def check_evaluation_inputs(
     label_ids = [check_token_ids(l, d_vocab, f"label {i}") for i, l in enumerate(labels)]
     longest = len(prefix_ids) + max(map(len, query_ids)) + max(map(len, label_ids))
     if longest > model.cfg.n_ctx:
-        raise PromptError(f"prefix + longest query + longest label = {longest} tokens, longer than the model's "
-                          f"context of {model.cfg.n_ctx}")
+        raise PromptError(
+            f"prefix + longest query + longest label = {longest} tokens, longer than the model's "
+            f"context of {model.cfg.n_ctx}"
+        )
     return prefix_ids, query_ids, label_ids
 
 
@@ -325,7 +328,6 @@ def evaluate(
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     prefix, queries, labels = check_evaluation_inputs(model, prefix, queries, labels, n_start=n_start, record=record)
     cfg = model.cfg
-    device = cfg.device
     n_classes = len(labels)
     answer = list(labels[0])
     prefix = list(prefix)
@@ -380,7 +382,9 @@ def evaluate(
 
     if not bool(torch.isfinite(scores).all()):
         bad = int((~torch.isfinite(scores)).any(-1).sum())
-        raise NonFiniteError(f"setting {setting or '?'}: the model produced NaN/inf class scores for {bad} of {n} queries")
+        raise NonFiniteError(
+            f"setting {setting or '?'}: the model produced NaN/inf class scores for {bad} of {n} queries"
+        )
     activations = {}
     max_keys = int(key_lengths.max())
     for name, chunks in store_chunks.items():

@@ -30,9 +30,10 @@ import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.results import atomic_write_text, is_complete
@@ -151,14 +152,16 @@ def job_alive(state: dict[str, Any]) -> bool | None:
     slurm_id = state.get("slurm_job_id")
     if slurm_id:
         try:
-            proc = subprocess.run(["squeue", "-h", "-j", str(slurm_id), "-o", "%T"],
-                                  capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(
+                ["squeue", "-h", "-j", str(slurm_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         states = proc.stdout.split()
-        return proc.returncode == 0 and any(s not in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT",
-                                                       "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY")
-                                            for s in states)
+        return proc.returncode == 0 and any(
+            s not in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY")
+            for s in states
+        )
     pid = state.get("pid")
     if pid is None or state.get("host") != socket.gethostname():
         return None
@@ -220,8 +223,9 @@ def _write_manifest(out_dir: Path, names: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- the worker
 
 
-def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
-             model_loader: Callable | None, threads: int | None) -> str:
+def cell_job(
+    cfg: ExperimentConfig, out_dir: str, runtime: RuntimeOptions, model_loader: Callable | None, threads: int | None
+) -> str:
     """One cell in a worker process (local or SLURM): load the model, run the cell, write its results.
 
     Records running / failed / finished in the cell's state file; returns the cell's name.
@@ -237,9 +241,14 @@ def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
     env = submitit.JobEnvironment()
     cell_dir = cell_path(out_dir, cfg, runtime).parent
     info: dict[str, Any] = {
-        "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
-        "job_id": env.job_id, "executor": env.cluster, "threads": torch.get_num_threads(),
-        "stdout": str(env.paths.stdout), "stderr": str(env.paths.stderr),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start": _process_start(os.getpid()),
+        "job_id": env.job_id,
+        "executor": env.cluster,
+        "threads": torch.get_num_threads(),
+        "stdout": str(env.paths.stdout),
+        "stderr": str(env.paths.stderr),
     }
     if env.cluster == "slurm":
         info["slurm_job_id"] = env.job_id
@@ -248,9 +257,14 @@ def cell_job(cfg: "ExperimentConfig", out_dir: str, runtime: "RuntimeOptions",
         if finished_results(cell_path(out_dir, cfg, runtime), cfg, runtime) is None:
             if model_loader is None:
                 from icl_lens.models import load_model as model_loader
-            model = model_loader(cfg.model, device=runtime.device, dtype=runtime.dtype,
-                                 untrained=cfg.untrained, seed=cfg.untrained_seed,
-                                 **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}))
+            model = model_loader(
+                cfg.model,
+                device=runtime.device,
+                dtype=runtime.dtype,
+                untrained=cfg.untrained,
+                seed=cfg.untrained_seed,
+                **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}),
+            )
             run_cell(model, cfg, out_dir, runtime)
     except BaseException as exc:
         write_state(cell_dir, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0], **info)
@@ -303,9 +317,14 @@ def _slurm_executor(folder: Path, options: SlurmOptions):
 
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = dict(
-        cpus_per_task=options.cpus_per_job, time=options.time_min, array_parallelism=options.array_parallelism,
-        setup=_setup_lines(options.cpus_per_job), additional_parameters=dict(options.extra), ntasks_per_node=1,
-        nodes=1, job_name="icl_lens",
+        cpus_per_task=options.cpus_per_job,
+        time=options.time_min,
+        array_parallelism=options.array_parallelism,
+        setup=_setup_lines(options.cpus_per_job),
+        additional_parameters=dict(options.extra),
+        ntasks_per_node=1,
+        nodes=1,
+        job_name="icl_lens",
     )
     if options.partition:
         params["partition"] = options.partition
@@ -318,11 +337,11 @@ def _slurm_executor(folder: Path, options: SlurmOptions):
 
 
 def run_with_executor(
-    cells: Sequence["ExperimentConfig"],
+    cells: Sequence[ExperimentConfig],
     todo: Sequence[int],
     results: list[dict[str, Any] | None],
     out_dir: Path,
-    runtime: "RuntimeOptions",
+    runtime: RuntimeOptions,
     model_loader: Callable | None,
     on_result: Callable | None,
     options: ExecutorOptions,
@@ -348,17 +367,25 @@ def run_with_executor(
         state = read_state(cell_path(out_dir, cells[index], runtime).parent)
         if state and state.get("state") in ("running", "queued") and job_alive(state):
             submit_order.remove(index)
-            failures.append(f"{cells[index].cell_name()}: still running in job {state.get('job_id')} on "
-                            f"{state.get('host')}; not submitted again (rerun when it is over)")
-    bar = tqdm(total=len(submit_order), desc=f"cells ({options.kind})",
-               disable=not runtime.progress or not submit_order)
+            failures.append(
+                f"{cells[index].cell_name()}: still running in job {state.get('job_id')} on "
+                f"{state.get('host')}; not submitted again (rerun when it is over)"
+            )
+    bar = tqdm(
+        total=len(submit_order), desc=f"cells ({options.kind})", disable=not runtime.progress or not submit_order
+    )
     running: dict[Any, tuple[int, int]] = {}  # job -> (cell index, worker slot)
 
     def record(job, index: int, queued: bool) -> None:
         cfg = cells[index]
         if queued:
-            fields = {"job_id": job.job_id, "executor": options.kind, "host": socket.gethostname(),
-                      "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+            fields = {
+                "job_id": job.job_id,
+                "executor": options.kind,
+                "host": socket.gethostname(),
+                "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr),
+            }
             if options.kind == "slurm":
                 fields["slurm_job_id"] = job.job_id
             else:
@@ -379,9 +406,15 @@ def run_with_executor(
             logs = f"{job.paths.stderr} / {job.paths.stdout}"
             state = read_state(cell_path(out_dir, cfg, runtime).parent) or {}
             if state.get("state") != "failed":
-                write_state(cell_path(out_dir, cfg, runtime).parent, "failed", error=error, job_id=job.job_id,
-                            host=state.get("host", socket.gethostname()),
-                            stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
+                write_state(
+                    cell_path(out_dir, cfg, runtime).parent,
+                    "failed",
+                    error=error,
+                    job_id=job.job_id,
+                    host=state.get("host", socket.gethostname()),
+                    stdout=str(job.paths.stdout),
+                    stderr=str(job.paths.stderr),
+                )
             failures.append(f"{cfg.cell_name()}: {error}; logs: {logs}")
             logger.error("cell %s failed: %s (logs: %s)", cfg.cell_name(), error, logs)
         else:
@@ -408,16 +441,20 @@ def run_with_executor(
     try:
         if options.kind == "slurm":
             executor = _slurm_executor(folder, options.slurm)
-            jobs = executor.map_array(cell_job, [cells[i] for i in submit_order],
-                                      [str(out_dir.resolve())] * len(submit_order),
-                                      [worker_runtime] * len(submit_order),
-                                      [model_loader] * len(submit_order),
-                                      [options.slurm.cpus_per_job] * len(submit_order))
+            jobs = executor.map_array(
+                cell_job,
+                [cells[i] for i in submit_order],
+                [str(out_dir.resolve())] * len(submit_order),
+                [worker_runtime] * len(submit_order),
+                [model_loader] * len(submit_order),
+                [options.slurm.cpus_per_job] * len(submit_order),
+            )
             for job, index in zip(jobs, submit_order):
                 running[job] = (index, 0)
                 record(job, index, queued=True)
-            logger.info("submitted %d cells as SLURM job array %s", len(jobs),
-                        jobs[0].job_id.split("_")[0] if jobs else "-")
+            logger.info(
+                "submitted %d cells as SLURM job array %s", len(jobs), jobs[0].job_id.split("_")[0] if jobs else "-"
+            )
             pending: deque[int] = deque()
             free_slots: list[int] = []
         else:
@@ -427,8 +464,9 @@ def run_with_executor(
             on_gpu = worker_runtime.device.startswith("cuda")
             gpus = visible_gpus() if on_gpu else []
             if on_gpu and options.workers > len(gpus):
-                raise ConfigError(f"--workers {options.workers} needs as many GPUs, but {len(gpus)} are visible "
-                                  f"({gpus})")
+                raise ConfigError(
+                    f"--workers {options.workers} needs as many GPUs, but {len(gpus)} are visible ({gpus})"
+                )
             if on_gpu:
                 worker_runtime = replace(worker_runtime, device="cuda")  # each worker sees one GPU: cuda:0
             threads = None if on_gpu else local_threads(options.workers)
@@ -441,8 +479,9 @@ def run_with_executor(
                 if on_gpu:
                     params.update(gpus_per_node=1, visible_gpus=[gpus[slot]])
                 executor.update_parameters(**params)
-                job = executor.submit(cell_job, cells[index], str(out_dir.resolve()), worker_runtime,
-                                      model_loader, threads)
+                job = executor.submit(
+                    cell_job, cells[index], str(out_dir.resolve()), worker_runtime, model_loader, threads
+                )
                 jobs.append(job)
                 running[job] = (index, slot)
                 record(job, index, queued=True)
@@ -463,6 +502,8 @@ def run_with_executor(
     finally:
         bar.close()
     if failures:
-        raise SweepError(f"{len(failures)} of {len(todo)} cells did not finish (finished cells are saved; "
-                         f"run the same sweep again to run only these):\n  " + "\n  ".join(failures))
+        raise SweepError(
+            f"{len(failures)} of {len(todo)} cells did not finish (finished cells are saved; "
+            f"run the same sweep again to run only these):\n  " + "\n  ".join(failures)
+        )
     return [r for r in results if r is not None]

@@ -1,4 +1,5 @@
-"""One comparison cell: a task, a model, k demonstrations and a seed, run every way (Dai et al. 2023; Deutch et al. 2024).
+"""One comparison cell: a task, a model, k demonstrations and a seed, run every way (Dai et al. 2023;
+Deutch et al. 2024).
 
 ``run_experiment`` takes a loaded model and a task, and returns a plain-JSON results dict:
 
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
-from icl_lens import metrics, nulls as null_models, stats
+from icl_lens import metrics, stats
+from icl_lens import nulls as null_models
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
@@ -216,9 +218,18 @@ class ExperimentConfig:
 
 
 _EXPERIMENT_BOUNDS = {
-    "k": NON_NEGATIVE, "limit": AT_LEAST_ONE, "seed": SEED, "eval_seed": SEED, "lr": POSITIVE,
-    "lr_grid": POSITIVE, "lr_dev_size": AT_LEAST_ONE, "lcgd_lr": POSITIVE, "random_seed": SEED,
-    "batch_size": AT_LEAST_ONE, "untrained_seed": SEED, "bootstrap_resamples": AT_LEAST_ONE,
+    "k": NON_NEGATIVE,
+    "limit": AT_LEAST_ONE,
+    "seed": SEED,
+    "eval_seed": SEED,
+    "lr": POSITIVE,
+    "lr_grid": POSITIVE,
+    "lr_dev_size": AT_LEAST_ONE,
+    "lcgd_lr": POSITIVE,
+    "random_seed": SEED,
+    "batch_size": AT_LEAST_ONE,
+    "untrained_seed": SEED,
+    "bootstrap_resamples": AT_LEAST_ONE,
     "bootstrap_seed": SEED,
 }
 """Bounds of ExperimentConfig's numeric fields (types, NaN/inf and Literal choices come from the hints)."""
@@ -235,10 +246,15 @@ def apply_task_overrides(task: Task, cfg: ExperimentConfig) -> Task:
 def _layer_summary(per_example: np.ndarray | torch.Tensor, indices: np.ndarray, confidence: float) -> dict[str, Any]:
     """A per-layer metric from its [n_examples, n_layers] terms: each layer's mean over examples,
     the mean over layers, and their percentile bootstrap intervals from the cell's resamples."""
-    interval = stats.bootstrap_interval(np.asarray(per_example, dtype=np.float64), indices=indices,
-                                        confidence=confidence)
-    return {"per_layer": interval.per_layer, "mean": interval.value, "ci": interval.ci,
-            "per_layer_ci": interval.per_layer_ci}
+    interval = stats.bootstrap_interval(
+        np.asarray(per_example, dtype=np.float64), indices=indices, confidence=confidence
+    )
+    return {
+        "per_layer": interval.per_layer,
+        "mean": interval.value,
+        "ci": interval.ci,
+        "per_layer_ci": interval.per_layer_ci,
+    }
 
 
 def _map_name(cfg: ExperimentConfig) -> str:
@@ -264,10 +280,16 @@ def comparison_per_example(
 
 
 def comparison_metrics(
-    zsl: SettingRun, icl: SettingRun, tuned: SettingRun, labels: torch.Tensor, cfg: ExperimentConfig,
-    indices: np.ndarray | None = None, per_example: dict[str, np.ndarray] | None = None,
+    zsl: SettingRun,
+    icl: SettingRun,
+    tuned: SettingRun,
+    labels: torch.Tensor,
+    cfg: ExperimentConfig,
+    indices: np.ndarray | None = None,
+    per_example: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Every ICL-vs-finetuned metric of Dai et al. 2023 and Deutch et al. 2024 for one finetuned setting (FT or LCGD), each with
+    """Every ICL-vs-finetuned metric of Dai et al. 2023 and Deutch et al. 2024 for one finetuned setting
+    (FT or LCGD), each with
     its percentile bootstrap interval over queries.
 
     Args:
@@ -279,8 +301,9 @@ def comparison_metrics(
     if per_example is None:
         per_example = comparison_per_example(zsl, icl, tuned, cfg)
     overlap = metrics.prediction_change_overlap(zsl.predictions, icl.predictions, tuned.predictions, labels)
-    fixes, both_fix, same_change, jaccard_denominator = _prediction_indicators(zsl.predictions, icl.predictions,
-                                                                 tuned.predictions, labels)
+    fixes, both_fix, same_change, jaccard_denominator = _prediction_indicators(
+        zsl.predictions, icl.predictions, tuned.predictions, labels
+    )
     level = cfg.confidence
     token = {}
     for name in ("token_overlap", "overlap_cosine"):
@@ -289,8 +312,10 @@ def comparison_metrics(
     return {
         "rec2ftp": metrics.rec2ftp(zsl.predictions, icl.predictions, tuned.predictions, labels),
         "rec2ftp_ci": [100 * v for v in stats.bootstrap_ratio(both_fix, fixes, indices, level)],
-        "prediction_changes": {**overlap.to_dict(),
-                               "jaccard_ci": stats.bootstrap_ratio(same_change, jaccard_denominator, indices, level)},
+        "prediction_changes": {
+            **overlap.to_dict(),
+            "jaccard_ci": stats.bootstrap_ratio(same_change, jaccard_denominator, indices, level),
+        },
         **{name: _layer_summary(per_example[name], indices, level) for name in ("simaou", "simam", "simam_delta")},
         "token_overlap": token,
     }
@@ -311,12 +336,14 @@ def _prediction_indicators(zsl, icl, tuned, labels) -> tuple[np.ndarray, ...]:
 def _per_example(queries, runs: dict[str, SettingRun]) -> list[dict[str, Any]]:
     rows = []
     for i, query in enumerate(queries):
-        rows.append({
-            "row_index": query["row_index"],
-            "label": query["label"],
-            "prediction": {name: int(run.predictions[i]) for name, run in runs.items()},
-            "class_scores": {name: [round(float(s), 6) for s in run.class_scores[i]] for name, run in runs.items()},
-        })
+        rows.append(
+            {
+                "row_index": query["row_index"],
+                "label": query["label"],
+                "prediction": {name: int(run.predictions[i]) for name, run in runs.items()},
+                "class_scores": {name: [round(float(s), 6) for s in run.class_scores[i]] for name, run in runs.items()},
+            }
+        )
     return rows
 
 
@@ -353,8 +380,18 @@ def run_experiment(
     train = load_split(task, task.train_split)
     needs_demos = any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS))
     prompts, demos, queries = sample_prompts(
-        model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.limit, cfg.eval_seed,
-        sampling=cfg.demo_sampling, require_demos=needs_demos, train=train)
+        model.tokenizer,
+        task,
+        cfg.prompt,
+        model.cfg.n_ctx,
+        cfg.k,
+        cfg.seed,
+        cfg.limit,
+        cfg.eval_seed,
+        sampling=cfg.demo_sampling,
+        require_demos=needs_demos,
+        train=train,
+    )
     labels = torch.tensor([q["label"] for q in queries])
     n_start = prompts.n_start
     content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
@@ -362,9 +399,18 @@ def run_experiment(
 
     def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
         t0 = time.perf_counter()
-        result = evaluate(setting_model, prefix, prompts.queries, prompts.labels, setting=name, n_start=n_start,
-                          record=cfg.record, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
-                          progress=progress)
+        result = evaluate(
+            setting_model,
+            prefix,
+            prompts.queries,
+            prompts.labels,
+            setting=name,
+            n_start=n_start,
+            record=cfg.record,
+            batch_size=cfg.batch_size,
+            reuse_prefix=cfg.reuse_prefix,
+            progress=progress,
+        )
         if cfg.calibration == "content_free":
             bias = content_free_scores(setting_model, prefix, content_free_query, prompts.labels, n_start)
             content_free_record[name] = [float(v) for v in bias[0]]
@@ -397,14 +443,25 @@ def run_experiment(
                 tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
             else:
                 train_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings)
-                tuned, trace = layer_causal_finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths,
-                                                     train_cfg, cfg.lcgd_schedule, progress)
+                tuned, trace = layer_causal_finetune(
+                    model, prompts.demo_sequences, prompts.demo_answer_lengths, train_cfg, cfg.lcgd_schedule, progress
+                )
             timings[f"train_{name}"] = time.perf_counter() - t0
             traces[name] = trace
             runs[name] = run_setting(name, tuned, prompts.zsl_prefix)
             null_runs[name], null_facts[name] = run_null_models(
-                name, model, tuned, train_cfg, cfg, task, demos[: prompts.k], queries, prompts.zsl_prefix, run_setting,
-                progress)
+                name,
+                model,
+                tuned,
+                train_cfg,
+                cfg,
+                task,
+                demos[: prompts.k],
+                queries,
+                prompts.zsl_prefix,
+                run_setting,
+                progress,
+            )
             if keep_models:
                 tuned_models[name] = tuned
             else:
@@ -415,17 +472,28 @@ def run_experiment(
     results: dict[str, Any] = {
         "icl_lens_version": __version__,
         "config": cfg.to_dict(),
-        "task": {"name": task.name, "template": task.template, "label_words": list(task.label_words),
-                 "eval_split": task.eval_split, "n_classes": task.n_classes},
+        "task": {
+            "name": task.name,
+            "template": task.template,
+            "label_words": list(task.label_words),
+            "eval_split": task.eval_split,
+            "n_classes": task.n_classes,
+        },
         "model": _model_facts(model),
         "prompts": prompts.summary(),
         "demonstrations": [{"row_index": d["row_index"], "label": d["label"]} for d in demos[: prompts.k]],
         "n_examples": len(queries),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
-        "accuracy_ci": {name: stats.bootstrap_interval(values, indices=indices, confidence=cfg.confidence).ci
-                        for name, values in per_example["correct"].items()},
-        "uncertainty": {"method": stats.METHOD, "n_resamples": cfg.bootstrap_resamples,
-                        "confidence": cfg.confidence, "seed": cfg.bootstrap_seed},
+        "accuracy_ci": {
+            name: stats.bootstrap_interval(values, indices=indices, confidence=cfg.confidence).ci
+            for name, values in per_example["correct"].items()
+        },
+        "uncertainty": {
+            "method": stats.METHOD,
+            "n_resamples": cfg.bootstrap_resamples,
+            "confidence": cfg.confidence,
+            "seed": cfg.bootstrap_seed,
+        },
         "lr": lr_record,
         **({"lcgd_lr": lcgd_lr_record} if lcgd_lr_record else {}),
         "calibration": {"method": cfg.calibration, "content_free_scores": content_free_record},
@@ -468,27 +536,37 @@ def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConf
     defaults = ExperimentConfig.__dataclass_fields__
     if not _task_matches(cfg.task, task):
         if cfg.task != defaults["task"].default:
-            raise ConfigError(f"the config names task {cfg.task!r} but the task passed is {task.name!r}: "
-                              f"pass get_task({cfg.task!r}) or set task={task.name!r}")
+            raise ConfigError(
+                f"the config names task {cfg.task!r} but the task passed is {task.name!r}: "
+                f"pass get_task({cfg.task!r}) or set task={task.name!r}"
+            )
         changes["task"] = task.name
     model_name = str(model.cfg.model_name)
     if not _model_matches(cfg.model, model_name):
         if cfg.model != defaults["model"].default:
-            raise ConfigError(f"the config names model {cfg.model!r} but the model passed is {model_name!r}: "
-                              f"load {cfg.model!r} or set model={model_name!r}")
+            raise ConfigError(
+                f"the config names model {cfg.model!r} but the model passed is {model_name!r}: "
+                f"load {cfg.model!r} or set model={model_name!r}"
+            )
         changes["model"] = model_name
     seed = untrained_seed(model)
     if seed is None and cfg.untrained:
-        raise ConfigError(f"the config says untrained (seed {cfg.untrained_seed}) but model {model_name!r} was not "
-                          "re-initialised: load it with load_model(..., untrained=True) or set untrained=False")
+        raise ConfigError(
+            f"the config says untrained (seed {cfg.untrained_seed}) but model {model_name!r} was not "
+            "re-initialised: load it with load_model(..., untrained=True) or set untrained=False"
+        )
     if seed is not None:
         if cfg.untrained and cfg.untrained_seed != seed:
-            raise ConfigError(f"the config says untrained_seed={cfg.untrained_seed} but model {model_name!r} was "
-                              f"re-initialised with seed {seed}")
+            raise ConfigError(
+                f"the config says untrained_seed={cfg.untrained_seed} but model {model_name!r} was "
+                f"re-initialised with seed {seed}"
+            )
         init = getattr(model.cfg, "untrained_init", None)
         if cfg.untrained and init is not None and cfg.untrained_init != init:
-            raise ConfigError(f"the config says untrained_init={cfg.untrained_init!r} but model {model_name!r} was "
-                              f"re-initialised with the {init!r} recipe")
+            raise ConfigError(
+                f"the config says untrained_init={cfg.untrained_init!r} but model {model_name!r} was "
+                f"re-initialised with the {init!r} recipe"
+            )
         changes.update(untrained=True, untrained_seed=seed, **({"untrained_init": init} if init else {}))
     if changes:
         logger.info("recording what was passed in, not the config's defaults: %s", changes)
@@ -506,15 +584,24 @@ def _check_stats_config(cfg: ExperimentConfig) -> None:
 
 
 def run_null_models(
-    name: str, model: HookedTransformer, tuned: HookedTransformer, train_cfg: FinetuneConfig, cfg: ExperimentConfig,
-    task: Task, demos: list[dict[str, Any]], queries: list[dict[str, Any]], prefix: list[int], run_setting,
+    name: str,
+    model: HookedTransformer,
+    tuned: HookedTransformer,
+    train_cfg: FinetuneConfig,
+    cfg: ExperimentConfig,
+    task: Task,
+    demos: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    prefix: list[int],
+    run_setting,
     progress: bool,
 ) -> tuple[dict[str, SettingRun], dict[str, Any]]:
     """Evaluate the null models of one finetuned setting on the cell's queries: the random-direction
     update of ``tuned``'s size (FT and LCGD) and wrong-label finetuning (FT only, same lr).
 
     ``run_setting(label, model, prefix)`` evaluates a model on the zero-shot ``prefix`` like every
-    other finetuned setting (calibration included). Returns the null runs and facts to record (how many demonstrations were relabelled).
+    other finetuned setting (calibration included). Returns the null runs and facts to record (how many
+    demonstrations were relabelled).
     """
     null_runs: dict[str, SettingRun] = {}
     facts: dict[str, Any] = {}
@@ -525,36 +612,58 @@ def run_null_models(
     if name == "ft" and "wrong_label" in cfg.nulls:
         true_labels = [d["label"] for d in demos]
         wrong = null_models.wrong_labels(true_labels, task.n_classes, cfg.random_seed)
-        relabelled = encode_prompts(model.tokenizer, task, [dict(d, label=w) for d, w in zip(demos, wrong)],
-                                    queries, cfg.prompt, model.cfg.n_ctx)
+        relabelled = encode_prompts(
+            model.tokenizer,
+            task,
+            [dict(d, label=w) for d, w in zip(demos, wrong)],
+            queries,
+            cfg.prompt,
+            model.cfg.n_ctx,
+        )
         wrong_model, _ = finetune(model, relabelled.demo_sequences, relabelled.demo_answer_lengths, train_cfg, progress)
         null_runs["wrong_label"] = run_setting(f"{name}_wrong_label", wrong_model, prefix)
         del wrong_model
-        facts["wrong_label"] = {"labels": wrong[: relabelled.k],
-                                "n_relabelled": sum(t != w for t, w in zip(true_labels, wrong[: relabelled.k]))}
+        facts["wrong_label"] = {
+            "labels": wrong[: relabelled.k],
+            "n_relabelled": sum(t != w for t, w in zip(true_labels, wrong[: relabelled.k])),
+        }
     return null_runs, facts
 
 
 def per_example_values(
-    runs: dict[str, SettingRun], null_runs: dict[str, dict[str, SettingRun]], labels: torch.Tensor,
+    runs: dict[str, SettingRun],
+    null_runs: dict[str, dict[str, SettingRun]],
+    labels: torch.Tensor,
     cfg: ExperimentConfig,
 ) -> dict[str, Any]:
     """Every per-example metric term of the cell, as numpy arrays ([n_examples] or
     [n_examples, n_layers]): correctness per setting, the comparison metrics of FT and LCGD, α,
     the random baseline, ZSL SimAM and the nulls' SimAOU and SimAM_Δ. Every mean and interval of
     the results is computed from these arrays."""
-    values: dict[str, Any] = {"correct": {name: (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)
-                                          for name, run in runs.items()}}
+    values: dict[str, Any] = {
+        "correct": {
+            name: (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64) for name, run in runs.items()
+        }
+    }
     if "icl" in runs:
         icl = runs["icl"]
-        values["alpha"] = metrics.alpha_per_example(icl.demo_attention_mass, icl.sink_attention_mass,
-                                                    cfg.alpha_include_sink).cpu().numpy()
+        values["alpha"] = (
+            metrics.alpha_per_example(icl.demo_attention_mass, icl.sink_attention_mass, cfg.alpha_include_sink)
+            .cpu()
+            .numpy()
+        )
     if "icl" in runs and "zsl" in runs:
         zsl, icl = runs["zsl"], runs["icl"]
-        values["simam_zsl"] = metrics.simam_per_example(icl.activations.stack_activation(_map_name(cfg)),
-                                                        zsl.activations.stack_activation(_map_name(cfg))).cpu().numpy()
-        values["simaou_random"] = metrics.simaou_random_per_example(zsl.activations, icl.activations,
-                                                                    seed=cfg.random_seed).cpu().numpy()
+        values["simam_zsl"] = (
+            metrics.simam_per_example(
+                icl.activations.stack_activation(_map_name(cfg)), zsl.activations.stack_activation(_map_name(cfg))
+            )
+            .cpu()
+            .numpy()
+        )
+        values["simaou_random"] = (
+            metrics.simaou_random_per_example(zsl.activations, icl.activations, seed=cfg.random_seed).cpu().numpy()
+        )
     null_values: dict[str, Any] = {}
     for name in FINETUNED_SETTINGS:
         if name not in runs:
@@ -566,18 +675,27 @@ def per_example_values(
             logger.warning("shuffled-pair null skipped: it needs at least 2 queries, got %d", len(labels))
         elif "shuffled_pair" in cfg.nulls:
             null_values[name]["shuffled_pair"] = {
-                key: tensor.cpu().numpy() for key, tensor in null_models.shuffled_pair(
-                    zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), cfg.random_seed).items()}
+                key: tensor.cpu().numpy()
+                for key, tensor in null_models.shuffled_pair(
+                    zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), cfg.random_seed
+                ).items()
+            }
         for null, run in null_runs.get(name, {}).items():
             terms = comparison_per_example(zsl, icl, run, cfg)
-            null_values[name][null] = {"simaou": terms["simaou"], "simam_delta": terms["simam_delta"],
-                                       "correct": (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64)}
+            null_values[name][null] = {
+                "simaou": terms["simaou"],
+                "simam_delta": terms["simam_delta"],
+                "correct": (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64),
+            }
     values["nulls"] = null_values
     return values
 
 
 def cell_metrics(
-    runs: dict[str, SettingRun], per_example: dict[str, Any], labels: torch.Tensor, indices: np.ndarray,
+    runs: dict[str, SettingRun],
+    per_example: dict[str, Any],
+    labels: torch.Tensor,
+    indices: np.ndarray,
     cfg: ExperimentConfig,
 ) -> dict[str, Any]:
     """The ``metrics`` block: α, ZSL SimAM, the random baseline and every FT/LCGD comparison
@@ -588,7 +706,9 @@ def cell_metrics(
             out[name] = _layer_summary(per_example[name], indices, cfg.confidence)
     for name in FINETUNED_SETTINGS:
         if name in runs:
-            out[name] = comparison_metrics(runs["zsl"], runs["icl"], runs[name], labels, cfg, indices, per_example[name])
+            out[name] = comparison_metrics(
+                runs["zsl"], runs["icl"], runs[name], labels, cfg, indices, per_example[name]
+            )
     return out
 
 
@@ -607,19 +727,29 @@ def paired_tests(
     for a, b in PAIRED_ACCURACY_TESTS:
         if a in runs and b in runs:
             paired = stats.paired_bootstrap(correct[a], correct[b], indices=indices, confidence=cfg.confidence)
-            out[f"{a}_vs_{b}"] = {**stats.mcnemar_exact(correct[a], correct[b]),
-                                  "difference": paired["difference"], "ci": paired["ci"]}
+            out[f"{a}_vs_{b}"] = {
+                **stats.mcnemar_exact(correct[a], correct[b]),
+                "difference": paired["difference"],
+                "ci": paired["ci"],
+            }
     for a, b, metric in PAIRED_METRIC_TESTS:
         if a in runs and b in runs:
             out[f"{a}_vs_{b}_{metric}"] = stats.paired_bootstrap(
-                per_example[a][metric].mean(axis=1), per_example[b][metric].mean(axis=1), indices=indices,
-                confidence=cfg.confidence)
+                per_example[a][metric].mean(axis=1),
+                per_example[b][metric].mean(axis=1),
+                indices=indices,
+                confidence=cfg.confidence,
+            )
     return out
 
 
 def null_summaries(
-    runs: dict[str, SettingRun], per_example: dict[str, Any], null_facts: dict[str, dict[str, Any]],
-    labels: torch.Tensor, indices: np.ndarray, cfg: ExperimentConfig,
+    runs: dict[str, SettingRun],
+    per_example: dict[str, Any],
+    null_facts: dict[str, dict[str, Any]],
+    labels: torch.Tensor,
+    indices: np.ndarray,
+    cfg: ExperimentConfig,
 ) -> dict[str, Any]:
     """The ``nulls`` block: per finetuned setting, each null's SimAOU and SimAM_Δ summaries (with
     intervals), wrong-label finetuning's accuracy, and the Jaccard independence expectation."""
@@ -627,11 +757,17 @@ def null_summaries(
     for name, nulls_of_setting in per_example.get("nulls", {}).items():
         entry: dict[str, Any] = {}
         for null, terms in nulls_of_setting.items():
-            entry[null] = {key: _layer_summary(terms[key], indices, cfg.confidence) for key in ("simaou", "simam_delta")}
+            entry[null] = {
+                key: _layer_summary(terms[key], indices, cfg.confidence) for key in ("simaou", "simam_delta")
+            }
             if null == "wrong_label":
                 interval = stats.bootstrap_interval(terms["correct"], indices=indices, confidence=cfg.confidence)
-                entry[null] = {"accuracy": interval.value, "accuracy_ci": interval.ci, **entry[null],
-                               **null_facts.get(name, {}).get("wrong_label", {})}
+                entry[null] = {
+                    "accuracy": interval.value,
+                    "accuracy_ci": interval.ci,
+                    **entry[null],
+                    **null_facts.get(name, {}).get("wrong_label", {}),
+                }
         zsl, icl, tuned = (runs[s].predictions for s in ("zsl", "icl", name))
         _, _, same_change, denominator = _prediction_indicators(zsl, icl, tuned, labels)
         entry["jaccard_independence"] = {
@@ -657,16 +793,28 @@ def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, q
     (a dev slice disjoint from the demonstrations and the evaluation queries, or the demonstrations)
     with their labels."""
     if cfg.lr_criterion == "dev":
-        score_rows = dev_slice(train, cfg.lr_dev_size, cfg.seed, [d["row_index"] for d in demos], task=task,
-                               query_rows=[q["row_index"] for q in queries])
+        score_rows = dev_slice(
+            train,
+            cfg.lr_dev_size,
+            cfg.seed,
+            [d["row_index"] for d in demos],
+            task=task,
+            query_rows=[q["row_index"] for q in queries],
+        )
     else:
         score_rows = demos[: prompts.k]
     scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
     return dict(
-        demo_sequences=prompts.demo_sequences, answer_lengths=prompts.demo_answer_lengths,
-        score_prefix=prompts.zsl_prefix, score_queries=scored.queries,
-        score_labels=[r["label"] for r in score_rows], label_tokens=prompts.labels, grid=cfg.lr_grid,
-        criterion=cfg.lr_criterion, n_start=prompts.n_start, batch_size=cfg.batch_size,
+        demo_sequences=prompts.demo_sequences,
+        answer_lengths=prompts.demo_answer_lengths,
+        score_prefix=prompts.zsl_prefix,
+        score_queries=scored.queries,
+        score_labels=[r["label"] for r in score_rows],
+        label_tokens=prompts.labels,
+        grid=cfg.lr_grid,
+        criterion=cfg.lr_criterion,
+        n_start=prompts.n_start,
+        batch_size=cfg.batch_size,
         content_free_query=content_free_query if cfg.calibration == "content_free" else None,
     )
 
@@ -705,8 +853,14 @@ def _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings) -> tupl
 def _model_facts(model: HookedTransformer) -> dict[str, Any]:
     c = model.cfg
     return {
-        "name": c.model_name, "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads,
-        "n_key_value_heads": c.n_key_value_heads, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
-        "dtype": str(c.dtype).removeprefix("torch."), "device": str(c.device),
+        "name": c.model_name,
+        "n_layers": c.n_layers,
+        "d_model": c.d_model,
+        "n_heads": c.n_heads,
+        "n_key_value_heads": c.n_key_value_heads,
+        "d_vocab": c.d_vocab,
+        "n_ctx": c.n_ctx,
+        "dtype": str(c.dtype).removeprefix("torch."),
+        "device": str(c.device),
         "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
     }

@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import textwrap
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ def plot_prediction_changes(results_list: Sequence[dict[str, Any]], path: str | 
     for key, label, color in PARTITION:
         values = []
         for members in grouped.values():
-            shares = [m["metrics"][setting]["prediction_changes"][key] / m["n_examples"] * 100
-                      for m in members if setting in m.get("metrics", {})]
+            shares = [
+                m["metrics"][setting]["prediction_changes"][key] / m["n_examples"] * 100
+                for m in members
+                if setting in m.get("metrics", {})
+            ]
             values.append(float(np.mean(shares)) if shares else 0.0)
         ax.bar(list(grouped), values, bottom=bottoms, label=label, color=color)
         bottoms += np.array(values)
@@ -72,8 +76,13 @@ def plot_prediction_changes(results_list: Sequence[dict[str, Any]], path: str | 
     return save_figure(fig, path)
 
 
-def plot_layer_metric(results_list: Sequence[dict[str, Any]], path: str | Path, metric: str = "simaou",
-                      settings: Sequence[str] = ("ft", "lcgd"), title: str | None = None) -> Path:
+def plot_layer_metric(
+    results_list: Sequence[dict[str, Any]],
+    path: str | Path,
+    metric: str = "simaou",
+    settings: Sequence[str] = ("ft", "lcgd"),
+    title: str | None = None,
+) -> Path:
     """Per-layer ``metric`` for each finetuned setting, one panel per task (mean over seeds)."""
     grouped = _by_task(results_list)
     n = len(grouped)
@@ -126,10 +135,12 @@ def grad_norms_caption(results: dict[str, Any]) -> str:
     token-summed fp16 gradients over all parameters of a layer, so only the pattern is comparable."""
     group = str(results.get("config", {}).get("finetune", {}).get("params", "kv"))
     params = " + ".join(_PARAM_GROUP_NAMES.get(g, g) for g in group.split("+"))
-    return (f"ℓ2 norm per layer and step of the gradient of the mean-per-token loss (LCGD: the sum of its "
-            f"per-layer losses) w.r.t. the trained {params} parameters only, float32, before clipping. "
-            f"The reference logs loss-scaled, token-summed fp16 gradients over all parameters of a layer: "
-            f"compare patterns, not magnitudes.")
+    return (
+        f"ℓ2 norm per layer and step of the gradient of the mean-per-token loss (LCGD: the sum of its "
+        f"per-layer losses) w.r.t. the trained {params} parameters only, float32, before clipping. "
+        f"The reference logs loss-scaled, token-summed fp16 gradients over all parameters of a layer: "
+        f"compare patterns, not magnitudes."
+    )
 
 
 def plot_grad_norms(results: dict[str, Any], path: str | Path, settings: Sequence[str] = ("ft", "lcgd")) -> Path:

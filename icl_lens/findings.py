@@ -44,9 +44,10 @@ import math
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -148,8 +149,13 @@ def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
         untrained = bool(cfg.get("untrained"))
         cell_key = (*key, task, untrained, cfg.get("seed"))
         if cell_key in seen:
-            logger.warning("a second cell for %s, task %s, seed %s%s: left out", study.label, task, cfg.get("seed"),
-                           " (untrained)" if untrained else "")
+            logger.warning(
+                "a second cell for %s, task %s, seed %s%s: left out",
+                study.label,
+                task,
+                cfg.get("seed"),
+                " (untrained)" if untrained else "",
+            )
             continue
         seen.add(cell_key)
         study.cells[(task, untrained)].append(r)
@@ -213,13 +219,15 @@ class Claim:
     cell_test: Callable[[dict[str, Any]], str | None] = lambda r: None
 
 
-def _diff(a: Callable[[dict], np.ndarray | None], b: Callable[[dict], np.ndarray | None]
-          ) -> Callable[[dict], np.ndarray | None]:
+def _diff(
+    a: Callable[[dict], np.ndarray | None], b: Callable[[dict], np.ndarray | None]
+) -> Callable[[dict], np.ndarray | None]:
     def rows(r: dict) -> np.ndarray | None:
         x, y = a(r), b(r)
         if x is None or y is None or len(x) != len(y):
             return None
         return np.stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)], axis=1)
+
     return rows
 
 
@@ -227,11 +235,13 @@ def _value_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[
     def value(r: dict) -> float | None:
         x, y = a(r), b(r)
         return None if x is None or y is None else float(x) - float(y)
+
     return value
 
 
 def _ci_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[dict], list[float] | None]:
     """Interval of a − b from the two intervals (half-widths added in quadrature: independence)."""
+
     def interval(r: dict) -> list[float] | None:
         x, y = a(r), b(r)
         if not x or not y:
@@ -239,6 +249,7 @@ def _ci_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[di
         mid = (x[0] + x[1]) / 2 - (y[0] + y[1]) / 2
         half = math.hypot((x[1] - x[0]) / 2, (y[1] - y[0]) / 2)
         return [mid - half, mid + half]
+
     return interval
 
 
@@ -246,41 +257,71 @@ def _test_of(name: str, label: str) -> Callable[[dict[str, Any]], str | None]:
     def describe(r: dict) -> str | None:
         p = dig(r, "tests", name, "p_value")
         return None if p is None else f"{label} p={float(p):.3g}"
+
     return describe
 
 
 def _accuracy_claim(cid: str, setting: str, source: str, statement: str, untrained: bool = False) -> Claim:
     return Claim(
-        cid, statement, source,
-        Quantity(per_example=_diff(lambda r: correct_flags(r, setting), lambda r: correct_flags(r, "zsl")),
-                 value=_value_diff(lambda r: dig(r, "accuracy", setting), lambda r: dig(r, "accuracy", "zsl")),
-                 interval=lambda r: dig(r, "tests", f"{setting}_vs_zsl", "ci"),
-                 needs=f"accuracy.{setting} and accuracy.zsl"),
-        setting="untrained" if untrained else "trained", cell_test=_test_of(f"{setting}_vs_zsl", "exact McNemar"))
+        cid,
+        statement,
+        source,
+        Quantity(
+            per_example=_diff(lambda r: correct_flags(r, setting), lambda r: correct_flags(r, "zsl")),
+            value=_value_diff(lambda r: dig(r, "accuracy", setting), lambda r: dig(r, "accuracy", "zsl")),
+            interval=lambda r: dig(r, "tests", f"{setting}_vs_zsl", "ci"),
+            needs=f"accuracy.{setting} and accuracy.zsl",
+        ),
+        setting="untrained" if untrained else "trained",
+        cell_test=_test_of(f"{setting}_vs_zsl", "exact McNemar"),
+    )
 
 
-def _layer_diff_claim(cid: str, statement: str, source: str, a: tuple[str, ...], b: tuple[str, ...],
-                      b_summary: tuple[str, ...], test: str | None = None) -> Claim:
+def _layer_diff_claim(
+    cid: str,
+    statement: str,
+    source: str,
+    a: tuple[str, ...],
+    b: tuple[str, ...],
+    b_summary: tuple[str, ...],
+    test: str | None = None,
+) -> Claim:
     """a − b of two per-layer metrics: ``a`` and ``b`` are their paths under ``per_example``
     (``a`` also under ``metrics``); ``b_summary`` is b's summary dict's full path in the results."""
     a_summary = ("metrics", *a)
-    cell_interval = (lambda r: dig(r, "tests", test, "ci")) if test else _ci_diff(
-        lambda r: dig(r, *a_summary, "ci"), lambda r: dig(r, *b_summary, "ci"))
-    return Claim(cid, statement, source, Quantity(
-        per_example=_diff(lambda r: layer_mean_per_example(r, *a), lambda r: layer_mean_per_example(r, *b)),
-        value=_value_diff(lambda r: dig(r, *a_summary, "mean"), lambda r: dig(r, *b_summary, "mean")),
-        interval=cell_interval, needs=f"{'.'.join(a_summary)} and {'.'.join(b_summary)}"),
-        cell_test=_test_of(test, "paired bootstrap") if test else lambda r: None)
+    cell_interval = (
+        (lambda r: dig(r, "tests", test, "ci"))
+        if test
+        else _ci_diff(lambda r: dig(r, *a_summary, "ci"), lambda r: dig(r, *b_summary, "ci"))
+    )
+    return Claim(
+        cid,
+        statement,
+        source,
+        Quantity(
+            per_example=_diff(lambda r: layer_mean_per_example(r, *a), lambda r: layer_mean_per_example(r, *b)),
+            value=_value_diff(lambda r: dig(r, *a_summary, "mean"), lambda r: dig(r, *b_summary, "mean")),
+            interval=cell_interval,
+            needs=f"{'.'.join(a_summary)} and {'.'.join(b_summary)}",
+        ),
+        cell_test=_test_of(test, "paired bootstrap") if test else lambda r: None,
+    )
 
 
 def _null_claim(kind: str) -> Claim:
     return _layer_diff_claim(
-        f"simaou_above_{kind}", f"SimAOU (FT) above the {kind.replace('_', '-')} null", "icl_lens nulls",
-        ("ft", "simaou"), ("nulls", "ft", kind, "simaou"), ("nulls", "ft", kind, "simaou"))
+        f"simaou_above_{kind}",
+        f"SimAOU (FT) above the {kind.replace('_', '-')} null",
+        "icl_lens nulls",
+        ("ft", "simaou"),
+        ("nulls", "ft", kind, "simaou"),
+        ("nulls", "ft", kind, "simaou"),
+    )
 
 
 def _jaccard_minus_expected() -> Quantity:
     """Jaccard (FT) minus the cell's independence expectation (held fixed while queries resample)."""
+
     def expected(r: dict) -> float | None:
         value = dig(r, "nulls", "ft", "jaccard_independence", "expected")
         return None if value is None else float(value)
@@ -293,50 +334,108 @@ def _jaccard_minus_expected() -> Quantity:
         return np.concatenate([base, np.full((len(base), 1), e)], axis=1)
 
     return Quantity(
-        per_example=rows, statistic=lambda s: jaccard_statistic(s[..., :4]) - s[..., 0, 4],
+        per_example=rows,
+        statistic=lambda s: jaccard_statistic(s[..., :4]) - s[..., 0, 4],
         value=_value_diff(lambda r: dig(r, "nulls", "ft", "jaccard_independence", "observed"), expected),
-        interval=lambda r: (None if expected(r) is None or not dig(r, "nulls", "ft", "jaccard_independence",
-                                                                   "observed_ci")
-                            else [v - expected(r) for v in r["nulls"]["ft"]["jaccard_independence"]["observed_ci"]]),
-        needs="nulls.ft.jaccard_independence")
+        interval=lambda r: (
+            None
+            if expected(r) is None or not dig(r, "nulls", "ft", "jaccard_independence", "observed_ci")
+            else [v - expected(r) for v in r["nulls"]["ft"]["jaccard_independence"]["observed_ci"]]
+        ),
+        needs="nulls.ft.jaccard_independence",
+    )
 
 
 def _token_overlap() -> Quantity:
     """ICL/FT top-k token overlap: resampled from the cell's per-query overlaps when recorded
     (``per_example.ft.token_overlap``), else from the cell's own interval."""
-    return Quantity(per_example=lambda r: dig(r, "per_example", "ft", "token_overlap"),
-                    value=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap"),
-                    interval=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap_ci"),
-                    needs="metrics.ft.token_overlap")
+    return Quantity(
+        per_example=lambda r: dig(r, "per_example", "ft", "token_overlap"),
+        value=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap"),
+        interval=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap_ci"),
+        needs="metrics.ft.token_overlap",
+    )
 
 
 CELL_CLAIMS: tuple[Claim, ...] = (
     _accuracy_claim("icl_beats_zsl", "icl", "Dai et al. 2023", "ICL beats ZSL (accuracy)"),
     _accuracy_claim("ft_beats_zsl", "ft", "Dai et al. 2023", "FT beats ZSL (accuracy)"),
-    _layer_diff_claim("simaou_above_random", "SimAOU (FT) ≫ the uniform-random baseline", "Dai et al. 2023",
-                      ("ft", "simaou"), ("simaou_random",), ("metrics", "simaou_random")),
+    _layer_diff_claim(
+        "simaou_above_random",
+        "SimAOU (FT) ≫ the uniform-random baseline",
+        "Dai et al. 2023",
+        ("ft", "simaou"),
+        ("simaou_random",),
+        ("metrics", "simaou_random"),
+    ),
     *(_null_claim(kind) for kind in NULL_KINDS),
-    _layer_diff_claim("lcgd_simaou_above_gd", "LCGD SimAOU above GD's", "Deutch et al. 2024",
-                      ("lcgd", "simaou"), ("ft", "simaou"), ("metrics", "ft", "simaou"), test="lcgd_vs_ft_simaou"),
-    _layer_diff_claim("lcgd_simam_delta_above_gd", "LCGD SimAM_Δ above GD's", "Deutch et al. 2024",
-                      ("lcgd", "simam_delta"), ("ft", "simam_delta"), ("metrics", "ft", "simam_delta"),
-                      test="lcgd_vs_ft_simam_delta"),
-    Claim("jaccard_below_independence", "Jaccard (ICL, FT changes) below the independence expectation",
-          "Deutch et al. 2024", _jaccard_minus_expected(), side="<"),
-    Claim("rec2ftp_majority", f"Rec2FTP above {REC2FTP_THRESHOLD:g} % (ICL covers most of what FT fixes)",
-          "Dai et al. 2023", prediction_quantity("ft", rec2ftp_statistic, "rec2ftp"), null=REC2FTP_THRESHOLD),
-    Claim("low_token_overlap", f"ICL/FT top-10 token overlap below {LOW_OVERLAP:g}", "Shen et al. 2023",
-          _token_overlap(), null=LOW_OVERLAP, side="<"),
+    _layer_diff_claim(
+        "lcgd_simaou_above_gd",
+        "LCGD SimAOU above GD's",
+        "Deutch et al. 2024",
+        ("lcgd", "simaou"),
+        ("ft", "simaou"),
+        ("metrics", "ft", "simaou"),
+        test="lcgd_vs_ft_simaou",
+    ),
+    _layer_diff_claim(
+        "lcgd_simam_delta_above_gd",
+        "LCGD SimAM_Δ above GD's",
+        "Deutch et al. 2024",
+        ("lcgd", "simam_delta"),
+        ("ft", "simam_delta"),
+        ("metrics", "ft", "simam_delta"),
+        test="lcgd_vs_ft_simam_delta",
+    ),
+    Claim(
+        "jaccard_below_independence",
+        "Jaccard (ICL, FT changes) below the independence expectation",
+        "Deutch et al. 2024",
+        _jaccard_minus_expected(),
+        side="<",
+    ),
+    Claim(
+        "rec2ftp_majority",
+        f"Rec2FTP above {REC2FTP_THRESHOLD:g} % (ICL covers most of what FT fixes)",
+        "Dai et al. 2023",
+        prediction_quantity("ft", rec2ftp_statistic, "rec2ftp"),
+        null=REC2FTP_THRESHOLD,
+    ),
+    Claim(
+        "low_token_overlap",
+        f"ICL/FT top-10 token overlap below {LOW_OVERLAP:g}",
+        "Shen et al. 2023",
+        _token_overlap(),
+        null=LOW_OVERLAP,
+        side="<",
+    ),
 )
-UNTRAINED_CLAIM = ("untrained_comparable", "untrained model: SimAOU comparable to the trained model's, while its "
-                   "ICL does not beat ZSL", "Deutch et al. 2024")
+UNTRAINED_CLAIM = (
+    "untrained_comparable",
+    "untrained model: SimAOU comparable to the trained model's, while its ICL does not beat ZSL",
+    "Deutch et al. 2024",
+)
 ORDER_CLAIM = ("icl_more_order_sensitive", "ICL more order-sensitive than SGD", "Shen et al. 2023")
-SPARSITY_CLAIM = ("attention_not_sparse", "attention weights not sparse like the hand-built constructions (75 %)",
-                  "Shen et al. 2023")
+SPARSITY_CLAIM = (
+    "attention_not_sparse",
+    "attention weights not sparse like the hand-built constructions (75 %)",
+    "Shen et al. 2023",
+)
 #: The order of the findings table (the numbering of the README's claims).
-CLAIM_IDS = ("icl_beats_zsl", "ft_beats_zsl", "simaou_above_random", *(f"simaou_above_{k}" for k in NULL_KINDS),
-             "lcgd_simaou_above_gd", "lcgd_simam_delta_above_gd", UNTRAINED_CLAIM[0], "jaccard_below_independence",
-             "rec2ftp_majority", ORDER_CLAIM[0], "low_token_overlap", SPARSITY_CLAIM[0])
+CLAIM_IDS = (
+    "icl_beats_zsl",
+    "ft_beats_zsl",
+    "simaou_above_random",
+    *(f"simaou_above_{k}" for k in NULL_KINDS),
+    "lcgd_simaou_above_gd",
+    "lcgd_simam_delta_above_gd",
+    UNTRAINED_CLAIM[0],
+    "jaccard_below_independence",
+    "rec2ftp_majority",
+    ORDER_CLAIM[0],
+    "low_token_overlap",
+    SPARSITY_CLAIM[0],
+)
 
 
 @dataclass
@@ -352,8 +451,14 @@ class TaskEstimate:
     tests: list[str] = field(default_factory=list)
 
 
-def estimate(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resamples: int, confidence: float,
-             rng: np.random.Generator, cell_test: Callable[[dict], str | None] = lambda r: None) -> TaskEstimate:
+def estimate(
+    cells: Sequence[dict[str, Any]],
+    quantity: Quantity,
+    n_resamples: int,
+    confidence: float,
+    rng: np.random.Generator,
+    cell_test: Callable[[dict], str | None] = lambda r: None,
+) -> TaskEstimate:
     """The two-level bootstrap estimate of ``quantity`` over a task's seed cells."""
     if not cells:
         return TaskEstimate(None, missing="no cell")
@@ -369,14 +474,21 @@ def estimate(cells: Sequence[dict[str, Any]], quantity: Quantity, n_resamples: i
     std = statistics.stdev(values) if len(values) > 1 else None
     tests = _per_seed_tests([cell_test(r) for r in cells])
     if len(got) < 2 and got[0].draws is None:
-        return TaskEstimate(statistics.fmean(values), std, len(values), None, tests=tests,
-                            missing="interval (one seed, no per-query values or cell interval)")
+        return TaskEstimate(
+            statistics.fmean(values),
+            std,
+            len(values),
+            None,
+            tests=tests,
+            missing="interval (one seed, no per-query values or cell interval)",
+        )
     methods = {d.method for d in got}
     method = "seeds only" if methods == {"value only"} else "seeds × " + " / ".join(sorted(methods - {"value only"}))
     if undefined:
         method += f"; undefined in seed {', '.join(undefined)}, left out"
-    return TaskEstimate(statistics.fmean(values), std, len(values), two_level_draws(got, n_resamples, rng), method,
-                        tests=tests)
+    return TaskEstimate(
+        statistics.fmean(values), std, len(values), two_level_draws(got, n_resamples, rng), method, tests=tests
+    )
 
 
 def _per_seed_tests(described: Sequence[str | None]) -> list[str]:
@@ -395,20 +507,41 @@ def _interval(draws: np.ndarray | None, confidence: float) -> list[float] | None
     return None if interval is None else list(interval)
 
 
-def _row(study: Study, claim_id: str, statement: str, task: str, est: TaskEstimate, null: float, side: str,
-         confidence: float, test: str = "", note: str = "") -> Row:
+def _row(
+    study: Study,
+    claim_id: str,
+    statement: str,
+    task: str,
+    est: TaskEstimate,
+    null: float,
+    side: str,
+    confidence: float,
+    test: str = "",
+    note: str = "",
+) -> Row:
     if est.value is None:
-        return Row(study.label, claim_id, statement, task, f"missing: {est.missing}", n_seeds=est.n or None,
-                   null=null, side=side, note=note)
+        return Row(
+            study.label,
+            claim_id,
+            statement,
+            task,
+            f"missing: {est.missing}",
+            n_seeds=est.n or None,
+            null=null,
+            side=side,
+            note=note,
+        )
     interval = _interval(est.draws, confidence)
     if interval is None:
         result = f"missing: {est.missing or 'interval'}"
     else:
         result = verdict(interval, null, side)
-    test = test or "; ".join(filter(None, [f"two-level bootstrap ({est.method})" if est.draws is not None else "",
-                                           *est.tests]))
-    return Row(study.label, claim_id, statement, task, result, est.value, interval, null, side, test, est.n, est.std,
-               note)
+    test = test or "; ".join(
+        filter(None, [f"two-level bootstrap ({est.method})" if est.draws is not None else "", *est.tests])
+    )
+    return Row(
+        study.label, claim_id, statement, task, result, est.value, interval, null, side, test, est.n, est.std, note
+    )
 
 
 def _pooled(tasks: dict[str, TaskEstimate], n_resamples: int) -> TaskEstimate:
@@ -439,10 +572,13 @@ def _claim_rows(study: Study, claim: Claim, n_resamples: int, confidence: float,
     per_task = {}
     for task in study.tasks(untrained):
         rng = stable_rng(seed, study.label, claim.id, task)
-        per_task[task] = estimate(study.cells[(task, untrained)], claim.quantity, n_resamples, confidence, rng,
-                                  claim.cell_test)
-    rows = [_row(study, claim.id, claim.statement, task, est, claim.null, claim.side, confidence)
-            for task, est in per_task.items()]
+        per_task[task] = estimate(
+            study.cells[(task, untrained)], claim.quantity, n_resamples, confidence, rng, claim.cell_test
+        )
+    rows = [
+        _row(study, claim.id, claim.statement, task, est, claim.null, claim.side, confidence)
+        for task, est in per_task.items()
+    ]
     pooled = _pooled(per_task, n_resamples)
     rows.append(_row(study, claim.id, claim.statement, POOLED, pooled, claim.null, claim.side, confidence))
     return rows
@@ -462,49 +598,100 @@ def _untrained_rows(study: Study, n_resamples: int, confidence: float, seed: int
         u = estimate(study.cells[(task, True)], simaou, n_resamples, confidence, rng)
         t = estimate(study.cells.get((task, False), []), simaou, n_resamples, confidence, rng)
         if u.value is None or t.value is None:
-            diffs[task] = TaskEstimate(None, missing=("untrained " + u.missing) if u.value is None
-                                       else ("trained " + t.missing))
+            diffs[task] = TaskEstimate(
+                None, missing=("untrained " + u.missing) if u.value is None else ("trained " + t.missing)
+            )
         else:
             draws = None if u.draws is None or t.draws is None else u.draws - t.draws
-            diffs[task] = TaskEstimate(u.value - t.value, None, u.n, draws, "independent: untrained − trained",
-                                       missing="" if draws is not None else "interval")
+            diffs[task] = TaskEstimate(
+                u.value - t.value,
+                None,
+                u.n,
+                draws,
+                "independent: untrained − trained",
+                missing="" if draws is not None else "interval",
+            )
         icls[task] = estimate(study.cells[(task, True)], icl.quantity, n_resamples, confidence, rng, icl.cell_test)
     rows = []
-    for task, diff, icl_est in [*((t, diffs[t], icls[t]) for t in tasks),
-                                (POOLED, _pooled(diffs, n_resamples), _pooled(icls, n_resamples))]:
+    for task, diff, icl_est in [
+        *((t, diffs[t], icls[t]) for t in tasks),
+        (POOLED, _pooled(diffs, n_resamples), _pooled(icls, n_resamples)),
+    ]:
         diff_ci, icl_ci = _interval(diff.draws, confidence), _interval(icl_est.draws, confidence)
-        note = ("untrained ICL − ZSL accuracy: " + _fmt_value(icl_est.value, icl_ci)
-                + "; comparable = untrained − trained SimAOU interval reaches 0 or above; ICL does not beat ZSL = "
-                  "its interval reaches 0 or below")
+        note = (
+            "untrained ICL − ZSL accuracy: "
+            + _fmt_value(icl_est.value, icl_ci)
+            + "; comparable = untrained − trained SimAOU interval reaches 0 or above; ICL does not beat ZSL = "
+            "its interval reaches 0 or below"
+        )
         if diff.value is None or icl_est.value is None:
             what = diff.missing if diff.value is None else "untrained ICL − ZSL: " + icl_est.missing
             rows.append(Row(study.label, cid, statement, task, f"missing: {what}", note=note))
             continue
         if diff_ci is None or icl_ci is None:
-            rows.append(Row(study.label, cid, statement, task, "missing: interval", diff.value, diff_ci, 0.0, "≥",
-                            n_seeds=diff.n, note=note))
+            rows.append(
+                Row(
+                    study.label,
+                    cid,
+                    statement,
+                    task,
+                    "missing: interval",
+                    diff.value,
+                    diff_ci,
+                    0.0,
+                    "≥",
+                    n_seeds=diff.n,
+                    note=note,
+                )
+            )
             continue
         comparable, no_icl_gain = diff_ci[1] >= 0, icl_ci[0] <= 0
         result = "holds" if comparable and no_icl_gain else "fails"
-        rows.append(Row(study.label, cid, statement, task, result, diff.value, diff_ci, 0.0, "≥",
-                        "two-level bootstrap of each model, difference of draws" + "".join(
-                            f"; {t}" for t in icl_est.tests), diff.n, None, note))
+        rows.append(
+            Row(
+                study.label,
+                cid,
+                statement,
+                task,
+                result,
+                diff.value,
+                diff_ci,
+                0.0,
+                "≥",
+                "two-level bootstrap of each model, difference of draws" + "".join(f"; {t}" for t in icl_est.tests),
+                diff.n,
+                None,
+                note,
+            )
+        )
     return rows
 
 
-def _order_rows(study: Study, analyses: Sequence[dict[str, Any]], n_resamples: int, confidence: float,
-                seed: int) -> list[Row]:
+def _order_rows(
+    study: Study, analyses: Sequence[dict[str, Any]], n_resamples: int, confidence: float, seed: int
+) -> list[Row]:
     cid, statement, _ = ORDER_CLAIM
-    mine = [a for a in analyses if a.get("analysis") == "order_sensitivity"
-            and study.model in (dig(a, "request", "model"), a.get("model"))]
+    mine = [
+        a
+        for a in analyses
+        if a.get("analysis") == "order_sensitivity" and study.model in (dig(a, "request", "model"), a.get("model"))
+    ]
     if not mine:
-        return [Row(study.label, cid, statement, POOLED, "missing: order-sensitivity outputs "
-                    "(experiments/shen_analyses.py order) under the results folder")]
+        return [
+            Row(
+                study.label,
+                cid,
+                statement,
+                POOLED,
+                "missing: order-sensitivity outputs (experiments/shen_analyses.py order) under the results folder",
+            )
+        ]
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for a in mine:
         by_task[a["task"]].append(a)
-    quantity = Quantity(per_example=lambda r: r.get("rows"), value=lambda r: None, statistic=column_mean,
-                        needs="ICL and SGD settings")
+    quantity = Quantity(
+        per_example=lambda r: r.get("rows"), value=lambda r: None, statistic=column_mean, needs="ICL and SGD settings"
+    )
     per_task: dict[str, TaskEstimate] = {}
     notes: dict[str, str] = {}
     for task, files in sorted(by_task.items()):
@@ -516,13 +703,24 @@ def _order_rows(study: Study, analyses: Sequence[dict[str, Any]], n_resamples: i
                 continue
             worst = max(sgd, key=lambda s: s["output_std"])
             notes[task] = f"ICL vs {worst['setting']} (the most order-sensitive SGD setting); per-query output spread"
-            cells.append({"config": {"seed": a.get("k")}, "rows": np.stack(
-                [np.asarray(settings["icl"]["per_example_output_std"], dtype=float),
-                 np.asarray(worst["per_example_output_std"], dtype=float)], axis=1)})
+            cells.append(
+                {
+                    "config": {"seed": a.get("k")},
+                    "rows": np.stack(
+                        [
+                            np.asarray(settings["icl"]["per_example_output_std"], dtype=float),
+                            np.asarray(worst["per_example_output_std"], dtype=float),
+                        ],
+                        axis=1,
+                    ),
+                }
+            )
         rng = stable_rng(seed, study.label, cid, task)
         per_task[task] = estimate(cells, quantity, n_resamples, confidence, rng)
-    rows = [_row(study, cid, statement, task, est, 0.0, ">", confidence, note=notes.get(task, ""))
-            for task, est in per_task.items()]
+    rows = [
+        _row(study, cid, statement, task, est, 0.0, ">", confidence, note=notes.get(task, ""))
+        for task, est in per_task.items()
+    ]
     pooled = _pooled(per_task, n_resamples)
     rows.append(_row(study, cid, statement, POOLED, pooled, 0.0, ">", confidence))
     return rows
@@ -542,16 +740,41 @@ def _sparsity_rows(study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row
             value = float(m["pooled"][j])
             handbuilt = float(m.get("handbuilt", a.get("handbuilt", 0.75)))
             unit = " × RMS" if m.get("scale") == "rms" else ""
-            return [Row(study.label, cid, statement, POOLED, verdict([value, value], handbuilt, "<"), value,
-                        [value, value], handbuilt, "<", "fixed weights: a count, no sampling", None, None,
-                        f"fraction of W_Q/W_K/W_V entries with |w| < {thresholds[j]:g}{unit}")]
-    return [Row(study.label, cid, statement, POOLED, "missing: sparsity output (experiments/shen_analyses.py "
-                "sparsity) for this model under the results folder")]
+            return [
+                Row(
+                    study.label,
+                    cid,
+                    statement,
+                    POOLED,
+                    verdict([value, value], handbuilt, "<"),
+                    value,
+                    [value, value],
+                    handbuilt,
+                    "<",
+                    "fixed weights: a count, no sampling",
+                    None,
+                    None,
+                    f"fraction of W_Q/W_K/W_V entries with |w| < {thresholds[j]:g}{unit}",
+                )
+            ]
+    return [
+        Row(
+            study.label,
+            cid,
+            statement,
+            POOLED,
+            "missing: sparsity output (experiments/shen_analyses.py sparsity) for this model under the results folder",
+        )
+    ]
 
 
-def evaluate_findings(results: Sequence[dict[str, Any]], analyses: Sequence[dict[str, Any]] = (),
-                      n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
-                      seed: int = 0) -> dict[str, Any]:
+def evaluate_findings(
+    results: Sequence[dict[str, Any]],
+    analyses: Sequence[dict[str, Any]] = (),
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Every claim's rows for every study of ``results`` (cell dicts) and ``analyses``."""
     if n_resamples < 1:
         raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
@@ -570,11 +793,17 @@ def evaluate_findings(results: Sequence[dict[str, Any]], analyses: Sequence[dict
         for cid in CLAIM_IDS:
             rows.extend(by_claim[cid])
     return {
-        "settings": {"n_resamples": n_resamples, "confidence": confidence, "seed": seed,
-                     "rec2ftp_threshold": REC2FTP_THRESHOLD, "low_overlap": LOW_OVERLAP,
-                     "sparsity_threshold": SPARSITY_THRESHOLD, "sparsity_rms_threshold": SPARSITY_RMS_THRESHOLD},
+        "settings": {
+            "n_resamples": n_resamples,
+            "confidence": confidence,
+            "seed": seed,
+            "rec2ftp_threshold": REC2FTP_THRESHOLD,
+            "low_overlap": LOW_OVERLAP,
+            "sparsity_threshold": SPARSITY_THRESHOLD,
+            "sparsity_rms_threshold": SPARSITY_RMS_THRESHOLD,
+        },
         "verdicts": "holds: the interval excludes the null value on the claimed side; fails: on the other side; "
-                    "inconclusive: it contains the null value; missing: an input is absent",
+        "inconclusive: it contains the null value; missing: an input is absent",
         "rows": [r.to_dict() for r in rows],
     }
 
@@ -596,8 +825,18 @@ def table_rows(findings: dict[str, Any]) -> list[list[str]]:
     for r in findings["rows"]:
         null = "–" if r["null"] is None else f"{r['side']} {r['null']:g}"
         test = r["test"] + (f" ({r['note']})" if r["note"] else "")
-        out.append([r["study"], r["statement"], r["task"], "–" if r["n_seeds"] is None else str(r["n_seeds"]),
-                    _fmt_value(r["effect"], r["interval"]), null, test, r["verdict"]])
+        out.append(
+            [
+                r["study"],
+                r["statement"],
+                r["task"],
+                "–" if r["n_seeds"] is None else str(r["n_seeds"]),
+                _fmt_value(r["effect"], r["interval"]),
+                null,
+                test,
+                r["verdict"],
+            ]
+        )
     return out
 
 
@@ -605,14 +844,21 @@ def findings_markdown(findings: dict[str, Any]) -> str:
     """The findings table as markdown, with the interval settings and the verdict rule."""
     s = findings["settings"]
     cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
-    lines = [f"### Findings ({100 * s['confidence']:g} % intervals, {s['n_resamples']} resamples, seed {s['seed']})",
-             "", findings["verdicts"] + ".", "", cells(FINDINGS_HEADER), cells(["---"] * len(FINDINGS_HEADER))]
+    lines = [
+        f"### Findings ({100 * s['confidence']:g} % intervals, {s['n_resamples']} resamples, seed {s['seed']})",
+        "",
+        findings["verdicts"] + ".",
+        "",
+        cells(FINDINGS_HEADER),
+        cells(["---"] * len(FINDINGS_HEADER)),
+    ]
     lines += [cells(row) for row in table_rows(findings)]
     return "\n".join(lines) + "\n"
 
 
-def write_findings(results_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES,
-                   confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+def write_findings(
+    results_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0
+) -> dict[str, Any]:
     """Evaluate the claims on every cell under ``results_dir``; write findings.json and findings.md."""
     results_dir = Path(results_dir)
     cells = [r for _, r in find_results(results_dir)]
@@ -628,13 +874,27 @@ def write_findings(results_dir: str | Path, n_resamples: int = DEFAULT_RESAMPLES
 def add_findings_command(subparsers) -> argparse.ArgumentParser:
     """Add ``findings RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_findings`)."""
     parser = subparsers.add_parser(
-        "findings", help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
-                         "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md")
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder; every results.json under it is a cell")
-    parser.add_argument("--n-resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-                        help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="X",
-                        help=f"interval coverage (default: {DEFAULT_CONFIDENCE})")
+        "findings",
+        help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
+        "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md",
+    )
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", help="results folder; every results.json under it is a cell"
+    )
+    parser.add_argument(
+        "--n-resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        metavar="X",
+        help=f"interval coverage (default: {DEFAULT_CONFIDENCE})",
+    )
     parser.add_argument("--seed", type=int, default=0, metavar="SEED", help="bootstrap seed (default: 0)")
     parser.set_defaults(func=cmd_findings)
     return parser

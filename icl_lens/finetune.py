@@ -16,8 +16,9 @@ import copy
 import logging
 import math
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -98,8 +99,14 @@ cell digest of the experiment config that nests it) while at their default."""
 
 
 _FINETUNE_BOUNDS = {
-    "lr": POSITIVE, "momentum": NON_NEGATIVE, "weight_decay": NON_NEGATIVE, "epochs": AT_LEAST_ONE,
-    "batch_size": AT_LEAST_ONE, "clip_value": POSITIVE, "clip_norm": POSITIVE, "clip_global_norm": POSITIVE,
+    "lr": POSITIVE,
+    "momentum": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "epochs": AT_LEAST_ONE,
+    "batch_size": AT_LEAST_ONE,
+    "clip_value": POSITIVE,
+    "clip_norm": POSITIVE,
+    "clip_global_norm": POSITIVE,
 }
 """Bounds of FinetuneConfig's numeric fields (types and NaN/inf come from the hints)."""
 
@@ -215,7 +222,10 @@ class MasterWeights:
             logger.warning(
                 "the finetuning update is mostly below the resolution of %s: the finetuned model holds it "
                 "with cosine %.2f only, so it behaves almost like the original; use dtype float32 or a larger "
-                "learning rate", str(dtype).removeprefix("torch."), fidelity)
+                "learning rate",
+                str(dtype).removeprefix("torch."),
+                fidelity,
+            )
 
     @torch.no_grad()
     def masters_to_model(self, names: Sequence[str] | None = None) -> None:
@@ -234,7 +244,9 @@ def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: FinetuneConfig) ->
 
 def demo_batches(
     sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int], cfg: FinetuneConfig, device
-) -> Iterator[tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos_minus_1"]]]:
+) -> Iterator[
+    tuple[Int[torch.Tensor, "batch pos"], Int[torch.Tensor, "batch pos"], Float[torch.Tensor, "batch pos_minus_1"]]
+]:
     """Right-padded token batches in demonstration order: tokens, attention mask, loss mask.
 
     ``loss_mask[b, t]`` is 1 where position t's prediction of token t+1 counts in the loss.
@@ -260,7 +272,7 @@ def masked_next_token_losses(
     residuals: Sequence[Float[torch.Tensor, "batch pos d_model"]],
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Float[torch.Tensor, "batch pos_minus_1"],
-) -> Float[torch.Tensor, "n_residuals"]:
+) -> Float[torch.Tensor, " n_residuals"]:
     """Mean next-token cross-entropy over the counted positions of each residual stream.
 
     Each residual stream is read through the logit lens (for the final one that is the model's
@@ -356,8 +368,9 @@ def check_demonstrations(
         if len(ids) > model.cfg.n_ctx:
             raise PromptError(f"demonstration {i} has {len(ids)} tokens, more than the context ({model.cfg.n_ctx})")
         if isinstance(answer_length, bool) or not isinstance(answer_length, int) or not 1 <= answer_length < len(ids):
-            raise PromptError(f"demonstration {i}: answer length {answer_length!r} must be an integer in "
-                              f"1..{len(ids) - 1}")
+            raise PromptError(
+                f"demonstration {i}: answer length {answer_length!r} must be an integer in 1..{len(ids) - 1}"
+            )
 
 
 def finetune(

@@ -20,7 +20,8 @@ lower layers, and so on).
 from __future__ import annotations
 
 import logging
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm

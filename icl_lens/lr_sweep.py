@@ -12,8 +12,9 @@ the evaluation queries (default); ``demos`` — FT accuracy on the demonstration
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -27,9 +28,14 @@ from icl_lens.finetune import FinetuneConfig, finetune
 logger = logging.getLogger(__name__)
 
 REFERENCE_LRS: dict[str, float] = {
-    "sst2": 5e-4, "sst5": 1.6e-4, "mr": 3e-3, "subj": 3e-3, "agnews": 0.2, "cb": 0.08,
+    "sst2": 5e-4,
+    "sst5": 1.6e-4,
+    "mr": 3e-3,
+    "subj": 3e-3,
+    "agnews": 0.2,
+    "cb": 0.08,
 }
-"""Per-task reference learning rates of Dai et al. / Deutch et al. for a 1.3B GPT (Dai et al. 2023; Deutch et al. 2024)."""
+"""Per-task reference learning rates of Dai et al. 2023 / Deutch et al. 2024 for a 1.3B GPT."""
 
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
 
@@ -54,6 +60,7 @@ def dev_slice(
     order = [i for i in shuffled_indices(len(train), seed) if i not in excluded][:size]
     return [dict(train[i], row_index=i) for i in order]
 
+
 Trainer = Callable[..., tuple[HookedTransformer, Any]]
 """``trainer(model, demo_sequences, answer_lengths, cfg, progress=...) -> (tuned copy, trace)``:
 :func:`icl_lens.finetune.finetune` or a layer-causal schedule of :func:`icl_lens.lcgd.layer_causal_finetune`."""
@@ -70,7 +77,10 @@ class LearningRateChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "lr": self.lr, "mode": "sweep", "criterion": self.criterion, "n_scored": self.n_scored,
+            "lr": self.lr,
+            "mode": "sweep",
+            "criterion": self.criterion,
+            "n_scored": self.n_scored,
             "scores": {repr(lr): score for lr, score in self.scores.items()},
         }
 
@@ -105,9 +115,20 @@ def sweep_learning_rate(
     scores: dict[float, float | None] = {}
     for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
         try:
-            scores[lr] = _score_rate(model, demo_sequences, answer_lengths, replace(base, lr=lr), trainer,
-                                     score_prefix, score_queries, score_labels, label_tokens, n_start,
-                                     batch_size, content_free_query)
+            scores[lr] = _score_rate(
+                model,
+                demo_sequences,
+                answer_lengths,
+                replace(base, lr=lr),
+                trainer,
+                score_prefix,
+                score_queries,
+                score_labels,
+                label_tokens,
+                n_start,
+                batch_size,
+                content_free_query,
+            )
         except (TrainingDivergedError, NonFiniteError) as exc:
             logger.info("lr %g diverged: %s", lr, exc)
             scores[lr] = None
@@ -144,8 +165,16 @@ def _score_rate(
     for name, param in student.named_parameters():
         if not bool(torch.isfinite(param).all()):
             raise NonFiniteError(f"lr {cfg.lr:g}: trained parameter {name} is not finite")
-    run = evaluate(student, score_prefix, score_queries, label_tokens, n_start=n_start,
-                   record=RecordSpec(), batch_size=batch_size, progress=False)
+    run = evaluate(
+        student,
+        score_prefix,
+        score_queries,
+        label_tokens,
+        n_start=n_start,
+        record=RecordSpec(),
+        batch_size=batch_size,
+        progress=False,
+    )
     scores_tensor = run.class_scores
     if content_free_query is not None:
         bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)

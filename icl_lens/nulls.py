@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -144,7 +144,9 @@ def jaccard_independence(zsl_pred, icl_pred, ft_pred) -> float:
     """
     zsl, icl, ft = (np.asarray(torch.as_tensor(p).cpu()) for p in (zsl_pred, icl_pred, ft_pred))
     if not (zsl.ndim == 1 and zsl.shape == icl.shape == ft.shape and zsl.size):
-        raise MetricInputError(f"predictions must be non-empty, 1-d and of one length, got {zsl.shape}, {icl.shape}, {ft.shape}")
+        raise MetricInputError(
+            f"predictions must be non-empty, 1-d and of one length, got {zsl.shape}, {icl.shape}, {ft.shape}"
+        )
     icl_changed, ft_changed = icl != zsl, ft != zsl
     n, a, f = int(zsl.size), int(icl_changed.sum()), int(ft_changed.sum())
     if a + f == 0:

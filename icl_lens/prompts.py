@@ -14,8 +14,9 @@ is what lets :mod:`icl_lens.runs` encode it once and reuse its key/value cache.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from icl_lens._validation import validate_fields
 from icl_lens.errors import ConfigError, PromptError
@@ -74,7 +75,9 @@ def start_token_ids(tokenizer, fmt: PromptFormat) -> list[int]:
     if fmt.start in ("bos", "eos"):
         return [_special_token_id(tokenizer, fmt.start)]
     token_id = tokenizer.convert_tokens_to_ids(fmt.start)
-    unknown = token_id == getattr(tokenizer, "unk_token_id", None) and fmt.start != getattr(tokenizer, "unk_token", None)
+    unknown = token_id == getattr(tokenizer, "unk_token_id", None) and fmt.start != getattr(
+        tokenizer, "unk_token", None
+    )
     if token_id is None or unknown:
         raise PromptError(f"start token {fmt.start!r} is not a single token of this tokenizer")
     return [int(token_id)]
@@ -198,7 +201,11 @@ def encode_prompts(
     if kept < len(demo_bodies):
         logger.warning(
             "task %s: only %d of %d demonstrations fit in the context of %d tokens; recording k=%d",
-            task.name, kept, len(demo_bodies), n_ctx, kept,
+            task.name,
+            kept,
+            len(demo_bodies),
+            n_ctx,
+            kept,
         )
 
     icl_prefix = list(start)

@@ -8,18 +8,54 @@ Small models give other numbers; the *directions* are what a small-model run is 
 from __future__ import annotations
 
 REFERENCE_SIMILARITY: dict[str, dict[str, float | None]] = {
-    "agnews": {"simaou_ft": .308, "simaou_lcgd": .327, "simam_delta_ft": .505, "simam_delta_lcgd": .432,
-               "untrained_simaou": None, "untrained_simam_delta": None},
-    "cb": {"simaou_ft": .205, "simaou_lcgd": .344, "simam_delta_ft": .246, "simam_delta_lcgd": .382,
-           "untrained_simaou": .012, "untrained_simam_delta": .054},
-    "mr": {"simaou_ft": .216, "simaou_lcgd": .328, "simam_delta_ft": .139, "simam_delta_lcgd": .263,
-           "untrained_simaou": .246, "untrained_simam_delta": .177},
-    "sst2": {"simaou_ft": .111, "simaou_lcgd": .223, "simam_delta_ft": .150, "simam_delta_lcgd": .299,
-             "untrained_simaou": .114, "untrained_simam_delta": .085},
-    "sst5": {"simaou_ft": .092, "simaou_lcgd": .107, "simam_delta_ft": .308, "simam_delta_lcgd": .326,
-             "untrained_simaou": .062, "untrained_simam_delta": .034},
-    "subj": {"simaou_ft": .177, "simaou_lcgd": .345, "simam_delta_ft": .254, "simam_delta_lcgd": .322,
-             "untrained_simaou": .202, "untrained_simam_delta": .160},
+    "agnews": {
+        "simaou_ft": 0.308,
+        "simaou_lcgd": 0.327,
+        "simam_delta_ft": 0.505,
+        "simam_delta_lcgd": 0.432,
+        "untrained_simaou": None,
+        "untrained_simam_delta": None,
+    },
+    "cb": {
+        "simaou_ft": 0.205,
+        "simaou_lcgd": 0.344,
+        "simam_delta_ft": 0.246,
+        "simam_delta_lcgd": 0.382,
+        "untrained_simaou": 0.012,
+        "untrained_simam_delta": 0.054,
+    },
+    "mr": {
+        "simaou_ft": 0.216,
+        "simaou_lcgd": 0.328,
+        "simam_delta_ft": 0.139,
+        "simam_delta_lcgd": 0.263,
+        "untrained_simaou": 0.246,
+        "untrained_simam_delta": 0.177,
+    },
+    "sst2": {
+        "simaou_ft": 0.111,
+        "simaou_lcgd": 0.223,
+        "simam_delta_ft": 0.150,
+        "simam_delta_lcgd": 0.299,
+        "untrained_simaou": 0.114,
+        "untrained_simam_delta": 0.085,
+    },
+    "sst5": {
+        "simaou_ft": 0.092,
+        "simaou_lcgd": 0.107,
+        "simam_delta_ft": 0.308,
+        "simam_delta_lcgd": 0.326,
+        "untrained_simaou": 0.062,
+        "untrained_simam_delta": 0.034,
+    },
+    "subj": {
+        "simaou_ft": 0.177,
+        "simaou_lcgd": 0.345,
+        "simam_delta_ft": 0.254,
+        "simam_delta_lcgd": 0.322,
+        "untrained_simaou": 0.202,
+        "untrained_simam_delta": 0.160,
+    },
 }
 
 REFERENCE_ACCURACY: dict[str, dict[str, float]] = {

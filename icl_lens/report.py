@@ -34,8 +34,9 @@ import base64
 import html
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -224,7 +225,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
@@ -253,9 +253,11 @@ def _uncertainty_note(results: dict[str, Any]) -> str:
     u = results.get("uncertainty")
     if not u:
         return ""
-    return (f"<p class=\"facts\">Brackets: {100 * float(u.get('confidence', 0.95)):g} % interval, "
-            f"{html.escape(str(u.get('method', 'bootstrap')))}, {u.get('n_resamples')} resamples "
-            f"(seed {u.get('seed')}), the same resamples for every number of this cell.</p>")
+    return (
+        f'<p class="facts">Brackets: {100 * float(u.get("confidence", 0.95)):g} % interval, '
+        f"{html.escape(str(u.get('method', 'bootstrap')))}, {u.get('n_resamples')} resamples "
+        f"(seed {u.get('seed')}), the same resamples for every number of this cell.</p>"
+    )
 
 
 def metric_tables(results: dict[str, Any]) -> str:
@@ -265,8 +267,12 @@ def metric_tables(results: dict[str, Any]) -> str:
     accuracy = results.get("accuracy", {})
     accuracy_ci = results.get("accuracy_ci") or {}
     settings = [s for s in ("zsl", "icl", "ft", "lcgd") if s in accuracy]
-    parts.append("<h3>Accuracy</h3>" + _table(["setting", "accuracy"], [
-        [_label(s), format_interval(accuracy[s], accuracy_ci.get(s))] for s in settings]))
+    parts.append(
+        "<h3>Accuracy</h3>"
+        + _table(
+            ["setting", "accuracy"], [[_label(s), format_interval(accuracy[s], accuracy_ci.get(s))] for s in settings]
+        )
+    )
     metrics = results.get("metrics", {})
     tuned = [s for s in FINETUNED if s in metrics]
     if tuned:
@@ -275,31 +281,60 @@ def metric_tables(results: dict[str, Any]) -> str:
             m = metrics[s]
             changes = m.get("prediction_changes", {})
             token = m.get("token_overlap") or {}
-            rows.append([
-                _label(s), format_interval(m.get("rec2ftp"), m.get("rec2ftp_ci"), 1),
-                format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
-                _fmt(changes.get("jaccard_correct")), _fmt(changes.get("jaccard_incorrect")),
-                _summary(m.get("simaou")), _summary(m.get("simam")), _summary(m.get("simam_delta")),
-                format_interval(token.get("token_overlap"), token.get("token_overlap_ci")),
-                format_interval(token.get("overlap_cosine"), token.get("overlap_cosine_ci")),
-            ])
-        parts.append("<h3>ICL vs finetuning (means over layers)</h3>" + _table(
-            ["setting", "Rec2FTP %", "Jaccard %", "Jaccard correct", "Jaccard incorrect", "SimAOU", "SimAM",
-             "SimAM_Δ", "token overlap", "overlap cosine"], rows))
+            rows.append(
+                [
+                    _label(s),
+                    format_interval(m.get("rec2ftp"), m.get("rec2ftp_ci"), 1),
+                    format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
+                    _fmt(changes.get("jaccard_correct")),
+                    _fmt(changes.get("jaccard_incorrect")),
+                    _summary(m.get("simaou")),
+                    _summary(m.get("simam")),
+                    _summary(m.get("simam_delta")),
+                    format_interval(token.get("token_overlap"), token.get("token_overlap_ci")),
+                    format_interval(token.get("overlap_cosine"), token.get("overlap_cosine_ci")),
+                ]
+            )
+        parts.append(
+            "<h3>ICL vs finetuning (means over layers)</h3>"
+            + _table(
+                [
+                    "setting",
+                    "Rec2FTP %",
+                    "Jaccard %",
+                    "Jaccard correct",
+                    "Jaccard incorrect",
+                    "SimAOU",
+                    "SimAM",
+                    "SimAM_Δ",
+                    "token overlap",
+                    "overlap cosine",
+                ],
+                rows,
+            )
+        )
         from icl_lens.figures import PARTITION
 
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
         rows = [[_label(s), *(_fmt(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned]
-        parts.append("<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
-                     + _table(["tuned setting", *(name for _, name in partition)], rows))
+        parts.append(
+            "<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
+            + _table(["tuned setting", *(name for _, name in partition)], rows)
+        )
     parts.append(nulls_tables(results))
     parts.append(tests_table(results))
     columns: list[tuple[str, dict[str, Any]]] = []
     for name, path in [
-        ("SimAOU FT", ("ft", "simaou")), ("SimAOU LCGD", ("lcgd", "simaou")), ("SimAOU random", ("simaou_random",)),
-        ("SimAM FT", ("ft", "simam")), ("SimAM LCGD", ("lcgd", "simam")), ("SimAM ZSL", ("simam_zsl",)),
-        ("SimAM_Δ FT", ("ft", "simam_delta")), ("SimAM_Δ LCGD", ("lcgd", "simam_delta")), ("α", ("alpha",)),
+        ("SimAOU FT", ("ft", "simaou")),
+        ("SimAOU LCGD", ("lcgd", "simaou")),
+        ("SimAOU random", ("simaou_random",)),
+        ("SimAM FT", ("ft", "simam")),
+        ("SimAM LCGD", ("lcgd", "simam")),
+        ("SimAM ZSL", ("simam_zsl",)),
+        ("SimAM_Δ FT", ("ft", "simam_delta")),
+        ("SimAM_Δ LCGD", ("lcgd", "simam_delta")),
+        ("α", ("alpha",)),
     ]:
         summary = dig(metrics, *path)
         if isinstance(summary, dict) and summary.get("per_layer"):
@@ -308,8 +343,10 @@ def metric_tables(results: dict[str, Any]) -> str:
         parts.append("<h3>Per layer</h3>" + _per_layer_table(columns))
     lr = results.get("lr") or {}
     if lr:
-        parts.append(f"<p class=\"facts\">learning rate: {html.escape(_fmt(lr.get('lr'), 6))} "
-                     f"({html.escape(str(lr.get('mode', 'sweep')))})</p>")
+        parts.append(
+            f'<p class="facts">learning rate: {html.escape(_fmt(lr.get("lr"), 6))} '
+            f"({html.escape(str(lr.get('mode', 'sweep')))})</p>"
+        )
     return "\n".join(p for p in parts if p)
 
 
@@ -337,8 +374,12 @@ def _per_layer_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 #: The nulls of a finetuned setting's similarities (Dai et al. 2023's uniform-random vector, and
 #: the README's shuffled-pair, wrong-label and random-direction nulls): (key, column header).
-NULL_COLUMNS = (("uniform_random", "uniform random"), ("shuffled_pair", "shuffled pair"),
-                ("wrong_label", "wrong labels"), ("random_direction", "random direction"))
+NULL_COLUMNS = (
+    ("uniform_random", "uniform random"),
+    ("shuffled_pair", "shuffled pair"),
+    ("wrong_label", "wrong labels"),
+    ("random_direction", "random direction"),
+)
 
 
 def nulls_tables(results: dict[str, Any]) -> str:
@@ -360,40 +401,72 @@ def nulls_tables(results: dict[str, Any]) -> str:
             continue
         for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
             observed = dig(metrics, setting, metric)
-            rows.append([_label(setting), name, _summary(observed),
-                         *(_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS)])
+            rows.append(
+                [
+                    _label(setting),
+                    name,
+                    _summary(observed),
+                    *(_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS),
+                ]
+            )
             columns = [(f"{name} {_label(setting)}", observed)] + [
-                (header, null_summary(setting, key, metric)) for key, header in NULL_COLUMNS]
+                (header, null_summary(setting, key, metric)) for key, header in NULL_COLUMNS
+            ]
             columns = [(h, c) for h, c in columns if isinstance(c, dict) and c.get("per_layer")]
             if len(columns) > 1:
-                per_layer.append(f"<h4>{html.escape(name)} of {_label(setting)} against its nulls, per layer</h4>"
-                                 + _per_layer_table(columns))
-    parts = ["<h3 id=\"nulls\">Nulls</h3><p>Each similarity of the finetuned model beside the same similarity "
-             "for a null (means over layers): the uniform-random vector of Dai et al. 2023, the shuffled pair "
-             "(ICL's update of one query against FT's of another), finetuning on the demonstrations with wrong "
-             "labels, and a random-direction update of FT's size. A null that reaches the observed value means "
-             "the similarity does not need what the null removes.</p>",
-             _table(["setting", "metric", "observed", *(h for _, h in NULL_COLUMNS)], rows)]
-    wrong = [(s, dig(nulls, s, "wrong_label")) for s in FINETUNED if dig(nulls, s, "wrong_label", "accuracy") is not None]
+                per_layer.append(
+                    f"<h4>{html.escape(name)} of {_label(setting)} against its nulls, per layer</h4>"
+                    + _per_layer_table(columns)
+                )
+    parts = [
+        '<h3 id="nulls">Nulls</h3><p>Each similarity of the finetuned model beside the same similarity '
+        "for a null (means over layers): the uniform-random vector of Dai et al. 2023, the shuffled pair "
+        "(ICL's update of one query against FT's of another), finetuning on the demonstrations with wrong "
+        "labels, and a random-direction update of FT's size. A null that reaches the observed value means "
+        "the similarity does not need what the null removes.</p>",
+        _table(["setting", "metric", "observed", *(h for _, h in NULL_COLUMNS)], rows),
+    ]
+    wrong = [
+        (s, dig(nulls, s, "wrong_label")) for s in FINETUNED if dig(nulls, s, "wrong_label", "accuracy") is not None
+    ]
     if wrong:
-        parts.append(_table(["setting", "accuracy after wrong-label finetuning", "demonstrations relabelled"], [
-            [_label(s), format_interval(w.get("accuracy"), w.get("accuracy_ci")), _fmt(w.get("n_relabelled"))]
-            for s, w in wrong]))
-    independence = [(s, dig(nulls, s, "jaccard_independence")) for s in FINETUNED
-                    if dig(nulls, s, "jaccard_independence")]
+        parts.append(
+            _table(
+                ["setting", "accuracy after wrong-label finetuning", "demonstrations relabelled"],
+                [
+                    [_label(s), format_interval(w.get("accuracy"), w.get("accuracy_ci")), _fmt(w.get("n_relabelled"))]
+                    for s, w in wrong
+                ],
+            )
+        )
+    independence = [
+        (s, dig(nulls, s, "jaccard_independence")) for s in FINETUNED if dig(nulls, s, "jaccard_independence")
+    ]
     if independence:
-        parts.append(_table(["setting", "Jaccard % (ICL, tuned changes)", "expected % if independent"], [
-            [_label(s), format_interval(j.get("observed"), j.get("observed_ci"), 1, scale=100),
-             format_interval(j.get("expected"), None, 1, scale=100)] for s, j in independence],
-            "the expectation given how many predictions each changed"))
+        parts.append(
+            _table(
+                ["setting", "Jaccard % (ICL, tuned changes)", "expected % if independent"],
+                [
+                    [
+                        _label(s),
+                        format_interval(j.get("observed"), j.get("observed_ci"), 1, scale=100),
+                        format_interval(j.get("expected"), None, 1, scale=100),
+                    ]
+                    for s, j in independence
+                ],
+                "the expectation given how many predictions each changed",
+            )
+        )
     return "\n".join(parts + per_layer)
 
 
 #: Paired tests on the same queries: (key in results["tests"], label, what is compared).
 PAIRED_TESTS = (
-    ("icl_vs_zsl", "ICL vs ZSL", "accuracy"), ("ft_vs_zsl", "FT vs ZSL", "accuracy"),
+    ("icl_vs_zsl", "ICL vs ZSL", "accuracy"),
+    ("ft_vs_zsl", "FT vs ZSL", "accuracy"),
     ("lcgd_vs_zsl", "LCGD vs ZSL", "accuracy"),
-    ("lcgd_vs_ft_simaou", "LCGD vs GD (FT)", "SimAOU"), ("lcgd_vs_ft_simam_delta", "LCGD vs GD (FT)", "SimAM_Δ"),
+    ("lcgd_vs_ft_simaou", "LCGD vs GD (FT)", "SimAOU"),
+    ("lcgd_vs_ft_simam_delta", "LCGD vs GD (FT)", "SimAM_Δ"),
 )
 
 
@@ -406,15 +479,25 @@ def tests_table(results: dict[str, Any]) -> str:
         t = tests.get(key)
         if not t:
             continue
-        name = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}.get(t.get("test"),
-                                                                                              str(t.get("test")))
+        name = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}.get(
+            t.get("test"), str(t.get("test"))
+        )
         discordant = f"b={t['b']}, c={t['c']}" if "b" in t and "c" in t else "–"
-        rows.append([label, quantity, name, format_interval(t.get("difference"), t.get("ci")), discordant,
-                     "–" if t.get("p_value") is None else f"{float(t['p_value']):.3g}"])
+        rows.append(
+            [
+                label,
+                quantity,
+                name,
+                format_interval(t.get("difference"), t.get("ci")),
+                discordant,
+                "–" if t.get("p_value") is None else f"{float(t['p_value']):.3g}",
+            ]
+        )
     if not rows:
         return ""
-    return ("<h3 id=\"tests\">Paired tests (same queries)</h3>"
-            + _table(["comparison", "of", "test", "difference [interval]", "discordant", "p"], rows))
+    return '<h3 id="tests">Paired tests (same queries)</h3>' + _table(
+        ["comparison", "of", "test", "difference [interval]", "discordant", "p"], rows
+    )
 
 
 def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Path]]:
@@ -425,26 +508,52 @@ def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Pat
     tuned = tuple(s for s in FINETUNED if s in metrics)
     out: list[tuple[str, Path]] = []
     if tuned:
-        out.append(("SimAOU per layer, GD (FT) vs LCGD; dashed: random baseline", figures.plot_layer_metric(
-            [results], cell_dir / "report_simaou.png", metric="simaou", settings=tuned,
-            title="SimAOU per layer")))
-        out.append(("SimAM_Δ per layer, GD (FT) vs LCGD", figures.plot_layer_metric(
-            [results], cell_dir / "report_simam_delta.png", metric="simam_delta", settings=tuned,
-            title="SimAM_Δ per layer")))
+        out.append(
+            (
+                "SimAOU per layer, GD (FT) vs LCGD; dashed: random baseline",
+                figures.plot_layer_metric(
+                    [results], cell_dir / "report_simaou.png", metric="simaou", settings=tuned, title="SimAOU per layer"
+                ),
+            )
+        )
+        out.append(
+            (
+                "SimAM_Δ per layer, GD (FT) vs LCGD",
+                figures.plot_layer_metric(
+                    [results],
+                    cell_dir / "report_simam_delta.png",
+                    metric="simam_delta",
+                    settings=tuned,
+                    title="SimAM_Δ per layer",
+                ),
+            )
+        )
         for s in tuned:
-            out.append((f"prediction changes from zero-shot: ICL and {_label(s)}", figures.plot_prediction_changes(
-                [results], cell_dir / f"report_prediction_changes_{s}.png", setting=s)))
+            out.append(
+                (
+                    f"prediction changes from zero-shot: ICL and {_label(s)}",
+                    figures.plot_prediction_changes(
+                        [results], cell_dir / f"report_prediction_changes_{s}.png", setting=s
+                    ),
+                )
+            )
     trained = tuple(s for s in FINETUNED if dig(results, "training", s, "grad_norms"))
     if trained:
-        out.append(("per-layer gradient norms (log10), layers × demonstration", figures.plot_grad_norms(
-            results, cell_dir / "report_grad_norms.png", settings=trained)))
+        out.append(
+            (
+                "per-layer gradient norms (log10), layers × demonstration",
+                figures.plot_grad_norms(results, cell_dir / "report_grad_norms.png", settings=trained),
+            )
+        )
     return out
 
 
 def _img(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _f16_b64(values: torch.Tensor) -> str:
@@ -452,9 +561,14 @@ def _f16_b64(values: torch.Tensor) -> str:
     return base64.b64encode(array.tobytes()).decode("ascii")
 
 
-def attention_payload(cell_dir: str | Path, label_words: Sequence[str] = (), max_examples: int | None = None,
-                      kinds: Sequence[str] = KINDS, baseline: str = "zsl",
-                      max_mb: float | None = DEFAULT_MAX_MB) -> dict[str, Any]:
+def attention_payload(
+    cell_dir: str | Path,
+    label_words: Sequence[str] = (),
+    max_examples: int | None = None,
+    kinds: Sequence[str] = KINDS,
+    baseline: str = "zsl",
+    max_mb: float | None = DEFAULT_MAX_MB,
+) -> dict[str, Any]:
     """The cell's saved attention maps, packed for the page (base64 float16, lower triangles).
 
     Examples are embedded in order while their maps fit in ``max_mb`` megabytes (at least one;
@@ -485,30 +599,53 @@ def attention_payload(cell_dir: str | Path, label_words: Sequence[str] = (), max
             maps[s] = packed
         size = sum(len(v) for packed in maps.values() for v in packed.values())
         if examples and max_mb is not None and used + size > max_mb * 1e6:
-            logger.warning("%s: %d of %d attention examples fit in the page's %g MB budget (--max-mb)",
-                           cell_dir, len(examples), len(saved.tokens), max_mb)
+            logger.warning(
+                "%s: %d of %d attention examples fit in the page's %g MB budget (--max-mb)",
+                cell_dir,
+                len(examples),
+                len(saved.tokens),
+                max_mb,
+            )
             break
         used += size
         label = saved.examples[i].get("label")
         name = label_words[label] if isinstance(label, int) and 0 <= label < len(label_words) else str(label)
-        examples.append({"row_index": saved.examples[i].get("row_index"), "label": label, "label_name": name,
-                         "text": saved.examples[i].get("text") or "".join(saved.tokens[i]),
-                         "tokens": saved.tokens[i], "maps": maps})
-    return {"settings": settings, "baseline": baseline, "n_layers": n_layers, "n_heads": n_heads,
-            "kinds": kinds, "examples": examples, "n_saved": len(saved.tokens)}
+        examples.append(
+            {
+                "row_index": saved.examples[i].get("row_index"),
+                "label": label,
+                "label_name": name,
+                "text": saved.examples[i].get("text") or "".join(saved.tokens[i]),
+                "tokens": saved.tokens[i],
+                "maps": maps,
+            }
+        )
+    return {
+        "settings": settings,
+        "baseline": baseline,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "kinds": kinds,
+        "examples": examples,
+        "n_saved": len(saved.tokens),
+    }
 
 
 def _options(pairs: Sequence[tuple[str, str]], selected: str | None = None) -> str:
-    return "".join(f'<option value="{html.escape(v)}"{" selected" if v == selected else ""}>{html.escape(t)}</option>'
-                   for v, t in pairs)
+    return "".join(
+        f'<option value="{html.escape(v)}"{" selected" if v == selected else ""}>{html.escape(t)}</option>'
+        for v, t in pairs
+    )
 
 
 def attention_section(payload: dict[str, Any]) -> str:
     """Controls, panel container and embedded data of the attention section (needs REPORT_JS)."""
     from icl_lens.viz.html import js_json
 
-    examples = [(str(i), f"#{i}: row {ex['row_index']} (label {ex['label_name']}, {len(ex['tokens'])} tokens)")
-                for i, ex in enumerate(payload["examples"])]
+    examples = [
+        (str(i), f"#{i}: row {ex['row_index']} (label {ex['label_name']}, {len(ex['tokens'])} tokens)")
+        for i, ex in enumerate(payload["examples"])
+    ]
     layers = [(str(layer), str(layer)) for layer in range(payload["n_layers"])]
     heads = [("all", "all heads"), *((str(h), str(h)) for h in range(payload["n_heads"]))]
     kind_names = {"pattern": "pattern (post-softmax)", "scores": "scores (pre-softmax)"}
@@ -531,16 +668,25 @@ def attention_section(payload: dict[str, Any]) -> str:
     )
     left_out = payload.get("n_saved", len(payload["examples"])) - len(payload["examples"])
     if left_out > 0:
-        explain += (f"<p><b>{left_out} more saved example(s) left out</b> to keep this page small; "
-                    "rebuild with <code>icl-lens report --max-mb</code> to include them.</p>")
-    return (f"{explain}\n{controls}\n<div class=\"example-text\" id=\"example-text\"></div>\n"
-            '<div class="icl-panels" id="attention-panels"></div>\n'
-            f'<script type="application/json" id="icl-attention-data">{js_json(payload)}</script>')
+        explain += (
+            f"<p><b>{left_out} more saved example(s) left out</b> to keep this page small; "
+            "rebuild with <code>icl-lens report --max-mb</code> to include them.</p>"
+        )
+    return (
+        f'{explain}\n{controls}\n<div class="example-text" id="example-text"></div>\n'
+        '<div class="icl-panels" id="attention-panels"></div>\n'
+        f'<script type="application/json" id="icl-attention-data">{js_json(payload)}</script>'
+    )
 
 
-def build_cell_report(cell_dir: str | Path, results: dict[str, Any] | None = None, *,
-                      max_examples: int | None = None, kinds: Sequence[str] = KINDS,
-                      max_mb: float | None = DEFAULT_MAX_MB) -> Path:
+def build_cell_report(
+    cell_dir: str | Path,
+    results: dict[str, Any] | None = None,
+    *,
+    max_examples: int | None = None,
+    kinds: Sequence[str] = KINDS,
+    max_mb: float | None = DEFAULT_MAX_MB,
+) -> Path:
     """Write ``cell_dir/report.html`` (and its ``report_*.png`` figures); returns the page's path."""
     from icl_lens.viz.html import page
     from icl_lens.viz.maps import has_attention_maps
@@ -550,21 +696,30 @@ def build_cell_report(cell_dir: str | Path, results: dict[str, Any] | None = Non
         results = read_results(cell_dir / RESULTS_FILE)
     title = _title(results)
     meta = results.get("meta", {})
-    facts = (f"{results.get('n_examples')} queries · {dig(results, 'prompts', 'k_used')} demonstrations · "
-             f"template {results.get('task', {}).get('template')!r}"
-             + (f" · made {meta.get('created')}" if meta.get("created") else ""))
+    facts = (
+        f"{results.get('n_examples')} queries · {dig(results, 'prompts', 'k_used')} demonstrations · "
+        f"template {results.get('task', {}).get('template')!r}"
+        + (f" · made {meta.get('created')}" if meta.get("created") else "")
+    )
     figures_html = "\n".join(_img(path, caption) for caption, path in cell_figures(results, cell_dir))
     scripts: list[str] = []
     if has_attention_maps(cell_dir):
-        payload = attention_payload(cell_dir, results.get("task", {}).get("label_words", ()),
-                                    max_examples=max_examples, kinds=kinds, max_mb=max_mb)
+        payload = attention_payload(
+            cell_dir,
+            results.get("task", {}).get("label_words", ()),
+            max_examples=max_examples,
+            kinds=kinds,
+            max_mb=max_mb,
+        )
         attention_html = attention_section(payload)
         scripts.append(REPORT_JS)
     else:
-        attention_html = ("<p>No attention maps were saved for this cell "
-                          "(<code>icl_lens.viz.save_experiment_attention_maps</code>).</p>")
+        attention_html = (
+            "<p>No attention maps were saved for this cell "
+            "(<code>icl_lens.viz.save_experiment_attention_maps</code>).</p>"
+        )
     body = (
-        f"<h1>{html.escape(title)}</h1>\n<p class=\"facts\">{html.escape(facts)}</p>\n"
+        f'<h1>{html.escape(title)}</h1>\n<p class="facts">{html.escape(facts)}</p>\n'
         '<nav><a href="../index.html">all cells</a><a href="#metrics">metrics</a><a href="#nulls">nulls</a>'
         '<a href="#tests">paired tests</a><a href="#figures">figures</a>'
         '<a href="#attention">attention</a></nav>\n'
@@ -596,10 +751,18 @@ def find_cells(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
 
 #: Cross-cell table columns: (header, aggregate scalar name, scale, digits).
 DASHBOARD_COLUMNS = (
-    ("ZSL %", "acc_zsl", 100, 1), ("ICL %", "acc_icl", 100, 1), ("FT %", "acc_ft", 100, 1),
-    ("LCGD %", "acc_lcgd", 100, 1), ("Rec2FTP %", "rec2ftp", 1, 1), ("Jaccard %", "jaccard", 100, 1),
-    ("SimAOU FT", "simaou_ft", 1, 3), ("SimAOU LCGD", "simaou_lcgd", 1, 3), ("SimAOU random", "simaou_random", 1, 3),
-    ("SimAM_Δ FT", "simam_delta_ft", 1, 3), ("SimAM_Δ LCGD", "simam_delta_lcgd", 1, 3), ("α", "alpha", 1, 3),
+    ("ZSL %", "acc_zsl", 100, 1),
+    ("ICL %", "acc_icl", 100, 1),
+    ("FT %", "acc_ft", 100, 1),
+    ("LCGD %", "acc_lcgd", 100, 1),
+    ("Rec2FTP %", "rec2ftp", 1, 1),
+    ("Jaccard %", "jaccard", 100, 1),
+    ("SimAOU FT", "simaou_ft", 1, 3),
+    ("SimAOU LCGD", "simaou_lcgd", 1, 3),
+    ("SimAOU random", "simaou_random", 1, 3),
+    ("SimAM_Δ FT", "simam_delta_ft", 1, 3),
+    ("SimAM_Δ LCGD", "simam_delta_lcgd", 1, 3),
+    ("α", "alpha", 1, 3),
 )
 
 
@@ -618,10 +781,20 @@ def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
     rows = []
     for (task, model, k, untrained), stats in sorted(agg.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         n = max((v["n"] for v in stats.values()), default=0)
-        rows.append([task, model + (" (untrained)" if untrained else ""), _fmt(k), str(n),
-                     *(_with_interval(stats, name, scale, digits) for _, name, scale, digits in DASHBOARD_COLUMNS)])
-    return _table(["task", "model", "k", "seeds", *(h for h, *_ in DASHBOARD_COLUMNS)], rows,
-                  "mean over seeds [interval: resample seeds, then queries within each seed]")
+        rows.append(
+            [
+                task,
+                model + (" (untrained)" if untrained else ""),
+                _fmt(k),
+                str(n),
+                *(_with_interval(stats, name, scale, digits) for _, name, scale, digits in DASHBOARD_COLUMNS),
+            ]
+        )
+    return _table(
+        ["task", "model", "k", "seeds", *(h for h, *_ in DASHBOARD_COLUMNS)],
+        rows,
+        "mean over seeds [interval: resample seeds, then queries within each seed]",
+    )
 
 
 def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) -> list[tuple[str, Path]]:
@@ -635,20 +808,32 @@ def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) 
             by_model.setdefault(str(dig(r, "config", "model")), []).append(r)
     for i, (model, members) in enumerate(sorted(by_model.items())):
         for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
-            tuned = tuple(s for s in FINETUNED
-                          if all(dig(m, "metrics", s, metric, "per_layer") for m in members))
+            tuned = tuple(s for s in FINETUNED if all(dig(m, "metrics", s, metric, "per_layer") for m in members))
             if not tuned:
                 continue
             caption = f"{model}: {name} per layer and task, mean over seeds" + (
-                "; dashed: random baseline" if metric == "simaou" else "")
-            out.append((caption, figures.plot_layer_metric(members, results_dir / f"index_{metric}_{i}.png",
-                                                           metric=metric, settings=tuned,
-                                                           title=f"{model}: {name} per layer")))
+                "; dashed: random baseline" if metric == "simaou" else ""
+            )
+            out.append(
+                (
+                    caption,
+                    figures.plot_layer_metric(
+                        members,
+                        results_dir / f"index_{metric}_{i}.png",
+                        metric=metric,
+                        settings=tuned,
+                        title=f"{model}: {name} per layer",
+                    ),
+                )
+            )
     return out
 
 
-def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, Any]]],
-                analyses: Sequence[dict[str, Any]] | None = None) -> Path:
+def build_index(
+    results_dir: str | Path,
+    cells: Sequence[tuple[Path, dict[str, Any]]],
+    analyses: Sequence[dict[str, Any]] | None = None,
+) -> Path:
     """Write ``results_dir/index.html``: a dashboard of every cell — the findings (a verdict per
     claim, :mod:`icl_lens.findings`), cross-cell tables with intervals, per-layer figures across
     tasks — and a table linking every cell's report."""
@@ -665,40 +850,62 @@ def build_index(results_dir: str | Path, cells: Sequence[tuple[Path, dict[str, A
         cfg = results.get("config", {})
         rows.append(
             f'<tr><td><a href="{html.escape(href)}">{html.escape(cell_dir.name or results_dir.name)}</a></td>'
-            + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in (
-                dig(results, "task", "name"), cfg.get("model"), dig(results, "prompts", "k_used"), cfg.get("seed"),
-                results.get("n_examples"), *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
-                None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
-                None if jaccard is None else round(100 * float(jaccard), 1)))
+            + "".join(
+                f"<td>{html.escape(_fmt(v))}</td>"
+                for v in (
+                    dig(results, "task", "name"),
+                    cfg.get("model"),
+                    dig(results, "prompts", "k_used"),
+                    cfg.get("seed"),
+                    results.get("n_examples"),
+                    *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
+                    None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
+                    None if jaccard is None else round(100 * float(jaccard), 1),
+                )
+            )
             + "</tr>"
         )
     header = ["cell", "task", "model", "k", "seed", "n", "ZSL", "ICL", "FT", "LCGD", "Rec2FTP %", "Jaccard %"]
-    table = ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"
-             + "".join(rows) + "</tbody></table>")
+    table = (
+        "<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in header)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
     all_results = [r for _, r in cells]
     findings = evaluate_findings(all_results, find_analyses(results_dir) if analyses is None else analyses)
     settings = findings["settings"]
-    findings_html = (f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
-                     f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
-                     "pooled). The same table: <code>icl-lens findings</code>.</p>"
-                     + _table(list(FINDINGS_HEADER), table_rows(findings)))
+    findings_html = (
+        f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
+        f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
+        "pooled). The same table: <code>icl-lens findings</code>.</p>"
+        + _table(list(FINDINGS_HEADER), table_rows(findings))
+    )
     figures_html = "\n".join(_img(path, caption) for caption, path in dashboard_figures(all_results, results_dir))
-    body = (f"<h1>Results: {html.escape(str(results_dir))}</h1>\n<p>{len(cells)} cells.</p>\n"
-            '<nav><a href="#findings">findings</a><a href="#across-cells">across cells</a>'
-            '<a href="#per-layer">per layer</a><a href="#cells">cells</a></nav>\n'
-            f'<section id="findings"><h2>Findings: a verdict per claim</h2>\n{findings_html}</section>\n'
-            f'<section id="across-cells"><h2>Across cells</h2>\n{dashboard_tables(all_results)}</section>\n'
-            f'<section id="per-layer"><h2>Per layer, across tasks</h2>\n'
-            f'{figures_html or "<p>No finetuned setting: no figure.</p>"}</section>\n'
-            f'<section id="cells"><h2>Cells</h2>\n<div class="table-wrap">{table}</div></section>')
+    body = (
+        f"<h1>Results: {html.escape(str(results_dir))}</h1>\n<p>{len(cells)} cells.</p>\n"
+        '<nav><a href="#findings">findings</a><a href="#across-cells">across cells</a>'
+        '<a href="#per-layer">per layer</a><a href="#cells">cells</a></nav>\n'
+        f'<section id="findings"><h2>Findings: a verdict per claim</h2>\n{findings_html}</section>\n'
+        f'<section id="across-cells"><h2>Across cells</h2>\n{dashboard_tables(all_results)}</section>\n'
+        f'<section id="per-layer"><h2>Per layer, across tasks</h2>\n'
+        f"{figures_html or '<p>No finetuned setting: no figure.</p>'}</section>\n"
+        f'<section id="cells"><h2>Cells</h2>\n<div class="table-wrap">{table}</div></section>'
+    )
     path = results_dir / INDEX_FILE
     atomic_write_text(path, page(f"icl_lens results: {results_dir.name}", body, css=REPORT_CSS, include_bundle=False))
     logger.info("wrote %s", path)
     return path
 
 
-def build_report(results_dir: str | Path, *, max_examples: int | None = None,
-                 kinds: Sequence[str] = KINDS, max_mb: float | None = DEFAULT_MAX_MB) -> list[Path]:
+def build_report(
+    results_dir: str | Path,
+    *,
+    max_examples: int | None = None,
+    kinds: Sequence[str] = KINDS,
+    max_mb: float | None = DEFAULT_MAX_MB,
+) -> list[Path]:
     """Write ``report.html`` in every finished cell folder and ``index.html`` in ``results_dir``.
 
     Returns the cell reports' paths (empty when no cell has a verified ``results.json``; no
@@ -711,8 +918,10 @@ def build_report(results_dir: str | Path, *, max_examples: int | None = None,
     if not cells:
         logger.warning("no cell with a verified %s under %s", RESULTS_FILE, results_dir)
         return []
-    paths = [build_cell_report(cell_dir, results, max_examples=max_examples, kinds=kinds, max_mb=max_mb)
-             for cell_dir, results in cells]
+    paths = [
+        build_cell_report(cell_dir, results, max_examples=max_examples, kinds=kinds, max_mb=max_mb)
+        for cell_dir, results in cells
+    ]
     build_index(results_dir, cells)
     return paths
 
@@ -720,15 +929,32 @@ def build_report(results_dir: str | Path, *, max_examples: int | None = None,
 def add_report_command(subparsers) -> argparse.ArgumentParser:
     """Add ``report RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_report`)."""
     parser = subparsers.add_parser(
-        "report", help="write a self-contained report.html per cell (metrics, figures, attention) and index.html")
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="results folder (one sub-folder per cell), as written by 'run'")
-    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
-                        help="embed at most this many attention examples per page (default: all saved)")
-    parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
-                        help=f"budget in MB for the attention maps embedded per page, whole examples only, at least "
-                             f"one (default: {DEFAULT_MAX_MB:g}; 0 = no limit)")
-    parser.add_argument("--kinds", default="pattern,scores", metavar="KINDS",
-                        help="attention map kinds to embed: pattern, scores or both (default: pattern,scores)")
+        "report", help="write a self-contained report.html per cell (metrics, figures, attention) and index.html"
+    )
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", help="results folder (one sub-folder per cell), as written by 'run'"
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="embed at most this many attention examples per page (default: all saved)",
+    )
+    parser.add_argument(
+        "--max-mb",
+        type=float,
+        default=DEFAULT_MAX_MB,
+        metavar="MB",
+        help=f"budget in MB for the attention maps embedded per page, whole examples only, at least "
+        f"one (default: {DEFAULT_MAX_MB:g}; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--kinds",
+        default="pattern,scores",
+        metavar="KINDS",
+        help="attention map kinds to embed: pattern, scores or both (default: pattern,scores)",
+    )
     parser.set_defaults(func=cmd_report)
     return parser
 
@@ -740,8 +966,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if unknown or not kinds:
         raise ConfigError(f"--kinds must list pattern and/or scores, got {unknown or 'nothing'}")
     max_mb = getattr(args, "max_mb", DEFAULT_MAX_MB)
-    paths = build_report(args.results_dir, max_examples=getattr(args, "max_examples", None), kinds=kinds,
-                         max_mb=max_mb or None)
+    paths = build_report(
+        args.results_dir, max_examples=getattr(args, "max_examples", None), kinds=kinds, max_mb=max_mb or None
+    )
     if not paths:
         raise ResultsError(f"no finished cell (verified {RESULTS_FILE}) under {args.results_dir}")
     sys.stdout.write(f"{len(paths)} reports; open {Path(args.results_dir) / INDEX_FILE}\n")

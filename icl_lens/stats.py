@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,8 +120,9 @@ def bootstrap_interval(
         return Interval(float(point), low, high)
     layer_mean = resampled.mean(axis=1)
     low, high = percentile_interval(layer_mean, confidence)
-    return Interval(float(point.mean()), low, high, [float(v) for v in point],
-                    percentile_interval(resampled, confidence))
+    return Interval(
+        float(point.mean()), low, high, [float(v) for v in point], percentile_interval(resampled, confidence)
+    )
 
 
 def resample_counts(indices: np.ndarray) -> np.ndarray:
@@ -141,8 +143,7 @@ def _resampled_statistic(array: np.ndarray, statistic: Callable[..., np.ndarray]
         return resample_counts(indices) @ array / array.shape[0]
     per_resample = max(1, array.size)
     chunk = max(1, _GATHER_BUDGET // per_resample)
-    return np.concatenate([statistic(array[indices[i : i + chunk]], axis=1)
-                           for i in range(0, indices.shape[0], chunk)])
+    return np.concatenate([statistic(array[indices[i : i + chunk]], axis=1) for i in range(0, indices.shape[0], chunk)])
 
 
 def _check_indices(indices: np.ndarray, n: int) -> None:
@@ -180,7 +181,9 @@ def bootstrap_ratio(
     Resamples with a zero denominator (ratio undefined) are left out; [nan, nan] if all are."""
     num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
     if num.ndim != 1 or num.shape != den.shape or num.size == 0:
-        raise MetricInputError(f"bootstrap_ratio needs two non-empty 1-d arrays of one length, got {num.shape}, {den.shape}")
+        raise MetricInputError(
+            f"bootstrap_ratio needs two non-empty 1-d arrays of one length, got {num.shape}, {den.shape}"
+        )
     _check_indices(indices, num.size)
     counts = resample_counts(indices)
     num_sums, den_sums = counts @ num, counts @ den
@@ -237,7 +240,9 @@ def paired_bootstrap(
     a = np.asarray(values_a, dtype=np.float64)
     b = np.asarray(values_b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise MetricInputError(f"paired_bootstrap needs two non-empty 1-d arrays of one length, got {a.shape}, {b.shape}")
+        raise MetricInputError(
+            f"paired_bootstrap needs two non-empty 1-d arrays of one length, got {a.shape}, {b.shape}"
+        )
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise MetricInputError("paired_bootstrap: the per-example values hold NaN or infinite entries")
     _check_settings(n_resamples, confidence)
@@ -248,8 +253,12 @@ def paired_bootstrap(
     resampled = resample_counts(indices) @ diff / diff.size
     far = min(int((resampled <= 0).sum()), int((resampled >= 0).sum()))
     p_value = min(1.0, 2.0 * (1 + far) / (resampled.size + 1))
-    return {"test": "paired_bootstrap", "difference": float(diff.mean()),
-            "ci": percentile_interval(resampled, confidence), "p_value": p_value}
+    return {
+        "test": "paired_bootstrap",
+        "difference": float(diff.mean()),
+        "ci": percentile_interval(resampled, confidence),
+        "p_value": p_value,
+    }
 
 
 def derangement(n: int, seed: int = 0) -> np.ndarray:

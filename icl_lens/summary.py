@@ -4,7 +4,8 @@ A number with a bootstrap interval in the results prints as ``0.855 [0.805, 0.90
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from icl_lens.results import dig
 
@@ -17,8 +18,11 @@ def format_interval(value: Any, ci: Sequence[float] | None, digits: int = 3, sca
     if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
         return "–"
     text = f"{scale * value:.{digits}f}"
-    if (ci is not None and len(ci) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in ci)):
+    if (
+        ci is not None
+        and len(ci) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in ci)
+    ):
         text += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
     return text
 
@@ -44,29 +48,40 @@ def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
         acc, acc_ci = r.get("accuracy", {}), r.get("accuracy_ci", {})
         ft = r.get("metrics", {}).get("ft", {})
         changes = ft.get("prediction_changes", {})
-        rows.append([
-            r["task"]["name"], r["config"]["model"] + (" (untrained)" if r["config"].get("untrained") else ""),
-            str(r["prompts"]["k_used"]), str(r["config"]["seed"]),
-            *(format_interval(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
-            format_interval(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
-            format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
-        ])
+        rows.append(
+            [
+                r["task"]["name"],
+                r["config"]["model"] + (" (untrained)" if r["config"].get("untrained") else ""),
+                str(r["prompts"]["k_used"]),
+                str(r["config"]["seed"]),
+                *(format_interval(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
+                format_interval(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
+                format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
+            ]
+        )
     return _table(header, rows)
 
 
 def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
     """Mean-over-layers SimAOU (vs random), SimAM, ZSL SimAM and SimAM_Δ for FT and LCGD, and α."""
-    header = ["task", "SimAOU FT", "SimAOU LCGD", "random", "SimAM FT", "SimAM ZSL",
-              "SimAM_Δ FT", "SimAM_Δ LCGD", "α"]
+    header = ["task", "SimAOU FT", "SimAOU LCGD", "random", "SimAM FT", "SimAM ZSL", "SimAM_Δ FT", "SimAM_Δ LCGD", "α"]
     rows = []
     for r in results_list:
         m = r.get("metrics", {})
-        cell = lambda *path: _summary_cell(dig(m, *path))
-        rows.append([
-            r["task"]["name"], cell("ft", "simaou"), cell("lcgd", "simaou"), cell("simaou_random"),
-            cell("ft", "simam"), cell("simam_zsl"), cell("ft", "simam_delta"),
-            cell("lcgd", "simam_delta"), cell("alpha"),
-        ])
+        cell = lambda *path, m=m: _summary_cell(dig(m, *path))
+        rows.append(
+            [
+                r["task"]["name"],
+                cell("ft", "simaou"),
+                cell("lcgd", "simaou"),
+                cell("simaou_random"),
+                cell("ft", "simam"),
+                cell("simam_zsl"),
+                cell("ft", "simam_delta"),
+                cell("lcgd", "simam_delta"),
+                cell("alpha"),
+            ]
+        )
     return _table(header, rows)
 
 
@@ -82,16 +97,31 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
             if nulls is None:
                 continue
             for metric in ("simaou", "simam_delta"):
-                rows.append([r["task"]["name"], setting.upper(), metric,
-                             _summary_cell(dig(r, "metrics", setting, metric)),
-                             *(_summary_cell(dig(nulls, null, metric))
-                               for null in ("shuffled_pair", "wrong_label", "random_direction"))])
+                rows.append(
+                    [
+                        r["task"]["name"],
+                        setting.upper(),
+                        metric,
+                        _summary_cell(dig(r, "metrics", setting, metric)),
+                        *(
+                            _summary_cell(dig(nulls, null, metric))
+                            for null in ("shuffled_pair", "wrong_label", "random_direction")
+                        ),
+                    ]
+                )
             independence = nulls.get("jaccard_independence", {})
-            rows.append([r["task"]["name"], setting.upper(), "Jaccard% (vs independent)",
-                         format_interval(independence.get("observed"), independence.get("observed_ci"), 1, scale=100),
-                         f"expected {format_interval(independence.get('expected'), None, 1, scale=100)}", "", ""])
+            rows.append(
+                [
+                    r["task"]["name"],
+                    setting.upper(),
+                    "Jaccard% (vs independent)",
+                    format_interval(independence.get("observed"), independence.get("observed_ci"), 1, scale=100),
+                    f"expected {format_interval(independence.get('expected'), None, 1, scale=100)}",
+                    "",
+                    "",
+                ]
+            )
     return _table(header, rows) if rows else ""
-
 
 
 def summary(results_list: Sequence[dict[str, Any]]) -> str:

@@ -23,9 +23,10 @@ import hashlib
 import json
 import logging
 import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -116,21 +117,25 @@ def task_identity(task: Task) -> dict[str, Any]:
     (``hf_dataset``) is identified by its name and config only."""
     facts = {k: v for k, v in task.to_dict().items() if k not in ("base_dir", "description", "data_files")}
     if task.data_files:
-        facts["data_sha256"] = {split: file_sha256(resolve_data_file(task, task.data_files[split]))
-                                for split in sorted({task.train_split, task.eval_split})}
+        facts["data_sha256"] = {
+            split: file_sha256(resolve_data_file(task, task.data_files[split]))
+            for split in sorted({task.train_split, task.eval_split})
+        }
     return facts
 
 
 def cell_identity(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> dict[str, Any]:
     """What a cell's results depend on; a stored cell is reused only when this is equal (JSON form)."""
     task = apply_task_overrides(get_task(cfg.task), cfg)
-    return _json_roundtrip({
-        "results_format": RESULTS_FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "task": task_identity(task),
-        "dtype": _dtype_name(runtime.dtype),
-        "device": device_kind(runtime.device),
-    })
+    return _json_roundtrip(
+        {
+            "results_format": RESULTS_FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "task": task_identity(task),
+            "dtype": _dtype_name(runtime.dtype),
+            "device": device_kind(runtime.device),
+        }
+    )
 
 
 def _differences(stored: Any, wanted: Any, where: str = "") -> list[str]:
@@ -143,7 +148,9 @@ def _differences(stored: Any, wanted: Any, where: str = "") -> list[str]:
 
 
 def finished_results(
-    path: Path, cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions(),
+    path: Path,
+    cfg: ExperimentConfig,
+    runtime: RuntimeOptions = RuntimeOptions(),
     identity: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The cell's verified results if they exist and have ``cfg``'s identity; None means (re)compute."""
@@ -154,8 +161,11 @@ def finished_results(
     stored = results.get("identity")
     if stored != identity or results.get("config") != identity["config"]:
         changed = _differences(stored, identity) if isinstance(stored, dict) else ["no identity (older format)"]
-        logger.warning("%s is stale and will be recomputed: %s", path, "; ".join(changed[:5])
-                       + (f"; and {len(changed) - 5} more" if len(changed) > 5 else ""))
+        logger.warning(
+            "%s is stale and will be recomputed: %s",
+            path,
+            "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else ""),
+        )
         return None
     return results
 
@@ -164,8 +174,13 @@ def _json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Path,
-             runtime: RuntimeOptions, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_cell(
+    model: HookedTransformer,
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    runtime: RuntimeOptions,
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run one cell on a loaded model and write its results; every executor's cells end here.
 
     The attention maps are written first and ``results.json`` last (atomically, checksummed, with
@@ -175,13 +190,16 @@ def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Pat
     """
     identity = cell_identity(cfg, runtime) if identity is None else identity
     path = cell_path(out_dir, cfg, runtime)
-    output = run_experiment(model, get_task(cfg.task), cfg, progress=runtime.progress,
-                            keep_models=runtime.attention_examples > 0)
+    output = run_experiment(
+        model, get_task(cfg.task), cfg, progress=runtime.progress, keep_models=runtime.attention_examples > 0
+    )
     if output.results["config"] != identity["config"]:
-        raise ConfigError(f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
-                          f"cell's (recorded {output.results['config']['model']!r}, untrained="
-                          f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
-                          f"untrained={cfg.untrained})")
+        raise ConfigError(
+            f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
+            f"cell's (recorded {output.results['config']['model']!r}, untrained="
+            f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
+            f"untrained={cfg.untrained})"
+        )
     if runtime.attention_examples > 0:
         # maps first: a cell whose results.json exists always has its maps
         save_experiment_attention_maps(path.parent, output, model, n_examples=runtime.attention_examples)
@@ -190,8 +208,10 @@ def run_cell(model: HookedTransformer, cfg: ExperimentConfig, out_dir: str | Pat
     payload["identity"] = identity
     payload["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "device": runtime.device, "dtype": runtime.dtype,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": runtime.device,
+        "dtype": runtime.dtype,
     }
     write_results(path, payload)
     return read_results(path)
@@ -203,7 +223,7 @@ def run_cells(
     runtime: RuntimeOptions = RuntimeOptions(),
     model_loader: ModelLoader | None = None,
     on_result: Callable[[ExperimentConfig, dict[str, Any]], None] | None = None,
-    executor: "str | ExecutorOptions" = "inline",
+    executor: str | ExecutorOptions = "inline",
 ) -> list[dict[str, Any]]:
     """Run every cell not already finished in ``out_dir``; return all cells' results in order.
 
@@ -242,8 +262,9 @@ def run_cells(
     bar = tqdm(total=len(todo), desc="cells", disable=not runtime.progress or not todo)
     for (model_name, untrained, untrained_seed, untrained_init), indices in groups.items():
         init = {"untrained_init": untrained_init} if untrained else {}
-        model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
-                             untrained=untrained, seed=untrained_seed, **init)
+        model = model_loader(
+            model_name, device=runtime.device, dtype=runtime.dtype, untrained=untrained, seed=untrained_seed, **init
+        )
         for index in indices:  # the one check that needs the model: top_k within its vocabulary
             check_record_fits(cells[index].record, model)
         for index in indices:

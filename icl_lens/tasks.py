@@ -18,11 +18,12 @@ import math
 import random
 import re
 import string
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from icl_lens._validation import validate_fields
 from icl_lens.errors import DataFormatError, TaskError
@@ -118,7 +119,9 @@ class Task:
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as exc:
-            raise TaskError(f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}")
+            raise TaskError(
+                f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}"
+            ) from None
         return tuple(dict.fromkeys(name for _, name, _, _ in parsed if name))
 
     def _check_template(self) -> None:
@@ -127,7 +130,9 @@ class Task:
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as exc:
-            raise TaskError(f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}") from None
+            raise TaskError(
+                f"task {self.name!r}: template {self.template!r} is not a valid format string: {exc}"
+            ) from None
         names = [name for _, name, _, _ in parsed if name is not None]
         if not names:
             raise TaskError(f"task {self.name!r}: template {self.template!r} has no {{field}} placeholder")
@@ -193,21 +198,45 @@ def _bundled(name: str, template: str, label_words: list[str], eval_split: str, 
 def builtin_tasks() -> dict[str, Task]:
     """The six reference tasks with their template-0 prompts and label words (Dai et al. 2023; Deutch et al. 2024)."""
     return {
-        "sst2": _bundled("sst2", "Sentence: {text} Label:", ["Negative", "Positive"], "validation",
-                         "SST-2 binary sentiment (Socher et al. 2013)"),
-        "sst5": _bundled("sst5", "Sentence: {text} Label:", ["terrible", "bad", "neutral", "good", "great"],
-                         "validation", "SST-5 fine-grained sentiment"),
-        "mr": _bundled("mr", "Review: {text} Sentiment:", ["Negative", "Positive"], "validation",
-                       "Movie Review polarity (Pang & Lee 2005)"),
-        "subj": _bundled("subj", "Input: {text} Type:", ["objective", "subjective"], "test",
-                         "Subjectivity (Pang & Lee 2004)"),
+        "sst2": _bundled(
+            "sst2",
+            "Sentence: {text} Label:",
+            ["Negative", "Positive"],
+            "validation",
+            "SST-2 binary sentiment (Socher et al. 2013)",
+        ),
+        "sst5": _bundled(
+            "sst5",
+            "Sentence: {text} Label:",
+            ["terrible", "bad", "neutral", "good", "great"],
+            "validation",
+            "SST-5 fine-grained sentiment",
+        ),
+        "mr": _bundled(
+            "mr",
+            "Review: {text} Sentiment:",
+            ["Negative", "Positive"],
+            "validation",
+            "Movie Review polarity (Pang & Lee 2005)",
+        ),
+        "subj": _bundled(
+            "subj", "Input: {text} Type:", ["objective", "subjective"], "test", "Subjectivity (Pang & Lee 2004)"
+        ),
         "agnews": _bundled(
             "agnews",
             "Classify the news articles into the categories of World, Sports, Business, and Technology. "
             "Article: {text} Answer:",
-            ["World", "Sports", "Business", "Technology"], "test", "AG's News topic (Zhang et al. 2015)"),
-        "cb": _bundled("cb", "{premise} Question: {hypothesis}. True, False, or Neither? Answer:",
-                       ["True", "False", "Neither"], "test", "CommitmentBank, SuperGLUE (de Marneffe et al. 2019)"),
+            ["World", "Sports", "Business", "Technology"],
+            "test",
+            "AG's News topic (Zhang et al. 2015)",
+        ),
+        "cb": _bundled(
+            "cb",
+            "{premise} Question: {hypothesis}. True, False, or Neither? Answer:",
+            ["True", "False", "Neither"],
+            "test",
+            "CommitmentBank, SuperGLUE (de Marneffe et al. 2019)",
+        ),
     }
 
 
@@ -345,12 +374,17 @@ def _validate_rows(task: Task, rows: list[dict[str, Any]], source: str) -> list[
         where = f"{source}: line {row.get('__line__', index + 1)}"
         for name in needed:
             if name not in row or row[name] is None:
-                raise DataFormatError(f"{where}: missing field {name!r} (have {sorted(k for k in row if k != '__line__')})")
+                raise DataFormatError(
+                    f"{where}: missing field {name!r} (have {sorted(k for k in row if k != '__line__')})"
+                )
         out = {}
         for name in task.template_fields:
             value = row[name]
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
-                    isinstance(value, float) and not math.isfinite(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (str, int, float))
+                or (isinstance(value, float) and not math.isfinite(value))
+            ):
                 raise DataFormatError(f"{where}: field {name!r} must be text, got {type(value).__name__} {value!r:.60}")
             text = str(value)
             if not text.strip():
@@ -399,9 +433,7 @@ def shuffled_indices(n: int, seed: int) -> list[int]:
     return order
 
 
-def sample_demonstrations(
-    task: Task, k: int, seed: int, train=None, sampling: str = "random"
-) -> list[dict[str, Any]]:
+def sample_demonstrations(task: Task, k: int, seed: int, train=None, sampling: str = "random") -> list[dict[str, Any]]:
     """k demonstrations from the train split shuffled with ``seed``.
 
     ``random`` (reference): the first k rows of the shuffle. ``balanced``: the same
@@ -433,7 +465,8 @@ def sample_demonstrations(
 
 
 def sample_queries(task: Task, limit: int | None, eval_seed: int = 1, dataset=None) -> list[dict[str, Any]]:
-    """At most ``limit`` rows of the eval split, shuffled with the fixed ``eval_seed`` (Dai et al. 2023; Deutch et al. 2024)."""
+    """At most ``limit`` rows of the eval split, shuffled with the fixed ``eval_seed`` (Dai et al. 2023;
+    Deutch et al. 2024)."""
     dataset = load_split(task, task.eval_split) if dataset is None else dataset
     order = shuffled_indices(len(dataset), eval_seed)
     if limit is not None:

@@ -18,9 +18,10 @@ import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from transformer_lens import HookedTransformer
 
@@ -89,13 +90,22 @@ class DemoSweepConfig:
         return [m.name for m in list_models()]
 
     def cells(self, model: str) -> list[ExperimentConfig]:
-        return [replace(self.base, task=task, model=model, k=k, seed=seed)
-                for task in self.tasks for k in self.ks for seed in self.seeds]
+        return [
+            replace(self.base, task=task, model=model, k=k, seed=seed)
+            for task in self.tasks
+            for k in self.ks
+            for seed in self.seeds
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "models": None if self.models is None else list(self.models),
-                "ks": list(self.ks), "seeds": list(self.seeds), "base": self.base.to_dict(),
-                "max_context": self.max_context}
+        return {
+            "tasks": list(self.tasks),
+            "models": None if self.models is None else list(self.models),
+            "ks": list(self.ks),
+            "seeds": list(self.seeds),
+            "base": self.base.to_dict(),
+            "max_context": self.max_context,
+        }
 
 
 def skip_path(out_dir: str | Path, cfg: ExperimentConfig) -> Path:
@@ -128,8 +138,10 @@ def context_fit(model: HookedTransformer, cfg: ExperimentConfig, max_context: in
         return f"a query does not fit in the context of {n_ctx} tokens: {exc}"
     if prompts.k < cfg.k:
         longest = max(len(q) for q in prompts.queries)
-        return (f"only {prompts.k} of {cfg.k} demonstrations fit in the context of {n_ctx} tokens beside the "
-                f"longest query ({longest} tokens) and the longest answer")
+        return (
+            f"only {prompts.k} of {cfg.k} demonstrations fit in the context of {n_ctx} tokens beside the "
+            f"longest query ({longest} tokens) and the longest answer"
+        )
     return None
 
 
@@ -150,9 +162,14 @@ def cell_row(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers the sweep reports from one cell's results dict."""
     cfg, acc, m = results["config"], results["accuracy"], results["metrics"]
     row = {
-        "model": cfg["model"], "task": results["task"]["name"], "k": cfg["k"], "seed": cfg["seed"],
-        "k_used": results["prompts"]["k_used"], "lr": results["lr"].get("lr"),
-        "accuracy": dict(acc), "gap_accuracy": acc["icl"] - acc["ft"],
+        "model": cfg["model"],
+        "task": results["task"]["name"],
+        "k": cfg["k"],
+        "seed": cfg["seed"],
+        "k_used": results["prompts"]["k_used"],
+        "lr": results["lr"].get("lr"),
+        "accuracy": dict(acc),
+        "gap_accuracy": acc["icl"] - acc["ft"],
         "simaou_ft": m["ft"]["simaou"]["mean"],
         "simaou_random": m.get("simaou_random", {}).get("mean"),
     }
@@ -202,36 +219,58 @@ def run_demo_sweep(
     for model_name in cfg.model_names():
         cells = cfg.cells(model_name)
         known_skips = {c.cell_name(): recorded_skip(out_dir, c, cfg.max_context) for c in cells}
-        pending = [c for c in cells if known_skips[c.cell_name()] is None
-                   and finished_results(cell_path(out_dir, c, runtime), c, runtime) is None]
+        pending = [
+            c
+            for c in cells
+            if known_skips[c.cell_name()] is None
+            and finished_results(cell_path(out_dir, c, runtime), c, runtime) is None
+        ]
         model = None
         if pending:
             base = cfg.base
             try:
-                model = model_loader(model_name, device=runtime.device, dtype=runtime.dtype,
-                                     untrained=base.untrained, seed=base.untrained_seed,
-                                     **({"untrained_init": base.untrained_init} if base.untrained else {}))
+                model = model_loader(
+                    model_name,
+                    device=runtime.device,
+                    dtype=runtime.dtype,
+                    untrained=base.untrained,
+                    seed=base.untrained_seed,
+                    **({"untrained_init": base.untrained_init} if base.untrained else {}),
+                )
             except IclLensError as exc:
                 logger.warning("skipping model %s: %s", model_name, exc)
-                skipped.extend({"model": model_name, "task": c.task, "k": c.k, "seed": c.seed,
-                                "reason": f"model failed to load: {exc}"} for c in cells)
+                skipped.extend(
+                    {
+                        "model": model_name,
+                        "task": c.task,
+                        "k": c.k,
+                        "seed": c.seed,
+                        "reason": f"model failed to load: {exc}",
+                    }
+                    for c in cells
+                )
                 continue
             for c in pending:
                 reason = context_fit(model, c, cfg.max_context)
                 if reason is not None:
                     logger.info("skipping %s: %s", c.cell_name(), reason)
-                    record = {"config": c.to_dict(), "max_context": cfg.max_context, "reason": reason,
-                              "n_ctx": model.cfg.n_ctx}
+                    record = {
+                        "config": c.to_dict(),
+                        "max_context": cfg.max_context,
+                        "reason": reason,
+                        "n_ctx": model.cfg.n_ctx,
+                    }
                     write_results(skip_path(out_dir, c), record)
                     known_skips[c.cell_name()] = read_results(skip_path(out_dir, c))
         runnable = [c for c in cells if known_skips[c.cell_name()] is None]
         for c in cells:
             record = known_skips[c.cell_name()]
             if record is not None:
-                skipped.append({"model": model_name, "task": c.task, "k": c.k, "seed": c.seed,
-                                "reason": record["reason"]})
+                skipped.append(
+                    {"model": model_name, "task": c.task, "k": c.k, "seed": c.seed, "reason": record["reason"]}
+                )
 
-        def loader(name, **kwargs):  # the model loaded for planning serves run_cells too
+        def loader(name, model=model, **kwargs):  # the model loaded for planning serves run_cells too
             return model if model is not None else model_loader(name, **kwargs)
 
         all_results.extend(run_cells(runnable, out_dir, runtime, model_loader=loader))

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -41,8 +42,10 @@ def plot_order_sensitivity(results: Sequence[dict[str, Any]], path: str | Path) 
     names = list(dict.fromkeys(s["setting"] for r in results for s in r["settings"]))
     width = 0.8 / max(1, len(names))
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(tasks) * 2 + 3), 3.8))
-    for ax, key, label in ((axes[0], "output_std", "Σ_v std over orders of p(v)"),
-                           (axes[1], "accuracy_std", "std of accuracy over orders")):
+    for ax, key, label in (
+        (axes[0], "output_std", "Σ_v std over orders of p(v)"),
+        (axes[1], "accuracy_std", "std of accuracy over orders"),
+    ):
         for j, name in enumerate(names):
             values, style = [], None
             for r in results:
@@ -50,14 +53,22 @@ def plot_order_sensitivity(results: Sequence[dict[str, Any]], path: str | Path) 
                 values.append(match[0][key] if match else np.nan)
                 style = style or (match[0] if match else None)
             colour, alpha = _setting_colour(style) if style else ("#8c8c8c", 1.0)
-            ax.bar(np.arange(len(tasks)) + (j - (len(names) - 1) / 2) * width, values, width,
-                   color=colour, alpha=alpha, label=name.upper() if name == "icl" else name.replace("_", " "))
+            ax.bar(
+                np.arange(len(tasks)) + (j - (len(names) - 1) / 2) * width,
+                values,
+                width,
+                color=colour,
+                alpha=alpha,
+                label=name.upper() if name == "icl" else name.replace("_", " "),
+            )
         ax.set_xticks(np.arange(len(tasks)), tasks)
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
     first = results[0] if results else {}
-    fig.suptitle(f"Order sensitivity over {first.get('n_permutations', '?')} orders of k={first.get('k', '?')} "
-                 f"demonstrations ({first.get('model', '')})")
+    fig.suptitle(
+        f"Order sensitivity over {first.get('n_permutations', '?')} orders of k={first.get('k', '?')} "
+        f"demonstrations ({first.get('model', '')})"
+    )
     return save_figure(fig, path)
 
 
@@ -67,13 +78,20 @@ def plot_output_agreement(results: Sequence[dict[str, Any]], path: str | Path) -
     pairs = list(dict.fromkeys(p for r in results for p in r["pairs"]))
     width = 0.8 / max(1, len(pairs))
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(tasks) * 2 + 3), 3.8))
-    for ax, key, label in ((axes[0], "mean_token_overlap", "top-10 token overlap"),
-                           (axes[1], "mean_overlap_cosine", "overlap cosine")):
+    for ax, key, label in (
+        (axes[0], "mean_token_overlap", "top-10 token overlap"),
+        (axes[1], "mean_overlap_cosine", "overlap cosine"),
+    ):
         for j, pair in enumerate(pairs):
             values = [r["pairs"][pair][key] if pair in r["pairs"] else np.nan for r in results]
-            ax.bar(np.arange(len(tasks)) + (j - (len(pairs) - 1) / 2) * width, values, width,
-                   label=_PAIR_LABELS.get(pair, pair), hatch="//" if pair.startswith("zsl") else None,
-                   alpha=0.6 if pair.startswith("zsl") else 1.0)
+            ax.bar(
+                np.arange(len(tasks)) + (j - (len(pairs) - 1) / 2) * width,
+                values,
+                width,
+                label=_PAIR_LABELS.get(pair, pair),
+                hatch="//" if pair.startswith("zsl") else None,
+                alpha=0.6 if pair.startswith("zsl") else 1.0,
+            )
         ax.set_xticks(np.arange(len(tasks)), tasks)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel(label)
@@ -91,7 +109,7 @@ def plot_sparsity(report: dict[str, Any], path: str | Path) -> Path:
         thresholds = np.array(result["thresholds"])
         for name, mean in result["mean"].items():
             layers = np.array(result["per_layer"][name])
-            line, = ax.plot(thresholds, mean, marker=".", label=name)
+            (line,) = ax.plot(thresholds, mean, marker=".", label=name)
             ax.fill_between(thresholds, layers.min(0), layers.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(result["handbuilt"], color="black", ls="--", lw=1, label="hand-built ICL=GD (~75%)")
         ax.set_xscale("log")
@@ -114,10 +132,22 @@ def plot_demo_sweep(result: dict[str, Any], path: str | Path) -> Path:
         entries = sorted(entries, key=lambda e: e["k"])
         ks = [e["k"] for e in entries]
         label = f"{model} / {task}"
-        axes[0].errorbar(ks, [e["gap_accuracy"] for e in entries], yerr=[e["gap_accuracy_std"] for e in entries],
-                         marker="o", capsize=3, label=label)
-        line = axes[1].errorbar(ks, [e["simaou_ft"] for e in entries], yerr=[e["simaou_ft_std"] for e in entries],
-                                marker="o", capsize=3, label=label)
+        axes[0].errorbar(
+            ks,
+            [e["gap_accuracy"] for e in entries],
+            yerr=[e["gap_accuracy_std"] for e in entries],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+        line = axes[1].errorbar(
+            ks,
+            [e["simaou_ft"] for e in entries],
+            yerr=[e["simaou_ft_std"] for e in entries],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
         if all(e.get("simaou_random") is not None for e in entries):
             axes[1].plot(ks, [e["simaou_random"] for e in entries], ls=":", color=line[0].get_color())
     for ax, label in ((axes[0], "accuracy ICL − accuracy GD"), (axes[1], "SimAOU (GD); dotted: random")):

@@ -28,8 +28,9 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -152,8 +153,7 @@ def demo_permutations(k: int, n_permutations: int, seed: int) -> list[tuple[int,
     rng = random.Random(seed)
     distinct_possible = math.factorial(k) >= n_permutations if k <= 12 else True
     if not distinct_possible:
-        logger.warning("only %d distinct orders of %d demonstrations exist; orders will repeat",
-                       math.factorial(k), k)
+        logger.warning("only %d distinct orders of %d demonstrations exist; orders will repeat", math.factorial(k), k)
     if k <= 8 and distinct_possible:
         # few enough orders to draw without replacement from all of them
         return [tuple(p) for p in rng.sample(list(itertools.permutations(range(k))), n_permutations)]
@@ -227,10 +227,16 @@ class OrderSensitivityResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "analysis": "order_sensitivity",
-            "task": self.task, "model": self.model, "k": self.k, "k_requested": self.k_requested,
-            "n_queries": self.n_queries, "n_permutations": len(self.permutations),
-            "permutations": self.permutations, "demonstrations": self.demonstrations,
-            "settings": [s.to_dict() for s in self.settings], "config": self.config,
+            "task": self.task,
+            "model": self.model,
+            "k": self.k,
+            "k_requested": self.k_requested,
+            "n_queries": self.n_queries,
+            "n_permutations": len(self.permutations),
+            "permutations": self.permutations,
+            "demonstrations": self.demonstrations,
+            "settings": [s.to_dict() for s in self.settings],
+            "config": self.config,
         }
 
 
@@ -247,29 +253,39 @@ def dense_distribution(run: SettingRun, d_vocab: int) -> Float[torch.Tensor, "n_
 
 
 def _sensitivity(
-    name: str, distributions: Float[torch.Tensor, "n_perm n d_vocab"], accuracies: Sequence[float],
-    unbiased: bool, **extra: Any,
+    name: str,
+    distributions: Float[torch.Tensor, "n_perm n d_vocab"],
+    accuracies: Sequence[float],
+    unbiased: bool,
+    **extra: Any,
 ) -> SettingSensitivity:
     # per example (float64 copies of [P, 1, d_vocab] only); the mean is metrics.order_sensitivity
-    per_example = [metrics.order_sensitivity(distributions[:, i : i + 1], unbiased=unbiased)
-                   for i in range(distributions.shape[1])]
+    per_example = [
+        metrics.order_sensitivity(distributions[:, i : i + 1], unbiased=unbiased) for i in range(distributions.shape[1])
+    ]
     return SettingSensitivity(
-        setting=name, output_std=float(sum(per_example) / len(per_example)),
+        setting=name,
+        output_std=float(sum(per_example) / len(per_example)),
         accuracy_std=metrics.accuracy_std(list(accuracies), unbiased=unbiased),
-        accuracies=[float(a) for a in accuracies], per_example_output_std=per_example, **extra,
+        accuracies=[float(a) for a in accuracies],
+        per_example_output_std=per_example,
+        **extra,
     )
 
 
 def _sample_prompts(model: HookedTransformer, task: Task, cfg: OrderSensitivityConfig):
-    base, demos, queries = sample_prompts(model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed,
-                                          cfg.limit, cfg.eval_seed)
+    base, demos, queries = sample_prompts(
+        model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.limit, cfg.eval_seed
+    )
     if base.k < len(demos):
         logger.warning("task %s: permuting the %d of %d demonstrations that fit", task.name, base.k, len(demos))
     return demos[: base.k], queries
 
 
 def run_order_sensitivity(
-    model: HookedTransformer, task: Task | str, cfg: OrderSensitivityConfig = OrderSensitivityConfig(),
+    model: HookedTransformer,
+    task: Task | str,
+    cfg: OrderSensitivityConfig = OrderSensitivityConfig(),
     progress: bool = True,
 ) -> OrderSensitivityResult:
     """ICL and GD (SGD / Adam × batch sizes) over P orders of the same demonstrations: OS and σ_acc."""
@@ -293,16 +309,24 @@ def run_order_sensitivity(
     losses: dict[str, list[float]] = {name: [] for name in names}
 
     def score(setting_model, prompts: EncodedPrompts, prefix, name: str, p: int) -> None:
-        run = evaluate(setting_model, prefix, prompts.queries, prompts.labels, setting=name,
-                       n_start=prompts.n_start, record=record, batch_size=cfg.eval_batch_size, progress=False)
+        run = evaluate(
+            setting_model,
+            prefix,
+            prompts.queries,
+            prompts.labels,
+            setting=name,
+            n_start=prompts.n_start,
+            record=record,
+            batch_size=cfg.eval_batch_size,
+            progress=False,
+        )
         dists[name][p] = dense_distribution(run, d_vocab)
         accs[name].append(metrics.accuracy(run.predictions, labels))
 
     total = cfg.n_permutations * len(names)
     bar = tqdm(total=total, desc=f"order sensitivity {task.name}", disable=not progress, leave=False)
     for p, perm in enumerate(perms):
-        prompts = encode_prompts(model.tokenizer, task, [demos[i] for i in perm], queries, cfg.prompt,
-                                 model.cfg.n_ctx)
+        prompts = encode_prompts(model.tokenizer, task, [demos[i] for i in perm], queries, cfg.prompt, model.cfg.n_ctx)
         if prompts.k != k:  # same demonstrations, same total length: cannot happen
             raise PromptError(f"permutation {p} kept {prompts.k} of {k} demonstrations")
         if cfg.include_icl:
@@ -310,8 +334,7 @@ def run_order_sensitivity(
             bar.update(1)
         for name, optimizer, batch_size, lr in gd:
             ft_cfg = replace(cfg.finetune, optimizer=optimizer, batch_size=batch_size, lr=lr)
-            tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg,
-                                    progress=False)
+            tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress=False)
             losses[name].append(trace.losses[-1])
             score(tuned, prompts, prompts.zsl_prefix, name, p)
             del tuned
@@ -320,20 +343,44 @@ def run_order_sensitivity(
 
     settings = []
     if cfg.include_icl:
-        settings.append(_sensitivity("icl", dists["icl"], accs["icl"], cfg.unbiased, method="icl",
-                                     optimizer=None, batch_size=None, lr=None))
+        settings.append(
+            _sensitivity(
+                "icl", dists["icl"], accs["icl"], cfg.unbiased, method="icl", optimizer=None, batch_size=None, lr=None
+            )
+        )
     for name, optimizer, batch_size, lr in gd:
-        settings.append(_sensitivity(name, dists[name], accs[name], cfg.unbiased, method="gd",
-                                     optimizer=optimizer, batch_size=batch_size, lr=lr,
-                                     final_losses=losses[name]))
+        settings.append(
+            _sensitivity(
+                name,
+                dists[name],
+                accs[name],
+                cfg.unbiased,
+                method="gd",
+                optimizer=optimizer,
+                batch_size=batch_size,
+                lr=lr,
+                final_losses=losses[name],
+            )
+        )
         if batch_size >= k:
             logger.info("%s: one batch holds all %d demonstrations, so GD is order-invariant (OS ≈ 0)", name, k)
     for s in settings:
-        logger.info("%s %s: OS=%.4g σ_acc=%.4g mean acc=%.3f", task.name, s.setting, s.output_std,
-                    s.accuracy_std, s.mean_accuracy)
+        logger.info(
+            "%s %s: OS=%.4g σ_acc=%.4g mean acc=%.3f",
+            task.name,
+            s.setting,
+            s.output_std,
+            s.accuracy_std,
+            s.mean_accuracy,
+        )
     return OrderSensitivityResult(
-        task=task.name, model=model.cfg.model_name, k=k, k_requested=cfg.k, n_queries=n,
+        task=task.name,
+        model=model.cfg.model_name,
+        k=k,
+        k_requested=cfg.k,
+        n_queries=n,
         permutations=[list(p) for p in perms],
         demonstrations=[{"row_index": d["row_index"], "label": d["label"]} for d in demos],
-        settings=settings, config=cfg.to_dict(),
+        settings=settings,
+        config=cfg.to_dict(),
     )

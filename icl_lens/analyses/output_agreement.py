@@ -14,8 +14,9 @@ how far the demonstrations move the distribution at all).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
@@ -51,9 +52,13 @@ class PairAgreement:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "k": self.k,
-            "mean_token_overlap": self.mean_token_overlap, "mean_overlap_cosine": self.mean_overlap_cosine,
-            "token_overlap": self.token_overlap, "overlap_cosine": self.overlap_cosine,
+            "a": self.a,
+            "b": self.b,
+            "k": self.k,
+            "mean_token_overlap": self.mean_token_overlap,
+            "mean_overlap_cosine": self.mean_overlap_cosine,
+            "token_overlap": self.token_overlap,
+            "overlap_cosine": self.overlap_cosine,
         }
 
 
@@ -76,8 +81,12 @@ class OutputAgreement:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "analysis": "output_agreement", "task": self.task, "model": self.model, "k": self.k_demos,
-            "n_examples": self.n_examples, "skipped_pairs": self.skipped,
+            "analysis": "output_agreement",
+            "task": self.task,
+            "model": self.model,
+            "k": self.k_demos,
+            "n_examples": self.n_examples,
+            "skipped_pairs": self.skipped,
             "pairs": {p.name: p.to_dict() for p in self.pairs},
         }
 
@@ -86,14 +95,17 @@ def _distribution(run: SettingRun) -> metrics.TopKDistribution:
     return metrics.TopKDistribution(run.next_token_ids, run.next_token_probs)
 
 
-def pair_agreement(run_a: SettingRun, run_b: SettingRun, k: int = metrics.DEFAULT_TOP_K,
-                   a: str | None = None, b: str | None = None) -> PairAgreement:
+def pair_agreement(
+    run_a: SettingRun, run_b: SettingRun, k: int = metrics.DEFAULT_TOP_K, a: str | None = None, b: str | None = None
+) -> PairAgreement:
     """Token overlap and overlap cosine of two runs over the same queries (top ``k``)."""
     if run_a.n_examples != run_b.n_examples:
         raise MetricInputError(f"runs cover different queries: {run_a.n_examples} vs {run_b.n_examples}")
     dist_a, dist_b = _distribution(run_a), _distribution(run_b)
     return PairAgreement(
-        a=a or run_a.setting, b=b or run_b.setting, k=k,
+        a=a or run_a.setting,
+        b=b or run_b.setting,
+        k=k,
         token_overlap=[float(v) for v in metrics.token_overlap(dist_a, dist_b, k=k)],
         overlap_cosine=[float(v) for v in metrics.overlap_cosine(dist_a, dist_b, k=k)],
     )
@@ -126,6 +138,9 @@ def output_agreement(
         logger.info("skipped pairs without both settings: %s", skipped)
     info: dict[str, Any] = {}
     if isinstance(output, ExperimentOutput):
-        info = {"task": output.results["task"]["name"], "model": output.results["model"]["name"],
-                "k_demos": output.prompts.k}
+        info = {
+            "task": output.results["task"]["name"],
+            "model": output.results["model"]["name"],
+            "k_demos": output.prompts.k,
+        }
     return OutputAgreement(pairs=results, n_examples=next(iter(runs.values())).n_examples, skipped=skipped, **info)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -124,16 +125,26 @@ def weight_sparsity_analysis(model: HookedTransformer, cfg: SparsityConfig = Spa
             for j, t in enumerate(scaled):
                 below[j] += int((magnitudes < t).sum())
             total += magnitudes.numel()
-    mean = {name: [sum(layer[j] for layer in rows) / n_layers for j in range(len(cfg.thresholds))]
-            for name, rows in per_layer.items()}
+    mean = {
+        name: [sum(layer[j] for layer in rows) / n_layers for j in range(len(cfg.thresholds))]
+        for name, rows in per_layer.items()
+    }
     result = SparsityResult(
-        model=model.cfg.model_name, thresholds=list(cfg.thresholds), scale=cfg.scale, per_layer=per_layer,
-        mean=mean, pooled=[b / total for b in below], exact_zero=exact_zero, rms=rms,
-        crossing={name: _crossing(cfg.thresholds, values, metrics.HANDBUILT_ICL_GD_SPARSITY)
-                  for name, values in mean.items()},
+        model=model.cfg.model_name,
+        thresholds=list(cfg.thresholds),
+        scale=cfg.scale,
+        per_layer=per_layer,
+        mean=mean,
+        pooled=[b / total for b in below],
+        exact_zero=exact_zero,
+        rms=rms,
+        crossing={
+            name: _crossing(cfg.thresholds, values, metrics.HANDBUILT_ICL_GD_SPARSITY) for name, values in mean.items()
+        },
     )
-    logger.info("%s: threshold where mean sparsity reaches %.0f%%: %s", result.model,
-                100 * result.handbuilt, result.crossing)
+    logger.info(
+        "%s: threshold where mean sparsity reaches %.0f%%: %s", result.model, 100 * result.handbuilt, result.crossing
+    )
     return result
 
 
@@ -145,8 +156,12 @@ class SparsityReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"analysis": "sparsity", "models": [r.to_dict() for r in self.results], "skipped": self.skipped,
-                "handbuilt": metrics.HANDBUILT_ICL_GD_SPARSITY}
+        return {
+            "analysis": "sparsity",
+            "models": [r.to_dict() for r in self.results],
+            "skipped": self.skipped,
+            "handbuilt": metrics.HANDBUILT_ICL_GD_SPARSITY,
+        }
 
 
 def sparsity_all_models(
@@ -177,4 +192,3 @@ def sparsity_all_models(
         results.append(result)
         del model
     return SparsityReport(results=results, skipped=skipped)
-

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -140,9 +141,7 @@ class WeightSpaceResult:
 
 
 @torch.no_grad()
-def attention_inputs(
-    model: HookedTransformer, tokens: Sequence[int]
-) -> list[Float[torch.Tensor, "pos d_model"]]:
+def attention_inputs(model: HookedTransformer, tokens: Sequence[int]) -> list[Float[torch.Tensor, "pos d_model"]]:
     """Every layer's attention input ``ln1(resid_pre)`` for one token sequence (float64, CPU)."""
     resid: dict[int, torch.Tensor] = {}
 
@@ -153,8 +152,7 @@ def attention_inputs(
     batch = torch.tensor([list(tokens)], device=model.cfg.device)
     with model.hooks(fwd_hooks=hooks):
         model(batch, return_type=None, stop_at_layer=model.cfg.n_layers)
-    return [model.blocks[l].ln1(resid[l][None])[0].detach().to("cpu", torch.float64)
-            for l in range(model.cfg.n_layers)]
+    return [model.blocks[l].ln1(resid[l][None])[0].detach().to("cpu", torch.float64) for l in range(model.cfg.n_layers)]
 
 
 def _parameter(model: HookedTransformer, layer: int, name: str) -> torch.Tensor | None:
@@ -179,8 +177,9 @@ def demo_token_positions(prompts: EncodedPrompts, which: DemoPositions) -> list[
 
 
 def _sample(model: HookedTransformer, task: Task, cfg: WeightSpaceConfig) -> EncodedPrompts:
-    prompts, _, _ = sample_prompts(model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed,
-                                   cfg.n_queries, cfg.eval_seed)
+    prompts, _, _ = sample_prompts(
+        model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.n_queries, cfg.eval_seed
+    )
     return prompts
 
 
@@ -210,8 +209,7 @@ def run_weight_space(
         logger.warning("W_Q is trained too: the dual-form ΔW_FT ignores the query's own change")
     prompts = _sample(model, task, cfg)
     if tuned is None:
-        tuned, _ = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, cfg.finetune,
-                            progress=progress)
+        tuned, _ = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, cfg.finetune, progress=progress)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
 
     norms = metrics.weight_update_norms(model, tuned, cfg.parameters)
@@ -225,8 +223,14 @@ def run_weight_space(
     positions = demo_token_positions(prompts, cfg.demo_positions)
     demo_inputs = attention_inputs(model, prompts.icl_prefix)
     icl_updates = [
-        metrics.dual_form_icl_update(demo_inputs[l][positions], before[l]["W_K"], before[l]["W_V"],
-                                     before[l]["b_K"], before[l]["b_V"], n_heads=n_heads)
+        metrics.dual_form_icl_update(
+            demo_inputs[l][positions],
+            before[l]["W_K"],
+            before[l]["W_V"],
+            before[l]["b_K"],
+            before[l]["b_V"],
+            n_heads=n_heads,
+        )
         for l in range(n_layers)
     ]
 
@@ -239,8 +243,17 @@ def run_weight_space(
         for l in range(n_layers):
             b, a = before[l], after[l]
             ft_update = metrics.dual_form_ft_update(
-                inputs[l], b["W_K"], b["W_V"], a["W_K"], a["W_V"], b["b_K"], b["b_V"], a["b_K"], a["b_V"],
-                n_heads=n_heads)
+                inputs[l],
+                b["W_K"],
+                b["W_V"],
+                a["W_K"],
+                a["W_V"],
+                b["b_K"],
+                b["b_V"],
+                a["b_K"],
+                a["b_V"],
+                n_heads=n_heads,
+            )
             zsl = metrics.dual_form_icl_update(inputs[l], b["W_K"], b["W_V"], b["b_K"], b["b_V"], n_heads=n_heads)
             per_query_cos[l].append(metrics.dual_form_cosine(ft_update, icl_updates[l]).per_head)
             icl_zsl[l].append(metrics.dual_form_cosine(icl_updates[l], zsl).mean)
@@ -249,8 +262,12 @@ def run_weight_space(
 
     head_means = [[float(c.mean()) for c in per_query_cos[l]] for l in range(n_layers)]
     result = WeightSpaceResult(
-        task=task.name, model=model.cfg.model_name, k=prompts.k, n_queries=len(prompts.queries),
-        n_demo_tokens=len(positions), lr=cfg.finetune.lr,
+        task=task.name,
+        model=model.cfg.model_name,
+        k=prompts.k,
+        n_queries=len(prompts.queries),
+        n_demo_tokens=len(positions),
+        lr=cfg.finetune.lr,
         update_norms={name: [float(v) for v in t] for name, t in norms.items()},
         relative_update_norms=relative,
         dual_cosine=[sum(h) / len(h) for h in head_means],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -28,7 +28,7 @@ def cosine(
     return dot / (norm_a * norm_b)
 
 
-def as_label_tensor(values: Int[torch.Tensor, "batch"] | Sequence[int], what: str) -> Int[torch.Tensor, "batch"]:
+def as_label_tensor(values: Int[torch.Tensor, " batch"] | Sequence[int], what: str) -> Int[torch.Tensor, " batch"]:
     """A 1-d integer tensor from a tensor or a sequence of ints (class ids)."""
     tensor = torch.as_tensor(values)
     if tensor.ndim != 1:
@@ -51,9 +51,7 @@ def require_same_shape(tensors: dict[str, torch.Tensor], what: str) -> None:
 def require_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise :class:`MetricInputError` if ``tensor`` holds NaN or infinite values."""
     if not torch.isfinite(tensor).all():
-        raise MetricInputError(
-            f"{what} holds NaN or infinite values (a masked attention score recorded by mistake?)"
-        )
+        raise MetricInputError(f"{what} holds NaN or infinite values (a masked attention score recorded by mistake?)")
 
 
 def require_nonempty(tensor: torch.Tensor, what: str) -> None:

@@ -14,7 +14,7 @@ already stacked layer-first. A recorded cache holds, for every layer ``l``:
 
 Stacked, these are [n_layers, batch, d_model] (``cache.stack_activation("attn_out")``) and
 [n_layers, batch, n_heads, query_len] (``cache.stack_activation("attn_scores")`` /
-``("pattern")``). Every metric returns one value per layer, ``Float[Tensor, "n_layers"]``
+``("pattern")``). Every metric returns one value per layer, ``Float[Tensor, " n_layers"]``
 (float64); the overall value of the papers is the mean over layers, :func:`layer_mean`.
 
 Cosine convention: cos(a, b) = a·b / (max(‖a‖, ε) · max(‖b‖, ε)), ε = 1e-12, so a zero vector
@@ -72,9 +72,7 @@ def _stacked_activation(
     else:
         raise MetricInputError(f"{what}: expected an ActivationCache or a tensor, got {type(activations).__name__}")
     if stacked.ndim != expected_ndim:
-        raise MetricInputError(
-            f"{what}: expected {expected_ndim} dims layer-first, got shape {tuple(stacked.shape)}"
-        )
+        raise MetricInputError(f"{what}: expected {expected_ndim} dims layer-first, got shape {tuple(stacked.shape)}")
     require_nonempty(stacked, what)
     require_finite(stacked, what)
     return stacked.detach().cpu()
@@ -97,7 +95,7 @@ def _unit(vectors: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
 
 
-def layer_mean(per_layer: Float[torch.Tensor, "n_layers"]) -> float:
+def layer_mean(per_layer: Float[torch.Tensor, " n_layers"]) -> float:
     """The overall value of a per-layer metric: the mean over layers, (1/L) Σ_l m_l."""
     if per_layer.ndim != 1 or per_layer.numel() == 0:
         raise MetricInputError(
@@ -106,7 +104,7 @@ def layer_mean(per_layer: Float[torch.Tensor, "n_layers"]) -> float:
     return per_layer.to(torch.float64).mean().item()
 
 
-def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torch.Tensor, "n_layers"]:
+def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torch.Tensor, " n_layers"]:
     """SimAOU: similarity of the attention-output updates of ICL and FT, per layer.
 
         h = o / ‖o‖ (o = attention output at the recorded position),
@@ -144,11 +142,13 @@ def simaou_per_example(
 def _pair_index(index: torch.Tensor, batch: int) -> torch.Tensor:
     index = torch.as_tensor(index, dtype=torch.long)
     if index.shape != (batch,) or (batch and (int(index.min()) < 0 or int(index.max()) >= batch)):
-        raise MetricInputError(f"ft_index must hold {batch} example indices in [0, {batch}), got shape {tuple(index.shape)}")
+        raise MetricInputError(
+            f"ft_index must hold {batch} example indices in [0, {batch}), got shape {tuple(index.shape)}"
+        )
     return index
 
 
-def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, "n_layers"]:
+def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, " n_layers"]:
     """Random baseline of SimAOU: the ICL update against a random direction, per layer.
 
         SimAOU_rand,l = (1/N) Σ_i cos(Δ_ICL[l, i], u[l, i]),  u[l, i] ~ Uniform[0, 1)^d_model
@@ -180,7 +180,7 @@ def _head_cosine_mean(map_a: torch.Tensor, map_b: torch.Tensor) -> Float[torch.T
     return per_head.mean(dim=2).T
 
 
-def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") -> Float[torch.Tensor, "n_layers"]:
+def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") -> Float[torch.Tensor, " n_layers"]:
     """SimAM: similarity of two settings' attention maps at the recorded position, per layer.
 
         SimAM_l = (1/N) Σ_i (1/H) Σ_h cos(map_a[l, i, h, :], map_b[l, i, h, :])
@@ -207,7 +207,7 @@ def simam_per_example(
 
 def simam_delta(
     zsl: AttnMapInput, icl: AttnMapInput, ft: AttnMapInput, kind: MapKind = "scores"
-) -> Float[torch.Tensor, "n_layers"]:
+) -> Float[torch.Tensor, " n_layers"]:
     """SimAM_Δ: similarity of the attention-map updates of ICL and FT, per layer.
 
         SimAM_Δ,l = (1/N) Σ_i (1/H) Σ_h cos(map_ICL − map_ZSL, map_FT − map_ZSL)[l, i, h]
@@ -219,7 +219,10 @@ def simam_delta(
 
 
 def simam_delta_per_example(
-    zsl: AttnMapInput, icl: AttnMapInput, ft: AttnMapInput, kind: MapKind = "scores",
+    zsl: AttnMapInput,
+    icl: AttnMapInput,
+    ft: AttnMapInput,
+    kind: MapKind = "scores",
     ft_index: torch.Tensor | None = None,
 ) -> Float[torch.Tensor, "batch n_layers"]:
     """The per-example terms of :func:`simam_delta` (mean over heads), examples first.
@@ -245,7 +248,7 @@ def alpha(
     demo_mass: Float[torch.Tensor, "batch n_layers n_heads"],
     sink_mass: Float[torch.Tensor, "batch n_layers n_heads"] | None = None,
     include_sink: bool = False,
-) -> Float[torch.Tensor, "n_layers"]:
+) -> Float[torch.Tensor, " n_layers"]:
     """α (Deutch et al. 2024, Fig. 2; *unverified* definition): the post-softmax attention mass
     the recorded position puts on demonstration tokens, per layer.
 

@@ -11,8 +11,8 @@ identical answers whenever the top k is unique (no ties at the k-th probability)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -56,7 +56,7 @@ class TopKDistribution:
         return int(self.ids.shape[0])
 
     @classmethod
-    def from_probs(cls, probs: Float[torch.Tensor, "batch d_vocab"], k: int) -> "TopKDistribution":
+    def from_probs(cls, probs: Float[torch.Tensor, "batch d_vocab"], k: int) -> TopKDistribution:
         """The top ``k`` of full distributions, sorted by decreasing probability."""
         if probs.ndim != 2:
             raise MetricInputError(f"expected probabilities [batch, d_vocab], got shape {tuple(probs.shape)}")
@@ -66,7 +66,7 @@ class TopKDistribution:
         top = probs.detach().topk(k, dim=-1)
         return cls(ids=top.indices, probs=top.values)
 
-    def top(self, k: int) -> "TopKDistribution":
+    def top(self, k: int) -> TopKDistribution:
         """The ``k`` most likely of the stored tokens (k ≤ the stored k)."""
         if not 1 <= k <= self.k:
             raise MetricInputError(f"asked for the top {k} tokens but only {self.k} are stored")
@@ -102,7 +102,7 @@ def _overlap(
 
 def token_overlap(
     p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
-) -> Float[torch.Tensor, "batch"]:
+) -> Float[torch.Tensor, " batch"]:
     """Top-k token overlap (Shen et al., *unverified*), per example:
 
         overlap_i = |TopK(p_a,i) ∩ TopK(p_b,i)| / k
@@ -115,7 +115,7 @@ def token_overlap(
 
 def overlap_cosine(
     p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
-) -> Float[torch.Tensor, "batch"]:
+) -> Float[torch.Tensor, " batch"]:
     """Cosine of two distributions restricted to their shared top-k tokens, per example:
 
         O_i = TopK(p_a,i) ∩ TopK(p_b,i),  overlap_cosine_i = cos(p_a,i[O_i], p_b,i[O_i])
@@ -143,9 +143,7 @@ def _dense_over_permutations(
     (a token missing from a permutation's top k counts as probability 0)."""
     batch_sizes = {d.batch_size for d in distributions}
     if len(batch_sizes) != 1:
-        raise MetricInputError(
-            f"every permutation must cover the same examples, got batch sizes {sorted(batch_sizes)}"
-        )
+        raise MetricInputError(f"every permutation must cover the same examples, got batch sizes {sorted(batch_sizes)}")
     ids = torch.stack([d.ids for d in distributions], dim=1)  # [batch, n_perm, k]
     probs = torch.stack([d.probs for d in distributions], dim=1).to(torch.float64)
     per_example = []
@@ -191,7 +189,7 @@ def order_sensitivity(
     return torch.stack(per_example).mean().item()
 
 
-def accuracy_std(accuracies: Float[torch.Tensor, "n_perm"] | Sequence[float], unbiased: bool = False) -> float:
+def accuracy_std(accuracies: Float[torch.Tensor, " n_perm"] | Sequence[float], unbiased: bool = False) -> float:
     """Std of accuracy across demonstration permutations: std_p(acc_p).
 
     ``unbiased`` as in :func:`order_sensitivity` (default: population std, divide by P).

@@ -9,8 +9,9 @@ same examples in the same order for every setting: ZSL (zero-shot), ICL (in-cont
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -20,10 +21,10 @@ from icl_lens.metrics._common import as_label_tensor
 
 logger = logging.getLogger(__name__)
 
-ClassIds = Int[torch.Tensor, "batch"] | Sequence[int]
+ClassIds = Int[torch.Tensor, " batch"] | Sequence[int]
 
 
-def _aligned(named: dict[str, ClassIds]) -> dict[str, Int[torch.Tensor, "batch"]]:
+def _aligned(named: dict[str, ClassIds]) -> dict[str, Int[torch.Tensor, " batch"]]:
     tensors = {name: as_label_tensor(values, name) for name, values in named.items()}
     sizes = {name: int(t.shape[0]) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
@@ -112,8 +113,13 @@ class PredictionChangeOverlap:
     def n_unchanged(self) -> int:
         """Examples whose prediction neither ICL nor FT changed."""
         changed = (
-            self.icl_only_correct + self.icl_only_incorrect + self.ft_only_correct + self.ft_only_incorrect
-            + self.both_same_correct + self.both_same_incorrect + self.both_different
+            self.icl_only_correct
+            + self.icl_only_incorrect
+            + self.ft_only_correct
+            + self.ft_only_incorrect
+            + self.both_same_correct
+            + self.both_same_incorrect
+            + self.both_different
         )
         return self.n_examples - changed
 

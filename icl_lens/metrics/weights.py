@@ -9,8 +9,8 @@ centering rewrite W_Q, W_K and W_V.
 
 **Dual form** (Dai et al. 2023). Drop the softmax (linear attention). In TransformerLens
 notation, head h maps a token's attention input x (the layer's normalised residual stream,
-``blocks[l].ln1(hook_resid_pre)``, the output of the norm with its scale, a row vector) to the key k = x W_K[h] + b_K[h] and value
-v = x W_V[h] + b_V[h], and the query q = x_q W_Q[h] + b_Q[h] reads
+``blocks[l].ln1(hook_resid_pre)``, the output of the norm with its scale, a row vector) to the key
+k = x W_K[h] + b_K[h] and value v = x W_V[h] + b_V[h], and the query q = x_q W_Q[h] + b_Q[h] reads
 
     F(q) = Σ_j v_j (k_j · q) = (Σ_j v_j ⊗ k_j) q.
 
@@ -45,8 +45,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -153,7 +154,7 @@ def model_weight_sparsity(
 
 def weight_update_norms(
     before: WeightSource, after: WeightSource, parameters: Sequence[str] = ("W_K", "W_V")
-) -> dict[str, Float[torch.Tensor, "n_layers"]]:
+) -> dict[str, Float[torch.Tensor, " n_layers"]]:
     """Frobenius norm of the finetuning update of each attention parameter, per layer:
 
         ‖ΔW‖_F = sqrt(Σ (W_after − W_before)²)   over all heads of the layer
@@ -169,7 +170,7 @@ def weight_update_norms(
     n_layers = _n_layers(before)
     if _n_layers(after) != n_layers:
         raise MetricInputError(f"before has {n_layers} layers but after has {_n_layers(after)}")
-    norms: dict[str, Float[torch.Tensor, "n_layers"]] = {}
+    norms: dict[str, Float[torch.Tensor, " n_layers"]] = {}
     for name in parameters:
         per_layer = []
         for layer in range(n_layers):
@@ -206,16 +207,12 @@ def _projected(
 ) -> Float[torch.Tensor, "pos n_heads d_head"]:
     """x W[h] + b[h] for every token and (expanded) head, in float64."""
     if weight.ndim != 3 or weight.shape[1] != inputs.shape[1]:
-        raise MetricInputError(
-            f"{what} must be [heads, d_model={inputs.shape[1]}, d_head], got {tuple(weight.shape)}"
-        )
+        raise MetricInputError(f"{what} must be [heads, d_model={inputs.shape[1]}, d_head], got {tuple(weight.shape)}")
     weight = _expand_heads(weight.detach().to(torch.float64), n_heads, what)
     projected = torch.einsum("pd,hde->phe", inputs, weight.to(inputs.device))
     if bias is not None:
         if tuple(bias.shape[1:]) != (weight.shape[2],) or bias.ndim != 2:
-            raise MetricInputError(
-                f"bias of {what} must be [heads, d_head={weight.shape[2]}], got {tuple(bias.shape)}"
-            )
+            raise MetricInputError(f"bias of {what} must be [heads, d_head={weight.shape[2]}], got {tuple(bias.shape)}")
         bias = _expand_heads(bias.detach().to(torch.float64), n_heads, f"bias of {what}")
         projected = projected + bias.to(inputs.device)
     return projected
@@ -246,7 +243,8 @@ def dual_form_icl_update(
         ΔW_ICL[h] = Σ_i (x'_i W_V[h] + b_V[h]) ⊗ (x'_i W_K[h] + b_K[h])   ([d_head(value), d_head(key)])
 
     Args:
-        demo_inputs: the layer's attention inputs x'_i (``blocks[l].ln1`` applied to ``hook_resid_pre``; not ``ln1.hook_normalized``, which is taken before the scale on unprocessed weights) at the
+        demo_inputs: the layer's attention inputs x'_i (``blocks[l].ln1`` applied to ``hook_resid_pre``;
+            not ``ln1.hook_normalized``, which is taken before the scale on unprocessed weights) at the
             demonstration tokens of the ICL prompt.
         W_K, W_V: the layer's key/value weights [heads, d_model, d_head]; GQA: the unexpanded
             [n_kv_heads, ...] weights, expanded to ``n_heads`` by ``repeat_interleave``.
@@ -318,7 +316,7 @@ class DualFormCosine:
         mean: the mean over heads.
     """
 
-    per_head: Float[torch.Tensor, "n_heads"]
+    per_head: Float[torch.Tensor, " n_heads"]
     mean: float
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,16 @@ from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, WheelFile
 from icl_lens.models.untrained import UNTRAINED_INITS, reinitialize_untrained
 
 __all__ = [
-    "OFFLINE_MODELS", "UNTRAINED_INITS", "OfflineModel", "WheelFile", "default_cache_dir", "list_models", "load_model",
-    "prepare_gguf_file", "prepare_offline_model", "process_weights", "reinitialize_untrained",
+    "OFFLINE_MODELS",
+    "UNTRAINED_INITS",
+    "OfflineModel",
+    "WheelFile",
+    "default_cache_dir",
+    "list_models",
+    "load_model",
+    "prepare_gguf_file",
+    "prepare_offline_model",
+    "process_weights",
+    "reinitialize_untrained",
     "tokenizer_adds_bos",
 ]

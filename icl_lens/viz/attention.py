@@ -18,7 +18,8 @@ Entries above the diagonal (causally masked) are greyed out.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -76,25 +77,55 @@ def _rounded(values: torch.Tensor, decimals: int = 4) -> list:
     return torch.round(values.float(), decimals=decimals).tolist()
 
 
-def _panel(values: torch.Tensor, tokens: list[str], layer: int, head: int | None, title: str, note: str,
-           min_value: float, max_value: float) -> Panel:
+def _panel(
+    values: torch.Tensor,
+    tokens: list[str],
+    layer: int,
+    head: int | None,
+    title: str,
+    note: str,
+    min_value: float,
+    max_value: float,
+) -> Panel:
     """AttentionHeads (all heads of the layer) or AttentionPattern (one head)."""
     if values.shape[-1] != len(tokens):
         raise ValueError(f"maps have {values.shape[-1]} positions but {len(tokens)} tokens were given")
-    common = {"tokens": tokens, "minValue": min_value, "maxValue": max_value,
-              "negativeColor": NEGATIVE_COLOR, "positiveColor": POSITIVE_COLOR, "maskUpperTri": True}
+    common = {
+        "tokens": tokens,
+        "minValue": min_value,
+        "maxValue": max_value,
+        "negativeColor": NEGATIVE_COLOR,
+        "positiveColor": POSITIVE_COLOR,
+        "maskUpperTri": True,
+    }
     if head is None:
         names = [f"L{layer}H{h}" for h in range(values.shape[0])]
-        return Panel("AttentionHeads", {"attention": _rounded(values), "attentionHeadNames": names, **common},
-                     title=title, note=note)
+        return Panel(
+            "AttentionHeads",
+            {"attention": _rounded(values), "attentionHeadNames": names, **common},
+            title=title,
+            note=note,
+        )
     if not -values.shape[0] <= head < values.shape[0]:
         raise IndexError(f"head {head} out of range for {values.shape[0]} heads")
-    return Panel("AttentionPattern", {"attention": _rounded(values[head]), "showAxisLabels": True, **common},
-                 title=f"{title}, head {head}", note=note)
+    return Panel(
+        "AttentionPattern",
+        {"attention": _rounded(values[head]), "showAxisLabels": True, **common},
+        title=f"{title}, head {head}",
+        note=note,
+    )
 
 
-def attention_panel(maps: Any, tokens: Sequence[Any], layer: int, setting: str | None = None, *,
-                    kind: MapKind = "pattern", head: int | None = None, example: int = 0) -> Panel:
+def attention_panel(
+    maps: Any,
+    tokens: Sequence[Any],
+    layer: int,
+    setting: str | None = None,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    example: int = 0,
+) -> Panel:
     """The :class:`~icl_lens.viz.html.Panel` behind :func:`attention_view`."""
     map_ = _one_map(maps, setting, example)
     values = _layer(map_, kind, layer)
@@ -106,13 +137,22 @@ def attention_panel(maps: Any, tokens: Sequence[Any], layer: int, setting: str |
         hi = _symmetric_range(values)
         lo = -hi
         note = f"pre-softmax scores, colour range ±{hi:.3g}"
-    return _panel(values, _one_tokens(tokens, example), layer, head, f"{name} · layer {layer} · {kind}", note,
-                  lo, hi)
+    return _panel(values, _one_tokens(tokens, example), layer, head, f"{name} · layer {layer} · {kind}", note, lo, hi)
 
 
-def difference_panel(maps_a: Any, maps_b: Any, tokens: Sequence[Any], layer: int, *, kind: MapKind = "pattern",
-                     head: int | None = None, setting_a: str | None = None, setting_b: str | None = None,
-                     example: int = 0, value_range: float | None = None) -> Panel:
+def difference_panel(
+    maps_a: Any,
+    maps_b: Any,
+    tokens: Sequence[Any],
+    layer: int,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    setting_a: str | None = None,
+    setting_b: str | None = None,
+    example: int = 0,
+    value_range: float | None = None,
+) -> Panel:
     """The :class:`~icl_lens.viz.html.Panel` behind :func:`attention_difference_view`."""
     a = _layer(_one_map(maps_a, setting_a, example), kind, layer)
     b = _layer(_one_map(maps_b, setting_b, example), kind, layer)
@@ -125,8 +165,16 @@ def difference_panel(maps_a: Any, maps_b: Any, tokens: Sequence[Any], layer: int
     return _panel(diff, _one_tokens(tokens, example), layer, head, f"{name} · layer {layer} · {kind}", note, -m, m)
 
 
-def attention_view(maps: Any, tokens: Sequence[Any], layer: int, setting: str | None = None, *,
-                   kind: MapKind = "pattern", head: int | None = None, example: int = 0):
+def attention_view(
+    maps: Any,
+    tokens: Sequence[Any],
+    layer: int,
+    setting: str | None = None,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    example: int = 0,
+):
     """One setting's attention at ``layer`` over the query tokens, as a circuitsvis widget.
 
     Args:
@@ -146,46 +194,82 @@ def attention_view(maps: Any, tokens: Sequence[Any], layer: int, setting: str | 
     return attention_panel(maps, tokens, layer, setting, kind=kind, head=head, example=example).to_circuitsvis()
 
 
-def attention_difference_view(maps_a: Any, maps_b: Any, tokens: Sequence[Any], layer: int, *,
-                              kind: MapKind = "pattern", head: int | None = None, setting_a: str | None = None,
-                              setting_b: str | None = None, example: int = 0):
+def attention_difference_view(
+    maps_a: Any,
+    maps_b: Any,
+    tokens: Sequence[Any],
+    layer: int,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    setting_a: str | None = None,
+    setting_b: str | None = None,
+    example: int = 0,
+):
     """``maps_a − maps_b`` at ``layer`` (e.g. ICL − ZSL, FT − ZSL) as a circuitsvis widget.
 
     Differences are signed: positive cells are blue, negative red, on a symmetric range ``±m``
     (``m`` = the largest |difference| in the layer's lower triangle), so nothing saturates and
     no rescaling of values is needed; the tooltip shows the true difference.
     """
-    return difference_panel(maps_a, maps_b, tokens, layer, kind=kind, head=head, setting_a=setting_a,
-                            setting_b=setting_b, example=example).to_circuitsvis()
+    return difference_panel(
+        maps_a, maps_b, tokens, layer, kind=kind, head=head, setting_a=setting_a, setting_b=setting_b, example=example
+    ).to_circuitsvis()
 
 
-def compare_panels(maps_by_setting: Mapping[str, Any], tokens: Sequence[Any], layer: int, *,
-                   kind: MapKind = "pattern", head: int | None = None, baseline: str = "zsl",
-                   example: int = 0) -> list[Panel]:
+def compare_panels(
+    maps_by_setting: Mapping[str, Any],
+    tokens: Sequence[Any],
+    layer: int,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    baseline: str = "zsl",
+    example: int = 0,
+) -> list[Panel]:
     """Panels of every setting, then every setting minus ``baseline`` (shared difference range)."""
     settings = [s for s in SETTING_ORDER if s in maps_by_setting]
     settings += [s for s in maps_by_setting if s not in settings]
-    panels = [attention_panel(maps_by_setting, tokens, layer, s, kind=kind, head=head, example=example)
-              for s in settings]
+    panels = [
+        attention_panel(maps_by_setting, tokens, layer, s, kind=kind, head=head, example=example) for s in settings
+    ]
     others = [s for s in settings if s != baseline]
     if baseline in maps_by_setting and others:
         base = _layer(_one_map(maps_by_setting, baseline, example), kind, layer)
         m = max(_symmetric_range(_layer(_one_map(maps_by_setting, s, example), kind, layer) - base) for s in others)
-        panels += [difference_panel(maps_by_setting, maps_by_setting, tokens, layer, kind=kind, head=head,
-                                    setting_a=s, setting_b=baseline, example=example, value_range=m)
-                   for s in others]
+        panels += [
+            difference_panel(
+                maps_by_setting,
+                maps_by_setting,
+                tokens,
+                layer,
+                kind=kind,
+                head=head,
+                setting_a=s,
+                setting_b=baseline,
+                example=example,
+                value_range=m,
+            )
+            for s in others
+        ]
     return panels
 
 
-def compare_settings(maps_by_setting: Mapping[str, Any], tokens: Sequence[Any], layer: int, *,
-                     kind: MapKind = "pattern", head: int | None = None, baseline: str = "zsl",
-                     example: int = 0) -> PanelGroup:
+def compare_settings(
+    maps_by_setting: Mapping[str, Any],
+    tokens: Sequence[Any],
+    layer: int,
+    *,
+    kind: MapKind = "pattern",
+    head: int | None = None,
+    baseline: str = "zsl",
+    example: int = 0,
+) -> PanelGroup:
     """All views of one example at ``layer``: each setting, then ICL − ZSL, FT − ZSL, LCGD − ZSL.
 
     Returns a :class:`~icl_lens.viz.html.PanelGroup`: it displays inline in Jupyter with the
     circuitsvis bundle inlined once (works offline), ``.views`` gives each panel as a circuitsvis
     object and ``.save(path)`` writes a self-contained page.
     """
-    panels = compare_panels(maps_by_setting, tokens, layer, kind=kind, head=head, baseline=baseline,
-                            example=example)
+    panels = compare_panels(maps_by_setting, tokens, layer, kind=kind, head=head, baseline=baseline, example=example)
     return PanelGroup(panels, title=f"layer {layer}, {kind}")

@@ -16,9 +16,10 @@ import html
 import json
 import re
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 BUNDLE_RELATIVE_PATH = Path("dist") / "cdn" / "iife.js"
 BUNDLE_MARKER = "/* circuitsvis bundle (inlined by icl_lens) */"
@@ -97,8 +98,10 @@ class Panel:
         return f'<div class="icl-panel">{head}{note}<div id="{self.element_id}"></div></div>'
 
     def render_call(self) -> str:
-        return (f'CircuitsVis.render({json.dumps(self.element_id)}, CircuitsVis.{self.component}, '
-                f'{js_json(self.clean_props())});')
+        return (
+            f"CircuitsVis.render({json.dumps(self.element_id)}, CircuitsVis.{self.component}, "
+            f"{js_json(self.clean_props())});"
+        )
 
 
 def _check(panels: Sequence[Panel]) -> None:
@@ -134,7 +137,7 @@ def page(title: str, body: str, scripts: Iterable[str] = (), css: str = "", incl
     extra = "\n".join(f"<script>\n{s}\n</script>" for s in scripts)
     bundle = bundle_script() if include_bundle else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{PAGE_CSS}{css}</style>\n</head>\n<body>\n"
         f"{body}\n{bundle}\n{extra}\n</body>\n</html>\n"
     )

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -63,7 +64,7 @@ class _Recorder:
 
     def __call__(self, act: torch.Tensor, hook) -> None:
         layer = int(hook.name.split(".")[1])
-        rows = act[0, :, self.n_prefix:, :].float().cpu()  # [head, q, n_prefix + q]
+        rows = act[0, :, self.n_prefix :, :].float().cpu()  # [head, q, n_prefix + q]
         if hook.name.endswith("hook_pattern"):
             self.pattern[layer] = rows
         else:
@@ -124,19 +125,22 @@ def record_attention_maps(
         if len(ids) > model.cfg.n_ctx:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the model's context of {model.cfg.n_ctx}")
         recorder = _Recorder(n_prefix)
-        model.run_with_hooks(torch.tensor([ids], device=device), return_type=None,
-                             fwd_hooks=[(_is_attention_hook, recorder)])
+        model.run_with_hooks(
+            torch.tensor([ids], device=device), return_type=None, fwd_hooks=[(_is_attention_hook, recorder)]
+        )
         pattern = torch.stack([recorder.pattern[layer] for layer in range(n_layers)])  # [L, H, q, P+q]
         scores = torch.stack([recorder.scores[layer] for layer in range(n_layers)])
         q = pattern.shape[-2]
         positions = torch.arange(n_prefix, n_prefix + q)  # absolute positions of the query part
         attended = torch.stack([attended_keys(positions, positions, window) for window in windows])  # [L, q, q]
-        out.append({
-            "pattern": pattern[..., n_prefix:].contiguous(),
-            "scores": zero_unattended(scores[..., n_prefix:], attended[:, None]).contiguous(),
-            "demo_mass": pattern[..., n_start:n_prefix].sum(-1),
-            "start_mass": pattern[..., :n_start].sum(-1),
-        })
+        out.append(
+            {
+                "pattern": pattern[..., n_prefix:].contiguous(),
+                "scores": zero_unattended(scores[..., n_prefix:], attended[:, None]).contiguous(),
+                "demo_mass": pattern[..., n_start:n_prefix].sum(-1),
+                "start_mass": pattern[..., :n_start].sum(-1),
+            }
+        )
     return out
 
 
@@ -202,8 +206,12 @@ def save_attention_maps(
     index = {
         "settings": settings,
         "examples": [
-            {**{k: v for k, v in ex.items() if k not in ("row_index", "label", "tokens")},
-             "row_index": int(ex["row_index"]), "label": int(ex["label"]), "tokens": [str(t) for t in toks]}
+            {
+                **{k: v for k, v in ex.items() if k not in ("row_index", "label", "tokens")},
+                "row_index": int(ex["row_index"]),
+                "label": int(ex["label"]),
+                "tokens": [str(t) for t in toks],
+            }
             for ex, toks in zip(examples, tokens)
         ],
     }
@@ -241,8 +249,9 @@ def load_attention_maps(cell_dir: str | Path) -> SavedAttentionMaps:
     for setting in index.get("settings", []):
         maps = []
         for i in range(len(examples)):
-            entry = {key: tensors[f"{setting}/{i}/{key}"].float() for key in MAP_KEYS
-                     if f"{setting}/{i}/{key}" in tensors}
+            entry = {
+                key: tensors[f"{setting}/{i}/{key}"].float() for key in MAP_KEYS if f"{setting}/{i}/{key}" in tensors
+            }
             if "pattern" not in entry:
                 raise ResultsError(f"attention maps in {cell_dir} lack {setting}/{i}/pattern")
             maps.append(entry)
@@ -281,8 +290,9 @@ def record_experiment_maps(
         elif setting in output.models:
             setups[setting] = (output.models[setting], prompts.zsl_prefix)
         else:
-            logger.warning("no %s model kept (run_experiment(keep_models=True)); its attention maps are skipped",
-                           setting)
+            logger.warning(
+                "no %s model kept (run_experiment(keep_models=True)); its attention maps are skipped", setting
+            )
     maps_by_setting = {
         setting: record_attention_maps(m, prefix, queries, answer, n_start=prompts.n_start)
         for setting, (m, prefix) in setups.items()
