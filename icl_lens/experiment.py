@@ -374,9 +374,77 @@ def run_experiment(
     """
     cfg = config_for_objects(model, task, cfg)
     _check_stats_config(cfg)
-    task = apply_task_overrides(task, cfg)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
+    cell = prepare_cell(model, apply_task_overrides(task, cfg), cfg, progress)
+    run_prompted_settings(cell)
+    run_finetuned_settings(cell, keep_models)
+    results = assemble_results(cell)
+    cell.timings["total"] = time.perf_counter() - started
+    results["timing_seconds"] = {k: round(v, 3) for k, v in cell.timings.items()}
+    return ExperimentOutput(
+        results=results, runs=cell.runs, prompts=cell.prompts, models=cell.tuned_models, traces=cell.traces
+    )
+
+
+@dataclass
+class CellState:
+    """One cell's inputs (model, task, config, prompts) and what its stages add: the settings' runs,
+    the null models' runs, training traces, learning-rate choices, calibration offsets, timings."""
+
+    model: HookedTransformer
+    task: Task
+    cfg: ExperimentConfig
+    progress: bool
+    prompts: EncodedPrompts
+    demos: list[dict[str, Any]]
+    queries: list[dict[str, Any]]
+    train: Any
+    content_free_query: list[int]
+    runs: dict[str, SettingRun] = field(default_factory=dict)
+    null_runs: dict[str, dict[str, SettingRun]] = field(default_factory=dict)
+    null_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    traces: dict[str, TrainingTrace] = field(default_factory=dict)
+    tuned_models: dict[str, HookedTransformer] = field(default_factory=dict)
+    lr_record: dict[str, Any] = field(default_factory=dict)
+    lcgd_lr_record: dict[str, Any] = field(default_factory=dict)
+    content_free_record: dict[str, list[float]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([q["label"] for q in self.queries])
+
+    @property
+    def needs_comparison(self) -> bool:
+        return any(s in self.cfg.settings for s in FINETUNED_SETTINGS)
+
+    def evaluate_setting(self, name: str, setting_model: HookedTransformer, prefix: list[int]) -> SettingRun:
+        """Score the cell's queries after ``prefix`` on ``setting_model`` (recording the activations the
+        metrics need), calibrated against the content-free query when the cell asks for it."""
+        cfg, prompts = self.cfg, self.prompts
+        t0 = time.perf_counter()
+        result = evaluate(
+            setting_model,
+            prefix,
+            prompts.queries,
+            prompts.labels,
+            setting=name,
+            n_start=prompts.n_start,
+            record=cfg.record,
+            batch_size=cfg.batch_size,
+            reuse_prefix=cfg.reuse_prefix,
+            progress=self.progress,
+        )
+        if cfg.calibration == "content_free":
+            bias = content_free_scores(setting_model, prefix, self.content_free_query, prompts.labels, prompts.n_start)
+            self.content_free_record[name] = [float(v) for v in bias[0]]
+            result.class_scores = calibrate(result.class_scores, bias)
+        self.timings[f"eval_{name}"] = time.perf_counter() - t0
+        return result
+
+
+def prepare_cell(model: HookedTransformer, task: Task, cfg: ExperimentConfig, progress: bool) -> CellState:
+    """Stage 1, prompts: sample the demonstrations and queries and encode every prompt of the cell."""
     train = load_split(task, task.train_split)
     needs_demos = any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS))
     prompts, demos, queries = sample_prompts(
@@ -392,83 +460,68 @@ def run_experiment(
         require_demos=needs_demos,
         train=train,
     )
-    labels = torch.tensor([q["label"] for q in queries])
-    n_start = prompts.n_start
     content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
-    content_free_record: dict[str, list[float]] = {}
+    return CellState(model, task, cfg, progress, prompts, demos, queries, train, content_free_query)
 
-    def run_setting(name: str, setting_model: HookedTransformer, prefix) -> SettingRun:
+
+def run_prompted_settings(cell: CellState) -> None:
+    """Stage 2: ZSL and ICL on the loaded model (both whenever a comparison metric needs them)."""
+    settings = cell.cfg.settings
+    if "zsl" in settings or cell.needs_comparison:
+        cell.runs["zsl"] = cell.evaluate_setting("zsl", cell.model, cell.prompts.zsl_prefix)
+    if "icl" in settings or cell.needs_comparison:
+        cell.runs["icl"] = cell.evaluate_setting("icl", cell.model, cell.prompts.icl_prefix)
+
+
+def run_finetuned_settings(cell: CellState, keep_models: bool) -> None:
+    """Stage 3: choose the learning rate(s), train FT and LCGD copies on the demonstrations, score them
+    on the zero-shot prompts, and run each one's null models."""
+    if not cell.needs_comparison:
+        return
+    model, cfg, prompts, progress = cell.model, cell.cfg, cell.prompts, cell.progress
+    sweep_inputs = _sweep_inputs(
+        model, cell.task, cfg, prompts, cell.train, cell.demos, cell.content_free_query, cell.queries
+    )
+    ft_cfg, cell.lr_record = _choose_lr(model, cell.task, cfg, sweep_inputs, progress, cell.timings)
+    for name in FINETUNED_SETTINGS:
+        if name not in cfg.settings:
+            continue
         t0 = time.perf_counter()
-        result = evaluate(
-            setting_model,
-            prefix,
-            prompts.queries,
-            prompts.labels,
-            setting=name,
-            n_start=n_start,
-            record=cfg.record,
-            batch_size=cfg.batch_size,
-            reuse_prefix=cfg.reuse_prefix,
-            progress=progress,
-        )
-        if cfg.calibration == "content_free":
-            bias = content_free_scores(setting_model, prefix, content_free_query, prompts.labels, n_start)
-            content_free_record[name] = [float(v) for v in bias[0]]
-            result.class_scores = calibrate(result.class_scores, bias)
-        timings[f"eval_{name}"] = time.perf_counter() - t0
-        return result
-
-    needs_comparison = any(s in cfg.settings for s in FINETUNED_SETTINGS)
-    runs: dict[str, SettingRun] = {}
-    if "zsl" in cfg.settings or needs_comparison:
-        runs["zsl"] = run_setting("zsl", model, prompts.zsl_prefix)
-    if "icl" in cfg.settings or needs_comparison:
-        runs["icl"] = run_setting("icl", model, prompts.icl_prefix)
-
-    lr_record: dict[str, Any] = {}
-    lcgd_lr_record: dict[str, Any] = {}
-    tuned_models: dict[str, HookedTransformer] = {}
-    traces: dict[str, TrainingTrace] = {}
-    null_runs: dict[str, dict[str, SettingRun]] = {}
-    null_facts: dict[str, dict[str, Any]] = {}
-    if needs_comparison:
-        sweep_inputs = _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries)
-        ft_cfg, lr_record = _choose_lr(model, task, cfg, sweep_inputs, progress, timings)
-        for name in FINETUNED_SETTINGS:
-            if name not in cfg.settings:
-                continue
-            t0 = time.perf_counter()
-            if name == "ft":
-                train_cfg = ft_cfg
-                tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
-            else:
-                train_cfg, lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings)
-                tuned, trace = layer_causal_finetune(
-                    model, prompts.demo_sequences, prompts.demo_answer_lengths, train_cfg, cfg.lcgd_schedule, progress
-                )
-            timings[f"train_{name}"] = time.perf_counter() - t0
-            traces[name] = trace
-            runs[name] = run_setting(name, tuned, prompts.zsl_prefix)
-            null_runs[name], null_facts[name] = run_null_models(
-                name,
-                model,
-                tuned,
-                train_cfg,
-                cfg,
-                task,
-                demos[: prompts.k],
-                queries,
-                prompts.zsl_prefix,
-                run_setting,
-                progress,
+        if name == "ft":
+            train_cfg = ft_cfg
+            tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress)
+        else:
+            train_cfg, cell.lcgd_lr_record = _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, cell.timings)
+            tuned, trace = layer_causal_finetune(
+                model, prompts.demo_sequences, prompts.demo_answer_lengths, train_cfg, cfg.lcgd_schedule, progress
             )
-            if keep_models:
-                tuned_models[name] = tuned
-            else:
-                del tuned
+        cell.timings[f"train_{name}"] = time.perf_counter() - t0
+        cell.traces[name] = trace
+        cell.runs[name] = cell.evaluate_setting(name, tuned, prompts.zsl_prefix)
+        cell.null_runs[name], cell.null_facts[name] = run_null_models(
+            name,
+            model,
+            tuned,
+            train_cfg,
+            cfg,
+            cell.task,
+            cell.demos[: prompts.k],
+            cell.queries,
+            prompts.zsl_prefix,
+            cell.evaluate_setting,
+            progress,
+        )
+        if keep_models:
+            cell.tuned_models[name] = tuned
+        del tuned
 
-    indices = stats.resample_indices(len(queries), cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    per_example = per_example_values(runs, null_runs, labels, cfg)
+
+def assemble_results(cell: CellState) -> dict[str, Any]:
+    """Stage 4, metrics -> results: per-example values, every metric with its interval, the paired
+    tests and the nulls, as the plain-JSON results dict (timings are added by the caller)."""
+    cfg, task, runs, labels, prompts = cell.cfg, cell.task, cell.runs, cell.labels, cell.prompts
+    indices = stats.resample_indices(len(cell.queries), cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    per_example = per_example_values(runs, cell.null_runs, labels, cfg)
     results: dict[str, Any] = {
         "icl_lens_version": __version__,
         "config": cfg.to_dict(),
@@ -479,10 +532,10 @@ def run_experiment(
             "eval_split": task.eval_split,
             "n_classes": task.n_classes,
         },
-        "model": _model_facts(model),
+        "model": _model_facts(cell.model),
         "prompts": prompts.summary(),
-        "demonstrations": [{"row_index": d["row_index"], "label": d["label"]} for d in demos[: prompts.k]],
-        "n_examples": len(queries),
+        "demonstrations": [{"row_index": d["row_index"], "label": d["label"]} for d in cell.demos[: prompts.k]],
+        "n_examples": len(cell.queries),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
         "accuracy_ci": {
             name: stats.bootstrap_interval(values, indices=indices, confidence=cfg.confidence).ci
@@ -494,19 +547,17 @@ def run_experiment(
             "confidence": cfg.confidence,
             "seed": cfg.bootstrap_seed,
         },
-        "lr": lr_record,
-        **({"lcgd_lr": lcgd_lr_record} if lcgd_lr_record else {}),
-        "calibration": {"method": cfg.calibration, "content_free_scores": content_free_record},
+        "lr": cell.lr_record,
+        **({"lcgd_lr": cell.lcgd_lr_record} if cell.lcgd_lr_record else {}),
+        "calibration": {"method": cfg.calibration, "content_free_scores": cell.content_free_record},
         "metrics": cell_metrics(runs, per_example, labels, indices, cfg),
         "tests": paired_tests(runs, per_example, indices, cfg),
-        "nulls": null_summaries(runs, per_example, null_facts, labels, indices, cfg),
+        "nulls": null_summaries(runs, per_example, cell.null_facts, labels, indices, cfg),
         "per_example": _rounded(per_example),
-        "training": {name: trace.to_dict() for name, trace in traces.items()},
+        "training": {name: trace.to_dict() for name, trace in cell.traces.items()},
     }
-    results["examples"] = _per_example(queries, runs)
-    timings["total"] = time.perf_counter() - started
-    results["timing_seconds"] = {k: round(v, 3) for k, v in timings.items()}
-    return ExperimentOutput(results=results, runs=runs, prompts=prompts, models=tuned_models, traces=traces)
+    results["examples"] = _per_example(cell.queries, runs)
+    return results
 
 
 def _task_matches(name_or_path: str, task: Task) -> bool:
