@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     agg = aggregate(results)
     (out / "tables.md").write_text(markdown_tables(agg))
     (out / "aggregate.json").write_text(json.dumps(
-        [{"task": k[0], "model": k[1], "k": k[2], "untrained": k[3], "stats": v} for k, v in sorted(agg.items())],
+        [{"task": k[0], "model": k[1], "k": k[2], "untrained": k[3], "variant": k[4], "stats": v} for k, v in sorted(agg.items())],
         indent=1))
     plot_prediction_changes(trained, out / "prediction_changes.png")
     plot_layer_metric(trained, out / "simaou_per_layer.png", "simaou", title="SimAOU per layer: GD vs LCGD")

@@ -358,9 +358,25 @@ QUANTITIES: dict[str, Quantity] = {
 }
 
 
-def group_key(results: dict[str, Any]) -> tuple[str, str, int, bool]:
+def group_key(results: dict[str, Any]) -> tuple[str, str, int, bool, str]:
+    """Cells averaged together: (task, model, k, untrained, variant). The variant names what else must
+    match — the untrained init, the preset, the dtype and device kind — so another init or precision is
+    another group, never pooled; it is empty for the defaults (float32 on CPU, no preset)."""
+    from icl_lens.findings import precision_of
+
     cfg = results["config"]
-    return results["task"]["name"], cfg["model"], cfg["k"], bool(cfg.get("untrained"))
+    parts = [
+        f"{cfg.get('untrained_init', 'normal')} init" if cfg.get("untrained") else "",
+        f"{cfg['preset']} preset" if cfg.get("preset") else "",
+        "" if precision_of(results) == "float32/cpu" else precision_of(results),
+    ]
+    return results["task"]["name"], cfg["model"], cfg["k"], bool(cfg.get("untrained")), ", ".join(p for p in parts if p)
+
+
+def group_label(model: str, untrained: bool, variant: str) -> str:
+    """The model column of a table row: the model, "untrained", and the variant if any."""
+    details = ", ".join(part for part in ("untrained" if untrained else "", variant) if part)
+    return model + (f" ({details})" if details else "")
 
 
 def aggregate(
@@ -429,8 +445,8 @@ def markdown_tables(agg: dict[tuple, dict[str, dict[str, float]]]) -> str:
         "SimAM_Δ GD (ref) | SimAM_Δ LCGD (ref) | α |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (task, model, k, untrained), s in sorted(agg.items()):
-        label = model + (" (untrained)" if untrained else "")
+    for (task, model, k, untrained, variant), s in sorted(agg.items()):
+        label = group_label(model, untrained, variant)
         ref_acc = REFERENCE_ACCURACY.get(task, {})
         ref_acc_text = (
             f"{ref_acc['zsl']:.1f} / {ref_acc['ft']:.1f} / {ref_acc['icl']:.1f}, {ref_acc['jaccard']:.1f}"

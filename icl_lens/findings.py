@@ -92,16 +92,19 @@ NULL_KINDS = ("shuffled_pair", "wrong_label", "random_direction")
 
 @dataclass
 class Study:
-    """Cells of one model (and k, preset), indexed by (task, untrained) -> seed cells."""
+    """Cells of one model (and k, preset, dtype and device kind), indexed by (task, untrained) -> seed
+    cells. Runs in another dtype or on another kind of device are other studies, never pooled."""
 
     model: str
     k: Any
     preset: str | None
+    precision: str = "float32/cpu"
     cells: dict[tuple[str, bool], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def label(self) -> str:
-        return f"{self.model} · k={self.k}" + (f" · {self.preset}" if self.preset else "")
+        label = f"{self.model} · k={self.k}" + (f" · {self.preset}" if self.preset else "")
+        return label + (f" · {self.precision}" if self.precision != "float32/cpu" else "")
 
     def tasks(self, untrained: bool = False) -> list[str]:
         return sorted({task for task, u in self.cells if u == untrained})
@@ -133,8 +136,14 @@ def find_analyses(results_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def precision_of(results: dict[str, Any]) -> str:
+    """``dtype/device kind`` a cell ran in (its identity, else its metadata; float32/cpu when neither)."""
+    where = results.get("identity") or results.get("meta") or {}
+    return f"{where.get('dtype', 'float32')}/{str(where.get('device', 'cpu')).split(':')[0]}"
+
+
 def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
-    """Group cells by (model, k, preset); within a study by task, untrained and seed (a second
+    """Group cells by (model, k, preset, dtype/device kind); within a study by task, untrained and seed (a second
     cell with the same task, untrained and seed is left out with a warning)."""
     studies: dict[tuple, Study] = {}
     seen: set[tuple] = set()
@@ -144,7 +153,7 @@ def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
         if task is None or cfg.get("model") is None:
             logger.warning("skipping a results file without task or model")
             continue
-        key = (str(cfg["model"]), cfg.get("k"), cfg.get("preset"))
+        key = (str(cfg["model"]), cfg.get("k"), cfg.get("preset"), precision_of(r))
         study = studies.setdefault(key, Study(*key))
         untrained = bool(cfg.get("untrained"))
         cell_key = (*key, task, untrained, cfg.get("seed"))

@@ -775,16 +775,16 @@ def _with_interval(stats: dict[str, Any], name: str, scale: float, digits: int) 
 def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
     """Cross-cell tables: per task × model × k (× untrained), each quantity's mean over seeds with
     its two-level bootstrap interval (:func:`icl_lens.aggregate.aggregate`)."""
-    from icl_lens.aggregate import aggregate
+    from icl_lens.aggregate import aggregate, group_label
 
     agg = aggregate(all_results)
     rows = []
-    for (task, model, k, untrained), stats in sorted(agg.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for (task, model, k, untrained, variant), stats in sorted(agg.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         n = max((v["n"] for v in stats.values()), default=0)
         rows.append(
             [
                 task,
-                model + (" (untrained)" if untrained else ""),
+                group_label(model, untrained, variant),
                 _fmt(k),
                 str(n),
                 *(_with_interval(stats, name, scale, digits) for _, name, scale, digits in DASHBOARD_COLUMNS),

@@ -94,3 +94,25 @@ def test_markdown_tables_show_intervals():
     table = markdown_tables(aggregate(study(tasks=("sst2",), seeds=(0, 1), untrained_seeds=())))
     line = next(row for row in table.splitlines() if row.startswith("| sst2 | tiny | 4 |"))
     assert line.count(" ± ") == 6 and line.count("[") == 6  # ZSL ICL FT LCGD Rec2FTP Jaccard
+
+
+def test_other_precision_or_untrained_init_is_another_group_never_pooled():
+    """bf16-on-GPU and fp32-on-CPU cells of the same task and seed, or untrained cells with two inits,
+    are separate groups and separate findings studies."""
+    from icl_lens.findings import group_studies
+
+    fp32 = synthetic_cell(seed=0)
+    bf16 = synthetic_cell(seed=0, ft_gain=0.0)
+    bf16["identity"] = {"dtype": "bfloat16", "device": "cuda"}
+    reference = synthetic_cell(seed=0, untrained=True)
+    normal = synthetic_cell(seed=0, untrained=True, icl_gain=0.0)
+    reference["config"]["untrained_init"] = "reference"
+    normal["config"]["untrained_init"] = "normal"
+    groups = aggregate([fp32, bf16, reference, normal], n_resamples=50)
+    variants = sorted(key[4] for key in groups)
+    assert variants == ["", "bfloat16/cuda", "normal init", "reference init"]
+    assert all(stats["acc_zsl"]["n"] == 1 for stats in groups.values())
+    table = markdown_tables(groups)
+    assert "tiny (bfloat16/cuda)" in table and "tiny (untrained, reference init)" in table
+    studies = group_studies([fp32, bf16])
+    assert sorted(s.label for s in studies) == ["tiny · k=4", "tiny · k=4 · bfloat16/cuda"]
