@@ -24,7 +24,7 @@ import numpy as np
 
 from icl_lens.errors import ConfigError
 from icl_lens.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
-from icl_lens.results import dig
+from icl_lens.results import dig, precision_of
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
@@ -362,8 +362,6 @@ def group_key(results: dict[str, Any]) -> tuple[str, str, int, bool, str]:
     """Cells averaged together: (task, model, k, untrained, variant). The variant names what else must
     match — the untrained init, the preset, the dtype and device kind — so another init or precision is
     another group, never pooled; it is empty for the defaults (float32 on CPU, no preset)."""
-    from icl_lens.findings import precision_of
-
     cfg = results["config"]
     parts = [
         f"{cfg.get('untrained_init', 'normal')} init" if cfg.get("untrained") else "",

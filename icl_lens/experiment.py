@@ -27,7 +27,7 @@ from transformer_lens import HookedTransformer
 
 from icl_lens import metrics, stats
 from icl_lens import nulls as null_models
-from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, validate_fields
+from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, Range, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError, IclLensError
@@ -168,6 +168,10 @@ class ExperimentConfig:
         if not self.lr_grid:
             raise ConfigError("lr_grid is empty")
         object.__setattr__(self, "lr_grid", tuple(float(x) for x in self.lr_grid))
+        object.__setattr__(self, "nulls", tuple(self.nulls))
+        unknown_nulls = [name for name in self.nulls if name not in null_models.NULLS]
+        if unknown_nulls:
+            raise ConfigError(f"unknown nulls {unknown_nulls}; choose from {list(null_models.NULLS)} (or none)")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -231,6 +235,7 @@ _EXPERIMENT_BOUNDS = {
     "untrained_seed": SEED,
     "bootstrap_resamples": AT_LEAST_ONE,
     "bootstrap_seed": SEED,
+    "confidence": Range(gt=0, lt=1),
 }
 """Bounds of ExperimentConfig's numeric fields (types, NaN/inf and Literal choices come from the hints)."""
 
@@ -373,7 +378,6 @@ def run_experiment(
     :class:`~icl_lens.errors.ConfigError`. ``results["config"]`` is the filled-in configuration.
     """
     cfg = config_for_objects(model, task, cfg)
-    _check_stats_config(cfg)
     started = time.perf_counter()
     cell = prepare_cell(model, apply_task_overrides(task, cfg), cfg, progress)
     run_prompted_settings(cell)
@@ -622,16 +626,6 @@ def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConf
     if changes:
         logger.info("recording what was passed in, not the config's defaults: %s", changes)
     return replace(cfg, **changes) if changes else cfg
-
-
-def _check_stats_config(cfg: ExperimentConfig) -> None:
-    unknown = [name for name in cfg.nulls if name not in null_models.NULLS]
-    if unknown:
-        raise ConfigError(f"unknown nulls {unknown}; choose from {list(null_models.NULLS)} (or none)")
-    if int(cfg.bootstrap_resamples) < 1:
-        raise ConfigError(f"bootstrap_resamples must be >= 1, got {cfg.bootstrap_resamples}")
-    if not 0 < cfg.confidence < 1:
-        raise ConfigError(f"confidence must lie in (0, 1), got {cfg.confidence}")
 
 
 def run_null_models(

@@ -70,7 +70,7 @@ from icl_lens.aggregate import (
     two_level_draws,
 )
 from icl_lens.errors import ConfigError, ResultsError
-from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
+from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
@@ -134,12 +134,6 @@ def find_analyses(results_dir: str | Path) -> list[dict[str, Any]]:
         if isinstance(data, dict) and data.get("analysis") in ("order_sensitivity", "sparsity"):
             out.append(data)
     return out
-
-
-def precision_of(results: dict[str, Any]) -> str:
-    """``dtype/device kind`` a cell ran in (its identity, else its metadata; float32/cpu when neither)."""
-    where = results.get("identity") or results.get("meta") or {}
-    return f"{where.get('dtype', 'float32')}/{str(where.get('device', 'cpu')).split(':')[0]}"
 
 
 def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:

@@ -146,3 +146,9 @@ def dig(mapping: Any, *path: str) -> Any:
             return None
         mapping = mapping[key]
     return mapping
+
+
+def precision_of(results: dict[str, Any]) -> str:
+    """``dtype/device kind`` a cell ran in (its identity, else its metadata; float32/cpu when neither)."""
+    where = results.get("identity") or results.get("meta") or {}
+    return f"{where.get('dtype', 'float32')}/{str(where.get('device', 'cpu')).split(':')[0]}"
