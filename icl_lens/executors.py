@@ -223,6 +223,21 @@ def _write_manifest(out_dir: Path, names: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------- the worker
 
 
+def _job_fields(job_id: str, executor: str, paths: Any) -> dict[str, Any]:
+    """What a cell's state file says of the job running it: id, executor, host and log paths (and the
+    SLURM job id, which ``icl-lens status`` checks with squeue)."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "executor": executor,
+        "host": socket.gethostname(),
+        "stdout": str(paths.stdout),
+        "stderr": str(paths.stderr),
+    }
+    if executor == "slurm":
+        fields["slurm_job_id"] = job_id
+    return fields
+
+
 def cell_job(
     cfg: ExperimentConfig, out_dir: str, runtime: RuntimeOptions, model_loader: Callable | None, threads: int | None
 ) -> str:
@@ -240,18 +255,8 @@ def cell_job(
         torch.set_num_threads(threads)
     env = submitit.JobEnvironment()
     cell_dir = cell_path(out_dir, cfg, runtime).parent
-    info: dict[str, Any] = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "pid_start": _process_start(os.getpid()),
-        "job_id": env.job_id,
-        "executor": env.cluster,
-        "threads": torch.get_num_threads(),
-        "stdout": str(env.paths.stdout),
-        "stderr": str(env.paths.stderr),
-    }
-    if env.cluster == "slurm":
-        info["slurm_job_id"] = env.job_id
+    info = _job_fields(env.job_id, env.cluster, env.paths)
+    info.update(pid=os.getpid(), pid_start=_process_start(os.getpid()), threads=torch.get_num_threads())
     write_state(cell_dir, "running", **info)
     try:
         if finished_results(cell_path(out_dir, cfg, runtime), cfg, runtime) is None:
@@ -379,16 +384,8 @@ def run_with_executor(
     def record(job, index: int, queued: bool) -> None:
         cfg = cells[index]
         if queued:
-            fields = {
-                "job_id": job.job_id,
-                "executor": options.kind,
-                "host": socket.gethostname(),
-                "stdout": str(job.paths.stdout),
-                "stderr": str(job.paths.stderr),
-            }
-            if options.kind == "slurm":
-                fields["slurm_job_id"] = job.job_id
-            else:
+            fields = _job_fields(job.job_id, options.kind, job.paths)
+            if options.kind != "slurm":  # a local job's id is its process id
                 fields.update(pid=int(job.job_id), pid_start=_process_start(int(job.job_id)))
             write_state(cell_path(out_dir, cfg, runtime).parent, "queued", **fields)
             return
