@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sweep the lr in every cell (default: once per task, on the first seed)")
     parser.add_argument("--out", default="results/tables")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--backend", default=None, choices=["hooked", "bridge"], help="TransformerLens model class (default: hooked on TL<4)"
+    )
     add_executor_flags(parser)  # --executor inline|local|slurm, --workers, --slurm-* (as icl-lens run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks = args.tasks.split(",")
     seeds = [int(x) for x in args.seeds.split(",")]
     out = Path(args.out)
-    runtime = RuntimeOptions(device=args.device)
+    runtime = RuntimeOptions(device=args.device, backend=args.backend)
     executor = executor_options(args)
     # 1. the first seed of every task, its lr swept (unless --lr fixes it)
     first = run_cells([replace(base, task=task, seed=seeds[0]) for task in tasks], out, runtime,

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens.evaluation import ATTN_OUT, ATTN_SCORES, evaluate
+from icl_lens.models.backends import Model, block_parameters, final_residual
 from icl_lens.prompts import EncodedPrompts
 
 logger = logging.getLogger(__name__)
@@ -97,17 +97,17 @@ def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, repeats: int 
     return 2 * size**3 / best
 
 
-def forward_flops(model: HookedTransformer, batch: int, query_len: int, key_len: float) -> float:
+def forward_flops(model: Model, batch: int, query_len: int, key_len: float) -> float:
     """Dense FLOPs of one forward pass without the unembedding: 2·(block params)·tokens plus the
     attention products (QKᵀ and AV: 2·2·n_heads·d_head·query_len·key_len per layer and sequence)."""
-    block_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim > 1)
+    block_params = sum(p.numel() for p in block_parameters(model).values() if p.ndim > 1)
     tokens = batch * query_len
     attention = 4 * model.cfg.n_layers * model.cfg.n_heads * model.cfg.d_head * query_len * key_len * batch
     return 2 * block_params * tokens + attention
 
 
 @torch.no_grad()
-def naive_loop(model: HookedTransformer, prompts: EncodedPrompts, n: int):
+def naive_loop(model: Model, prompts: EncodedPrompts, n: int):
     """Per query: the whole prompt, full ``run_with_cache``; returns scores and attn rows like evaluate."""
     prefix = prompts.icl_prefix
     answer = prompts.labels[0]
@@ -138,7 +138,7 @@ def naive_loop(model: HookedTransformer, prompts: EncodedPrompts, n: int):
 
 
 def run_benchmark(
-    model: HookedTransformer, prompts: EncodedPrompts, n_naive: int = 8, n_fast: int = 64, batch_size: int = 16
+    model: Model, prompts: EncodedPrompts, n_naive: int = 8, n_fast: int = 64, batch_size: int = 16
 ) -> BenchmarkResult:
     """Time both paths on the same queries and check they agree."""
     device = str(model.cfg.device)
@@ -190,12 +190,12 @@ def run_benchmark(
         [prompts.icl_prefix + q + [q[-1]] * (width - len(q)) for q in queries], device=model.cfg.device
     )
     with torch.no_grad():
-        model(tokens, stop_at_layer=model.cfg.n_layers)
+        final_residual(model, tokens, torch.ones_like(tokens))
         _sync(device)
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
-            model(tokens, stop_at_layer=model.cfg.n_layers)
+            final_residual(model, tokens, torch.ones_like(tokens))
             _sync(device)
             best = min(best, time.perf_counter() - t0)
     seq = tokens.shape[1]

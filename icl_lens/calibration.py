@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 
 from icl_lens.evaluation import evaluate
+from icl_lens.models.backends import Model
 
 CONTENT_FREE_TEXT = "N/A"
 
@@ -35,7 +35,7 @@ def calibrate(
 
 
 def content_free_scores(
-    model: HookedTransformer,
+    model: Model,
     prefix: Sequence[int],
     content_free_query: Sequence[int],
     labels: Sequence[Sequence[int]],

@@ -323,6 +323,13 @@ def make_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16"],
         help="dtype of the model's weights and activations (default: float32)",
     )
+    run.add_argument(
+        "--backend",
+        default=None,
+        choices=["hooked", "bridge"],
+        help="TransformerLens model class: hooked (HookedTransformer, TransformerLens < 4) or bridge "
+        "(TransformerBridge, TransformerLens 3.x and 4.x) (default: hooked on TransformerLens < 4, else bridge)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument(
         "--attention-examples",
@@ -358,6 +365,13 @@ def make_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16"],
         help="dtype of the model's weights and activations (default: float32)",
     )
+    bench.add_argument(
+        "--backend",
+        default=None,
+        choices=["hooked", "bridge"],
+        help="TransformerLens model class: hooked (HookedTransformer, TransformerLens < 4) or bridge "
+        "(TransformerBridge, TransformerLens 3.x and 4.x) (default: hooked on TransformerLens < 4, else bridge)",
+    )
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
     add_report_command(sub)
@@ -377,7 +391,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--attention-examples must be >= 0, got {args.attention_examples}")
     cells = expand_cells(args)
     runtime = RuntimeOptions(
-        device=args.device, dtype=args.dtype, progress=not args.no_progress, attention_examples=args.attention_examples
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+        attention_examples=args.attention_examples,
+        backend=args.backend,
     )
     results = run_cells(cells, args.out, runtime, executor=executor_options(args))
     print(summary(results))
@@ -394,7 +412,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from icl_lens.prompts import PromptFormat, encode_prompts
     from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     task = get_task(args.task)
     queries = sample_queries(task, max(args.n_naive, args.n_fast))
     prompts = encode_prompts(

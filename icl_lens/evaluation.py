@@ -21,13 +21,12 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from transformer_lens import ActivationCache, HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens import ActivationCache
 
 from icl_lens._validation import AT_LEAST_ONE, check_token_ids, validate_fields
 from icl_lens.errors import ConfigError, NonFiniteError, PromptError
 from icl_lens.lens import logit_lens
+from icl_lens.models.backends import Model, Prefix, backend_of, final_residual
 
 logger = logging.getLogger(__name__)
 
@@ -86,32 +85,15 @@ class SettingRun:
         return self.class_scores.shape[0]
 
 
-def _expand_prefix_cache(prefix_cache: TransformerLensKeyValueCache, batch_size: int) -> TransformerLensKeyValueCache:
-    """A frozen view of a batch-1 prefix cache for ``batch_size`` rows (no copy)."""
-    entries = [
-        TransformerLensKeyValueCacheEntry(
-            past_keys=e.past_keys.expand(batch_size, -1, -1, -1),
-            past_values=e.past_values.expand(batch_size, -1, -1, -1),
-            frozen=True,
-        )
-        for e in prefix_cache.entries
-    ]
-    mask = prefix_cache.previous_attention_mask.expand(batch_size, -1)
-    return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
-
-
 @torch.no_grad()
-def encode_prefix(model: HookedTransformer, prefix: Sequence[int]) -> TransformerLensKeyValueCache | None:
-    """Run the shared prefix once and return its frozen key/value cache (None if empty)."""
+def encode_prefix(model: Model, prefix: Sequence[int]) -> Prefix | None:
+    """Run the shared prefix once and return its key/value cache (None if the prefix is empty, or
+    if the model's backend cannot reuse one: the prefix is then re-encoded in every sequence)."""
     prefix = check_token_ids(prefix, model.cfg.d_vocab, "prefix", allow_empty=True)
     if not prefix:
         return None
-    device = model.cfg.device
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=1)
-    tokens = torch.tensor([list(prefix)], device=device)
-    model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), return_type=None)
-    cache.freeze()
-    return cache
+    tokens = torch.tensor([list(prefix)], device=model.cfg.device)
+    return backend_of(model).encode_prefix(model, tokens)
 
 
 PAD_ID = 0
@@ -128,17 +110,10 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
     return tokens.to(device), mask.to(device)
 
 
-def attention_windows(model: HookedTransformer) -> list[int | None]:
-    """Per layer, the sliding-window size of a local-attention layer, or None for a global one.
-
-    Read from the blocks themselves (``attn.attn_type``), so Gemma-3's alternating local/global
-    layers (``cfg.attn_types``, ``cfg.window_size``) and plain models are handled alike.
-    """
-    windows: list[int | None] = []
-    for block in model.blocks:
-        local = getattr(block.attn, "attn_type", "global") == "local"
-        windows.append(int(model.cfg.window_size) if local else None)
-    return windows
+def attention_windows(model: Model) -> list[int | None]:
+    """Per layer, the sliding-window size of a local-attention layer, or None for a global one
+    (Gemma-3's alternating local/global layers and plain models alike; read by the backend)."""
+    return backend_of(model).attention_windows(model)
 
 
 def attended_keys(
@@ -229,7 +204,7 @@ class _PositionRecorder:
 
 
 def _label_log_probs(
-    model: HookedTransformer,
+    model: Model,
     final_resid: Float[torch.Tensor, "batch pos d_model"],
     first_pred_pos: torch.Tensor,
     label: Sequence[int],
@@ -247,7 +222,7 @@ def _mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch
     return log_probs.gather(-1, index).squeeze(-1).mean(-1)
 
 
-def check_record_fits(record: RecordSpec, model: HookedTransformer) -> None:
+def check_record_fits(record: RecordSpec, model: Model) -> None:
     """A :class:`ConfigError` if ``record.top_k`` exceeds the model's vocabulary."""
     if record.top_k > model.cfg.d_vocab:
         raise ConfigError(
@@ -256,7 +231,7 @@ def check_record_fits(record: RecordSpec, model: HookedTransformer) -> None:
 
 
 def check_evaluation_inputs(
-    model: HookedTransformer,
+    model: Model,
     prefix: Sequence[int],
     queries: Sequence[Sequence[int]],
     labels: Sequence[Sequence[int]],
@@ -294,7 +269,7 @@ def check_evaluation_inputs(
 
 @torch.no_grad()
 def evaluate(
-    model: HookedTransformer,
+    model: Model,
     prefix: Sequence[int],
     queries: Sequence[Sequence[int]],
     labels: Sequence[Sequence[int]],
@@ -348,7 +323,7 @@ def evaluate(
     for batch in tqdm(batches, desc=f"eval {setting}".strip(), disable=not progress, leave=False):
         batch_queries = [queries[i] for i in batch]
         query_len = torch.tensor([len(q) for q in batch_queries])
-        pred_pos = (0 if reuse_prefix else key_start) + query_len - 1  # predicts the answer's first token
+        pred_pos = (key_start if prefix_cache is None else 0) + query_len - 1  # predicts the answer's first token
         if record.position == "answer":
             rec_pos = pred_pos + len(answer)
             n_keys = query_len + len(answer)
@@ -412,9 +387,9 @@ def evaluate(
 
 
 def _final_residual(
-    model: HookedTransformer,
+    model: Model,
     prefix: list[int],
-    prefix_cache: TransformerLensKeyValueCache | None,
+    prefix_cache: Prefix | None,
     queries: Sequence[Sequence[int]],
     answer: Sequence[int],
     hooks: list = (),
@@ -428,9 +403,7 @@ def _final_residual(
     inline_prefix = [] if prefix_cache is not None else list(prefix)
     rows = [inline_prefix + list(q) + list(answer) for q in queries]
     tokens, mask = _pad_right(rows, PAD_ID, model.cfg.device)
-    kv = _expand_prefix_cache(prefix_cache, len(rows)) if prefix_cache is not None else None
-    with model.hooks(fwd_hooks=list(hooks)):
-        resid = model(tokens, past_kv_cache=kv, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+    resid = final_residual(model, tokens, mask, prefix=prefix_cache, hooks=hooks)
     pred_pos = len(inline_prefix) + torch.tensor([len(q) for q in queries]) - 1
     return resid, pred_pos
 

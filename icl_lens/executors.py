@@ -264,8 +264,7 @@ def cell_job(
                 from icl_lens.models import load_model as model_loader
             model = model_loader(
                 cfg.model,
-                device=runtime.device,
-                dtype=runtime.dtype,
+                **runtime.loader_options(),
                 untrained=cfg.untrained,
                 seed=cfg.untrained_seed,
                 **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}),

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformer_lens import HookedTransformer
 
 from icl_lens import metrics, stats
 from icl_lens import nulls as null_models
@@ -35,6 +34,7 @@ from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.lcgd import layer_causal_finetune
 from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
+from icl_lens.models.backends import Model, backend_of
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
     EncodedPrompts,
@@ -359,12 +359,12 @@ class ExperimentOutput:
     results: dict[str, Any]
     runs: dict[str, SettingRun]
     prompts: EncodedPrompts
-    models: dict[str, HookedTransformer]
+    models: dict[str, Model]
     traces: dict[str, TrainingTrace]
 
 
 def run_experiment(
-    model: HookedTransformer, task: Task, cfg: ExperimentConfig, progress: bool = True, keep_models: bool = False
+    model: Model, task: Task, cfg: ExperimentConfig, progress: bool = True, keep_models: bool = False
 ) -> ExperimentOutput:
     """Run the configured settings on the same queries and compute every metric.
 
@@ -395,7 +395,7 @@ class CellState:
     """One cell's inputs (model, task, config, prompts) and what its stages add: the settings' runs,
     the null models' runs, training traces, learning-rate choices, calibration offsets, timings."""
 
-    model: HookedTransformer
+    model: Model
     task: Task
     cfg: ExperimentConfig
     progress: bool
@@ -408,7 +408,7 @@ class CellState:
     null_runs: dict[str, dict[str, SettingRun]] = field(default_factory=dict)
     null_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     traces: dict[str, TrainingTrace] = field(default_factory=dict)
-    tuned_models: dict[str, HookedTransformer] = field(default_factory=dict)
+    tuned_models: dict[str, Model] = field(default_factory=dict)
     lr_record: dict[str, Any] = field(default_factory=dict)
     lcgd_lr_record: dict[str, Any] = field(default_factory=dict)
     content_free_record: dict[str, list[float]] = field(default_factory=dict)
@@ -422,7 +422,7 @@ class CellState:
     def needs_comparison(self) -> bool:
         return any(s in self.cfg.settings for s in FINETUNED_SETTINGS)
 
-    def evaluate_setting(self, name: str, setting_model: HookedTransformer, prefix: list[int]) -> SettingRun:
+    def evaluate_setting(self, name: str, setting_model: Model, prefix: list[int]) -> SettingRun:
         """Score the cell's queries after ``prefix`` on ``setting_model`` (recording the activations the
         metrics need), calibrated against the content-free query when the cell asks for it."""
         cfg, prompts = self.cfg, self.prompts
@@ -447,7 +447,7 @@ class CellState:
         return result
 
 
-def prepare_cell(model: HookedTransformer, task: Task, cfg: ExperimentConfig, progress: bool) -> CellState:
+def prepare_cell(model: Model, task: Task, cfg: ExperimentConfig, progress: bool) -> CellState:
     """Stage 1, prompts: sample the demonstrations and queries and encode every prompt of the cell."""
     train = load_split(task, task.train_split)
     needs_demos = any(s in cfg.settings for s in ("icl", *FINETUNED_SETTINGS))
@@ -581,7 +581,7 @@ def _model_matches(name_or_path: str, model_name: str) -> bool:
     return model_name in (name_or_path, path.name, path.stem)
 
 
-def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConfig) -> ExperimentConfig:
+def config_for_objects(model: Model, task: Task, cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with ``task``, ``model`` and ``untrained`` made to say what ``model`` and ``task`` are.
 
     Defaults are filled in from the objects; a value naming something else raises
@@ -630,8 +630,8 @@ def config_for_objects(model: HookedTransformer, task: Task, cfg: ExperimentConf
 
 def run_null_models(
     name: str,
-    model: HookedTransformer,
-    tuned: HookedTransformer,
+    model: Model,
+    tuned: Model,
     train_cfg: FinetuneConfig,
     cfg: ExperimentConfig,
     task: Task,
@@ -895,7 +895,7 @@ def _choose_lcgd_lr(model, cfg, ft_cfg, sweep_inputs, progress, timings) -> tupl
     return replace(ft_cfg, lr=choice.lr), choice.to_dict()
 
 
-def _model_facts(model: HookedTransformer) -> dict[str, Any]:
+def _model_facts(model: Model) -> dict[str, Any]:
     c = model.cfg
     return {
         "name": c.model_name,
@@ -908,4 +908,5 @@ def _model_facts(model: HookedTransformer) -> dict[str, Any]:
         "dtype": str(c.dtype).removeprefix("torch."),
         "device": str(c.device),
         "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
+        "backend": backend_of(model).name,
     }

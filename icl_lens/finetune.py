@@ -23,22 +23,18 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_token_ids, validate_fields
 from icl_lens.errors import ConfigError, PromptError, TrainingDivergedError
 from icl_lens.lens import logit_lens
+from icl_lens.models.backends import HOOKED, Model, block_parameters, final_residual, parameter_groups
 
 logger = logging.getLogger(__name__)
 
-PARAM_GROUPS: dict[str, str] = {
-    "kv": r"^blocks\.\d+\.attn\._?[Wb]_[KV]$",
-    "q": r"^blocks\.\d+\.attn\._?[Wb]_Q$",
-    "o": r"^blocks\.\d+\.attn\.[Wb]_O$",
-    "mlp": r"^blocks\.\d+\.mlp\.",
-    "all": r"^blocks\.\d+\.",
-}
-"""Trainable parameter groups (TransformerLens names; ``_W_K``/``_W_V`` are GQA-shaped)."""
+PARAM_GROUPS: dict[str, str] = HOOKED.param_groups
+"""Trainable parameter groups over a HookedTransformer's names (``_W_K``/``_W_V`` are GQA-shaped);
+a bridge's are :attr:`icl_lens.models.backends.BridgeBackend.param_groups` (``attn.k.weight``, ...):
+:func:`group_patterns` picks the model's own."""
 
 
 @dataclass(frozen=True)
@@ -135,21 +131,32 @@ def layer_of(param_name: str) -> int:
     return int(match.group(1))
 
 
-def select_trainable(model: HookedTransformer, params: str) -> dict[str, torch.nn.Parameter]:
+def group_patterns(model: Model, params: str) -> list[re.Pattern]:
+    """The regular expressions of parameter group(s) ``params`` (``kv``, ``kv+o``, ...) over the
+    block-parameter names of ``model``'s backend."""
+    groups = parameter_groups(model)
+    return [re.compile(groups[g]) for g in params.split("+")]
+
+
+def trained_parameters(model: Model, params: str) -> dict[str, torch.nn.Parameter]:
+    """The parameters of group(s) ``params``, by their backend name (nothing is (un)frozen)."""
+    patterns = group_patterns(model, params)
+    return {name: p for name, p in block_parameters(model).items() if any(pat.search(name) for pat in patterns)}
+
+
+def select_trainable(model: Model, params: str) -> dict[str, torch.nn.Parameter]:
     """Freeze everything, then unfreeze and return the parameters of the chosen group(s)."""
-    patterns = [re.compile(PARAM_GROUPS[g]) for g in params.split("+")]
-    chosen = {}
-    for name, param in model.named_parameters():
-        trainable = any(p.search(name) for p in patterns)
-        param.requires_grad_(trainable)
-        if trainable:
-            chosen[name] = param
+    for param in model.parameters():
+        param.requires_grad_(False)
+    chosen = trained_parameters(model, params)
+    for param in chosen.values():
+        param.requires_grad_(True)
     if not chosen:
         raise ConfigError(f"parameter group {params!r} matches no parameter of this model")
     return chosen
 
 
-def trainable_copy(model: HookedTransformer, params: str) -> tuple[HookedTransformer, dict[str, torch.nn.Parameter]]:
+def trainable_copy(model: Model, params: str) -> tuple[Model, dict[str, torch.nn.Parameter]]:
     """A deep copy of ``model`` with only the chosen group trainable (the original is untouched)."""
     # Share the tokenizer instead of copying it (Gemma's 262k-entry tokenizer takes seconds to copy).
     student = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})
@@ -268,7 +275,7 @@ def demo_batches(
 
 
 def masked_next_token_losses(
-    model: HookedTransformer,
+    model: Model,
     residuals: Sequence[Float[torch.Tensor, "batch pos d_model"]],
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Float[torch.Tensor, "batch pos_minus_1"],
@@ -292,7 +299,7 @@ def masked_next_token_losses(
 
 
 def masked_next_token_loss(
-    model: HookedTransformer,
+    model: Model,
     residual: Float[torch.Tensor, "batch pos d_model"],
     tokens: Int[torch.Tensor, "batch pos"],
     mask: Float[torch.Tensor, "batch pos_minus_1"],
@@ -351,9 +358,7 @@ def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: Finetune
         )
 
 
-def check_demonstrations(
-    model: HookedTransformer, demo_sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int]
-) -> None:
+def check_demonstrations(model: Model, demo_sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int]) -> None:
     """Refuse demonstrations GD cannot train on, before the model is copied: none at all, a sequence
     without a next token to predict, token ids outside the vocabulary, longer than the context, or an
     answer length that does not fit its sequence."""
@@ -374,12 +379,12 @@ def check_demonstrations(
 
 
 def finetune(
-    model: HookedTransformer,
+    model: Model,
     demo_sequences: Sequence[Sequence[int]],
     answer_lengths: Sequence[int],
     cfg: FinetuneConfig = FinetuneConfig(),
     progress: bool = True,
-) -> tuple[HookedTransformer, TrainingTrace]:
+) -> tuple[Model, TrainingTrace]:
     """Plain GD: finetune a copy of ``model`` on the demonstrations; return it and its trace."""
     check_demonstrations(model, demo_sequences, answer_lengths)
     student, trainable = trainable_copy(model, cfg.params)
@@ -392,7 +397,7 @@ def finetune(
         tqdm(batches, desc="finetune", disable=not progress, leave=False)
     ):
         masters.zero_grad()
-        final_resid = student(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
+        final_resid = final_residual(student, tokens, attention_mask, n_layers=n_layers)
         loss = masked_next_token_loss(student, final_resid, tokens, loss_mask)
         loss.backward()
         masters.gradients_to_masters()

@@ -25,7 +25,6 @@ from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ConfigError
 from icl_lens.finetune import (
@@ -42,6 +41,7 @@ from icl_lens.finetune import (
     masked_next_token_losses,
     trainable_copy,
 )
+from icl_lens.models.backends import Model, final_residual
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _detach_hook(resid, hook):
 
 
 def layer_causal_losses(
-    model: HookedTransformer,
+    model: Model,
     tokens: torch.Tensor,
     attention_mask: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -84,8 +84,7 @@ def layer_causal_losses(
     for layer in range(n_layers):
         hooks.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
         hooks.append((f"blocks.{layer}.hook_resid_post", capture))
-    with model.hooks(fwd_hooks=hooks):
-        model(tokens, attention_mask=attention_mask, stop_at_layer=n_layers)
+    final_residual(model, tokens, attention_mask, n_layers=n_layers, hooks=hooks)
     layers = list(range(n_layers - 1 if only_last else 0, n_layers))
     rows_per_layer = max(1, int((loss_mask > 0).sum()))
     group_size = max(1, LOGIT_BUDGET // (rows_per_layer * model.cfg.d_vocab_out))
@@ -101,13 +100,13 @@ def layer_causal_losses(
 
 
 def layer_causal_finetune(
-    model: HookedTransformer,
+    model: Model,
     demo_sequences: Sequence[Sequence[int]],
     answer_lengths: Sequence[int],
     cfg: FinetuneConfig = FinetuneConfig(),
     schedule: Schedule = "simultaneous",
     progress: bool = True,
-) -> tuple[HookedTransformer, TrainingTrace]:
+) -> tuple[Model, TrainingTrace]:
     """LCGD on a copy of ``model``; returns it and its trace.
 
     The trace's ``grad_norms[i][l]`` is layer l's gradient norm at its i-th step for both

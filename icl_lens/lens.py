@@ -1,7 +1,9 @@
 """The logit lens: any residual stream read through the model's own final norm and unembedding.
 
-This is exactly what :class:`~transformer_lens.HookedTransformer` does after its last block
-(``ln_final`` -> ``unembed`` -> optional logit soft-cap), applied to any layer's residual stream.
+This is exactly what the model does after its last block (``ln_final`` -> ``unembed`` -> optional
+logit soft-cap), applied to any layer's residual stream; the backend
+(:mod:`icl_lens.models.backends`) supplies the norm and the unembedding of a ``HookedTransformer``
+or a ``TransformerBridge``.
 Evaluation uses it to unembed only the positions it scores (cheap for large vocabularies), and
 layer-causal GD (:mod:`icl_lens.lcgd`) uses it as every layer's prediction head.
 
@@ -15,17 +17,18 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
-from transformer_lens.utilities.activation_functions import apply_softcap
+
+from icl_lens.models.backends import Model, backend_of
 
 
 def logit_lens(
-    model: HookedTransformer, residual: Float[torch.Tensor, "batch pos d_model"]
+    model: Model, residual: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """Logits the model would output if ``residual`` were its final residual stream."""
     if residual.ndim != 3:
         raise ValueError(f"logit_lens expects [batch, pos, d_model], got shape {tuple(residual.shape)}")
-    if model.cfg.normalization_type is not None:
-        residual = model.ln_final(residual)
-    logits = torch.nn.functional.linear(residual, model.unembed.W_U.T, model.unembed.b_U)
-    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    backend = backend_of(model)
+    W_U, b_U = backend.unembedding(model)
+    logits = torch.nn.functional.linear(backend.final_norm(model, residual), W_U.T, b_U)
+    cap = backend.logit_soft_cap(model)
+    return logits if cap is None else cap * torch.tanh(logits / cap)

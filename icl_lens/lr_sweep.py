@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
+from icl_lens.models.backends import Model, block_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def dev_slice(
     return [dict(train[i], row_index=i) for i in order]
 
 
-Trainer = Callable[..., tuple[HookedTransformer, Any]]
+Trainer = Callable[..., tuple[Model, Any]]
 """``trainer(model, demo_sequences, answer_lengths, cfg, progress=...) -> (tuned copy, trace)``:
 :func:`icl_lens.finetune.finetune` or a layer-causal schedule of :func:`icl_lens.lcgd.layer_causal_finetune`."""
 
@@ -86,7 +86,7 @@ class LearningRateChoice:
 
 
 def sweep_learning_rate(
-    model: HookedTransformer,
+    model: Model,
     demo_sequences: Sequence[Sequence[int]],
     answer_lengths: Sequence[int],
     base: FinetuneConfig,
@@ -142,7 +142,7 @@ def sweep_learning_rate(
 
 
 def _score_rate(
-    model: HookedTransformer,
+    model: Model,
     demo_sequences: Sequence[Sequence[int]],
     answer_lengths: Sequence[int],
     cfg: FinetuneConfig,
@@ -162,7 +162,7 @@ def _score_rate(
         NonFiniteError: the trained weights, or the (calibrated) class scores, are not finite.
     """
     student, _ = trainer(model, demo_sequences, answer_lengths, cfg, progress=False)
-    for name, param in student.named_parameters():
+    for name, param in block_parameters(student).items():
         if not bool(torch.isfinite(param).all()):
             raise NonFiniteError(f"lr {cfg.lr:g}: trained parameter {name} is not finite")
     run = evaluate(

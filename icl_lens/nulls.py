@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from scipy.stats import binom, hypergeom
-from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens import ActivationCache
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
-from icl_lens.finetune import PARAM_GROUPS, layer_of, trainable_copy
+from icl_lens.finetune import layer_of, trainable_copy, trained_parameters
+from icl_lens.models.backends import Model
 from icl_lens.stats import derangement
 
 logger = logging.getLogger(__name__)
@@ -86,26 +86,21 @@ def wrong_labels(labels: Sequence[int], n_classes: int, seed: int) -> list[int]:
     return permuted
 
 
-def trained_parameter_names(model: HookedTransformer, params: str) -> list[str]:
+def trained_parameter_names(model: Model, params: str) -> list[str]:
     """Names of the parameters the finetuning group ``params`` trains (e.g. ``kv``: W_K, W_V, b_K, b_V)."""
-    patterns = [re.compile(PARAM_GROUPS[group]) for group in params.split("+")]
-    return [name for name, _ in model.named_parameters() if any(p.search(name) for p in patterns)]
+    return list(trained_parameters(model, params))
 
 
-def update_norms(original: HookedTransformer, tuned: HookedTransformer, params: str) -> list[float]:
+def update_norms(original: Model, tuned: Model, params: str) -> list[float]:
     """Per-layer Frobenius norm of tuned − original over the parameters of group ``params``."""
-    before = dict(original.named_parameters())
-    trained = set(trained_parameter_names(original, params))
+    before = trained_parameters(original, params)
     squared = [0.0] * original.cfg.n_layers
-    for name, param in tuned.named_parameters():
-        if name in trained:
-            squared[layer_of(name)] += float((param.detach().double() - before[name].detach().double()).pow(2).sum())
+    for name, param in trained_parameters(tuned, params).items():
+        squared[layer_of(name)] += float((param.detach().double() - before[name].detach().double()).pow(2).sum())
     return [math.sqrt(s) for s in squared]
 
 
-def random_direction_model(
-    original: HookedTransformer, tuned: HookedTransformer, params: str, seed: int
-) -> HookedTransformer:
+def random_direction_model(original: Model, tuned: Model, params: str, seed: int) -> Model:
     """A copy of ``original`` whose trained parameters (group ``params``) moved by a seeded random
     Gaussian direction of GD's size, every other parameter untouched.
 
@@ -114,7 +109,7 @@ def random_direction_model(
     and so every layer's, update has the same Frobenius norm as GD's.
     """
     copy, trainable = trainable_copy(original, params)
-    tuned_params = dict(tuned.named_parameters())
+    tuned_params = trained_parameters(tuned, params)
     generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, param in trainable.items():

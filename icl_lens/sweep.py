@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ConfigError, DataFormatError
 from icl_lens.evaluation import check_record_fits
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides, run_experiment
+from icl_lens.models.backends import Model, backend_of, check_backend
 from icl_lens.results import (
     RESULTS_FILE,
     RESULTS_FORMAT_VERSION,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ModelLoader = Callable[..., HookedTransformer]
+ModelLoader = Callable[..., Model]
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,27 @@ class RuntimeOptions:
 
     ``attention_examples``: how many queries get their full attention maps (every setting) saved
     beside the results for the HTML report (0: none; about 4 MB per example on SmolLM2).
+    ``backend``: ``hooked`` or ``bridge`` (:mod:`icl_lens.models.backends`); None: the installed
+    TransformerLens's default. A bridge cell is a cell of its own (identity and folder say so).
     """
 
     device: str = "cpu"
     dtype: str = "float32"
     progress: bool = True
     attention_examples: int = 2
+    backend: str | None = None
+
+    @property
+    def resolved_backend(self) -> str:
+        return check_backend(self.backend)
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments every model loader gets (``backend`` only when one was asked for, so a
+        custom loader without that argument keeps working)."""
+        options: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
+        if self.backend is not None:
+            options["backend"] = self.backend
+        return options
 
 
 def _dtype_name(dtype: str) -> str:
@@ -83,9 +98,12 @@ def device_kind(device: str) -> str:
 
 
 def cell_dir_name(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> str:
-    """The cell's folder: ``cfg.cell_name()``, plus ``__<dtype>__<device kind>`` unless float32 on CPU."""
+    """The cell's folder: ``cfg.cell_name()``, plus ``__<dtype>__<device kind>`` unless float32 on CPU,
+    plus ``__bridge`` on the bridge backend."""
     dtype, kind = _dtype_name(runtime.dtype), device_kind(runtime.device)
     suffix = "" if (dtype, kind) == ("float32", "cpu") else f"__{dtype}__{kind}"
+    if runtime.resolved_backend != "hooked":
+        suffix += f"__{runtime.resolved_backend}"
     return cfg.cell_name() + suffix
 
 
@@ -127,15 +145,16 @@ def task_identity(task: Task) -> dict[str, Any]:
 def cell_identity(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> dict[str, Any]:
     """What a cell's results depend on; a stored cell is reused only when this is equal (JSON form)."""
     task = apply_task_overrides(get_task(cfg.task), cfg)
-    return _json_roundtrip(
-        {
-            "results_format": RESULTS_FORMAT_VERSION,
-            "config": cfg.to_dict(),
-            "task": task_identity(task),
-            "dtype": _dtype_name(runtime.dtype),
-            "device": device_kind(runtime.device),
-        }
-    )
+    identity = {
+        "results_format": RESULTS_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "task": task_identity(task),
+        "dtype": _dtype_name(runtime.dtype),
+        "device": device_kind(runtime.device),
+    }
+    if runtime.resolved_backend != "hooked":  # hooked cells keep the identity they had before backends
+        identity["backend"] = runtime.resolved_backend
+    return _json_roundtrip(identity)
 
 
 def _differences(stored: Any, wanted: Any, where: str = "") -> list[str]:
@@ -175,7 +194,7 @@ def _json_roundtrip(value: Any) -> Any:
 
 
 def run_cell(
-    model: HookedTransformer,
+    model: Model,
     cfg: ExperimentConfig,
     out_dir: str | Path,
     runtime: RuntimeOptions,
@@ -190,6 +209,11 @@ def run_cell(
     """
     identity = cell_identity(cfg, runtime) if identity is None else identity
     path = cell_path(out_dir, cfg, runtime)
+    if backend_of(model).name != runtime.resolved_backend:
+        raise ConfigError(
+            f"cell {cfg.cell_name()}: the model loader returned a {backend_of(model).name} model; the run "
+            f"asks for the {runtime.resolved_backend} backend"
+        )
     output = run_experiment(
         model, get_task(cfg.task), cfg, progress=runtime.progress, keep_models=runtime.attention_examples > 0
     )
@@ -212,6 +236,7 @@ def run_cell(
         "python": platform.python_version(),
         "device": runtime.device,
         "dtype": runtime.dtype,
+        "backend": runtime.resolved_backend,
     }
     write_results(path, payload)
     return read_results(path)
@@ -262,9 +287,7 @@ def run_cells(
     bar = tqdm(total=len(todo), desc="cells", disable=not runtime.progress or not todo)
     for (model_name, untrained, untrained_seed, untrained_init), indices in groups.items():
         init = {"untrained_init": untrained_init} if untrained else {}
-        model = model_loader(
-            model_name, device=runtime.device, dtype=runtime.dtype, untrained=untrained, seed=untrained_seed, **init
-        )
+        model = model_loader(model_name, untrained=untrained, seed=untrained_seed, **runtime.loader_options(), **init)
         for index in indices:  # the one check that needs the model: top_k within its vocabulary
             check_record_fits(cells[index].record, model)
         for index in indices:

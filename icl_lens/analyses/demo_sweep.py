@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from transformer_lens import HookedTransformer
-
 from icl_lens.errors import ConfigError, IclLensError, PromptError
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides
+from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
 from icl_lens.results import is_complete, read_results, write_results
 from icl_lens.sweep import RuntimeOptions, cell_path, finished_results, run_cells
@@ -123,7 +122,7 @@ def recorded_skip(out_dir: str | Path, cfg: ExperimentConfig, max_context: int |
     return record
 
 
-def context_fit(model: HookedTransformer, cfg: ExperimentConfig, max_context: int | None = None) -> str | None:
+def context_fit(model: Model, cfg: ExperimentConfig, max_context: int | None = None) -> str | None:
     """Why the cell's k demonstrations cannot all be used (None when they fit)."""
     n_ctx = model.cfg.n_ctx if max_context is None else min(model.cfg.n_ctx, max_context)
     task = apply_task_overrides(get_task(cfg.task), cfg)
@@ -208,7 +207,7 @@ def run_demo_sweep(
     cfg: DemoSweepConfig,
     out_dir: str | Path,
     runtime: RuntimeOptions = RuntimeOptions(),
-    model_loader: Callable[..., HookedTransformer] | None = None,
+    model_loader: Callable[..., Model] | None = None,
 ) -> DemoSweepResult:
     """Run (or resume) the sweep into ``out_dir`` and summarise it."""
     if model_loader is None:

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, PromptError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
 from icl_lens.finetune import FinetuneConfig, finetune
+from icl_lens.models.backends import Model
 from icl_lens.prompts import (
     EncodedPrompts,
     PromptFormat,
@@ -273,7 +273,7 @@ def _sensitivity(
     )
 
 
-def _sample_prompts(model: HookedTransformer, task: Task, cfg: OrderSensitivityConfig):
+def _sample_prompts(model: Model, task: Task, cfg: OrderSensitivityConfig):
     base, demos, queries = sample_prompts(
         model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.limit, cfg.eval_seed
     )
@@ -283,7 +283,7 @@ def _sample_prompts(model: HookedTransformer, task: Task, cfg: OrderSensitivityC
 
 
 def run_order_sensitivity(
-    model: HookedTransformer,
+    model: Model,
     task: Task | str,
     cfg: OrderSensitivityConfig = OrderSensitivityConfig(),
     progress: bool = True,

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.metrics.weights import attention_parameter
+from icl_lens.models.backends import Model
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _crossing(thresholds: Sequence[float], values: Sequence[float], level: float
     return None
 
 
-def weight_sparsity_analysis(model: HookedTransformer, cfg: SparsityConfig = SparsityConfig()) -> SparsityResult:
+def weight_sparsity_analysis(model: Model, cfg: SparsityConfig = SparsityConfig()) -> SparsityResult:
     """Sparsity of W_Q, W_K, W_V per layer over thresholds, beside the hand-built 75 %."""
     n_layers = model.cfg.n_layers
     per_layer: dict[str, list[list[float]]] = {name: [] for name in cfg.parameters}
@@ -167,7 +167,7 @@ class SparsityReport:
 def sparsity_all_models(
     cfg: SparsityConfig = SparsityConfig(),
     models: Sequence[str] | None = None,
-    loader: Callable[..., HookedTransformer] | None = None,
+    loader: Callable[..., Model] | None = None,
     progress: bool = True,
 ) -> SparsityReport:
     """:func:`weight_sparsity_analysis` for each model (default: every named offline model,

@@ -39,12 +39,12 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
 from icl_lens.finetune import FinetuneConfig, finetune
 from icl_lens.metrics.weights import attention_parameter
+from icl_lens.models.backends import Model, final_residual
 from icl_lens.prompts import (
     EncodedPrompts,
     PromptFormat,
@@ -141,7 +141,7 @@ class WeightSpaceResult:
 
 
 @torch.no_grad()
-def attention_inputs(model: HookedTransformer, tokens: Sequence[int]) -> list[Float[torch.Tensor, "pos d_model"]]:
+def attention_inputs(model: Model, tokens: Sequence[int]) -> list[Float[torch.Tensor, "pos d_model"]]:
     """Every layer's attention input ``ln1(resid_pre)`` for one token sequence (float64, CPU)."""
     resid: dict[int, torch.Tensor] = {}
 
@@ -150,19 +150,18 @@ def attention_inputs(model: HookedTransformer, tokens: Sequence[int]) -> list[Fl
 
     hooks = [(f"blocks.{l}.hook_resid_pre", capture) for l in range(model.cfg.n_layers)]
     batch = torch.tensor([list(tokens)], device=model.cfg.device)
-    with model.hooks(fwd_hooks=hooks):
-        model(batch, return_type=None, stop_at_layer=model.cfg.n_layers)
+    final_residual(model, batch, torch.ones_like(batch), hooks=hooks)
     return [model.blocks[l].ln1(resid[l][None])[0].detach().to("cpu", torch.float64) for l in range(model.cfg.n_layers)]
 
 
-def _parameter(model: HookedTransformer, layer: int, name: str) -> torch.Tensor | None:
+def _parameter(model: Model, layer: int, name: str) -> torch.Tensor | None:
     try:
         return attention_parameter(model, layer, name).detach().to("cpu", torch.float64)
     except MetricInputError:
         return None
 
 
-def _kv(model: HookedTransformer, layer: int, include_bias: bool) -> dict[str, torch.Tensor | None]:
+def _kv(model: Model, layer: int, include_bias: bool) -> dict[str, torch.Tensor | None]:
     out = {name: _parameter(model, layer, name) for name in ("W_K", "W_V")}
     for name in ("b_K", "b_V"):
         out[name] = _parameter(model, layer, name) if include_bias else None
@@ -176,7 +175,7 @@ def demo_token_positions(prompts: EncodedPrompts, which: DemoPositions) -> list[
     return list(range(prompts.n_start, len(prompts.icl_prefix)))
 
 
-def _sample(model: HookedTransformer, task: Task, cfg: WeightSpaceConfig) -> EncodedPrompts:
+def _sample(model: Model, task: Task, cfg: WeightSpaceConfig) -> EncodedPrompts:
     prompts, _, _ = sample_prompts(
         model.tokenizer, task, cfg.prompt, model.cfg.n_ctx, cfg.k, cfg.seed, cfg.n_queries, cfg.eval_seed
     )
@@ -189,10 +188,10 @@ def _std(values: Sequence[float]) -> float:
 
 
 def run_weight_space(
-    model: HookedTransformer,
+    model: Model,
     task: Task | str,
     cfg: WeightSpaceConfig = WeightSpaceConfig(),
-    tuned: HookedTransformer | None = None,
+    tuned: Model | None = None,
     progress: bool = True,
 ) -> WeightSpaceResult:
     """‖ΔW_FT‖ per layer and cos(ΔW_FT, ΔW_ICL) of the dual form, averaged over queries.

@@ -51,10 +51,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import cosine, require_finite, require_nonempty
+from icl_lens.models.backends import Model, backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ HANDBUILT_ICL_GD_SPARSITY = 0.75
 #: The attention projections whose sparsity :func:`model_weight_sparsity` reports.
 SPARSITY_PARAMETERS: tuple[str, ...] = ("W_Q", "W_K", "W_V")
 
-WeightSource = HookedTransformer | Mapping[str, torch.Tensor]
+WeightSource = Model | Mapping[str, torch.Tensor]
 _LAYER_KEY = re.compile(r"^blocks\.(\d+)\.attn\.")
 
 
@@ -95,12 +95,8 @@ def weight_sparsity(weight: Float[torch.Tensor, "..."], thresholds: Sequence[flo
     return {t: (magnitudes < t).double().mean().item() for t in values}
 
 
-def _attention_module_parameter(model: HookedTransformer, layer: int, name: str) -> torch.Tensor:
-    attn = model.blocks[layer].attn
-    real = getattr(attn, f"_{name}", None)  # GQA keeps the unexpanded K/V weights under _W_K etc.
-    if isinstance(real, torch.Tensor):
-        return real
-    value = getattr(attn, name, None)
+def _attention_module_parameter(model: Model, layer: int, name: str) -> torch.Tensor:
+    value = backend_of(model).attention_parameter(model, layer, name)
     if not isinstance(value, torch.Tensor):
         raise MetricInputError(f"layer {layer}'s attention has no parameter {name}")
     return value
@@ -114,7 +110,7 @@ def _state_dict_parameter(state_dict: Mapping[str, torch.Tensor], layer: int, na
 
 
 def _n_layers(source: WeightSource) -> int:
-    if isinstance(source, HookedTransformer):
+    if isinstance(source, torch.nn.Module):
         return source.cfg.n_layers
     layers = {int(m.group(1)) for key in source if (m := _LAYER_KEY.match(key))}
     if not layers:
@@ -126,15 +122,15 @@ def attention_parameter(source: WeightSource, layer: int, name: str) -> torch.Te
     """Layer ``layer``'s attention parameter ``name`` (``"W_K"``, ``"b_V"``, …) as stored, from a
     model or a TransformerLens state dict; for grouped-query attention the unexpanded
     ``_W_K`` / ``_W_V`` / ``_b_K`` / ``_b_V`` [n_kv_heads, ...]."""
-    if isinstance(source, HookedTransformer):
+    if isinstance(source, torch.nn.Module):
         return _attention_module_parameter(source, layer, name)
     if isinstance(source, Mapping):
         return _state_dict_parameter(source, layer, name)
-    raise MetricInputError(f"expected a HookedTransformer or a state dict, got {type(source).__name__}")
+    raise MetricInputError(f"expected a TransformerLens model or a state dict, got {type(source).__name__}")
 
 
 def model_weight_sparsity(
-    model: HookedTransformer, thresholds: Sequence[float], parameters: Sequence[str] = SPARSITY_PARAMETERS
+    model: Model, thresholds: Sequence[float], parameters: Sequence[str] = SPARSITY_PARAMETERS
 ) -> dict[int, dict[str, dict[float, float]]]:
     """:func:`weight_sparsity` of each attention projection of every layer:
     ``result[layer][name][t]`` = #{|w| < t} / #entries, name in W_Q, W_K, W_V (all heads of the

@@ -22,23 +22,26 @@ habits need care offline:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ModelLoadError
+from icl_lens.models.backends import Model, check_backend
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, get_offline_model
 from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitialize_untrained
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens import HookedTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,9 @@ def load_model(
     untrained_init: UntrainedInit = "reference",
     seed: int = 0,
     cache_dir: str | Path | None = None,
-) -> HookedTransformer:
-    """Load a model as a :class:`HookedTransformer` in eval mode.
+    backend: str | None = None,
+) -> Model:
+    """Load a model as a TransformerLens ``HookedTransformer`` or ``TransformerBridge``, in eval mode.
 
     Args:
         name_or_path: a named offline model (:func:`list_models`: ``smollm2-135m``, the default,
@@ -102,10 +106,16 @@ def load_model(
             ``normal`` (N(0, initializer_range) weights, zero biases).
         seed: seed of that re-initialisation.
         cache_dir: where fetched and converted weights live (default :func:`default_cache_dir`).
+        backend: ``hooked`` (:class:`HookedTransformer`, TransformerLens < 4) or ``bridge``
+            (:class:`TransformerBridge` in compatibility mode, TransformerLens 3.x and 4.x); None:
+            ``hooked`` while TransformerLens < 4 is installed, else ``bridge``
+            (:mod:`icl_lens.models.backends`).
 
     Raises:
         ModelLoadError: the model cannot be found, fetched, verified or converted.
+        ConfigError: ``backend`` is unknown or not available in this TransformerLens.
     """
+    backend = check_backend(backend)
     torch_dtype = _resolve_dtype(dtype)
     _check_device(device)
     if untrained and untrained_init not in UNTRAINED_INITS:
@@ -116,21 +126,31 @@ def load_model(
     started = time.perf_counter()
     spec = get_offline_model(key)
     path = Path(key).expanduser()
+    if backend == "bridge":
+        from icl_lens.models.bridge import bridge_from_hf_dir as from_hf_dir
+    else:
+        from_hf_dir = hooked_from_hf_dir
     if spec is not None:
         hf_dir = prepare_offline_model(spec, cache_dir)
-        model = hooked_from_hf_dir(hf_dir, tl_name=spec.tl_official_name, model_name=spec.name)
+        named = {"tl_name": spec.tl_official_name} if backend == "hooked" else {}
+        model = from_hf_dir(hf_dir, model_name=spec.name, **named)
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is a directory but has no config.json: not a Hugging Face model")
-        model = hooked_from_hf_dir(path.resolve(), model_name=path.resolve().name)
+        model = from_hf_dir(path.resolve(), model_name=path.resolve().name)
     elif path.suffix.lower() == ".gguf":
         hf_dir = prepare_gguf_file(path, cache_dir)
-        model = hooked_from_hf_dir(hf_dir, model_name=path.stem)
+        model = from_hf_dir(hf_dir, model_name=path.stem)
     elif key.startswith(("/", "./", "../", "~", ".\\", "..\\")) or path.is_file():
         raise ModelLoadError(f"{key!r} is neither a Hugging Face model directory (with config.json) nor a .gguf file")
+    elif backend == "bridge":
+        from icl_lens.models.bridge import bridge_from_hub
+
+        model = bridge_from_hub(key)
     else:
         model = _load_from_hub(key)
-    model = _finish(
+    finish = _finish_bridge if backend == "bridge" else _finish
+    model = finish(
         model,
         processed=processed,
         untrained=untrained,
@@ -140,8 +160,9 @@ def load_model(
         device=device,
     )
     logger.info(
-        "loaded %s (%s, %s, processed=%s, untrained=%s) in %.1f s",
+        "loaded %s (%s backend, %s, %s, processed=%s, untrained=%s) in %.1f s",
         model.cfg.model_name,
+        backend,
         device,
         torch_dtype,
         processed,
@@ -195,6 +216,30 @@ def _finish(
     if dtype != model.cfg.dtype:
         model.to(dtype, print_details=False)
     model.to(device, print_details=False)
+    model.eval()
+    return model
+
+
+def _finish_bridge(
+    model: Model,
+    *,
+    processed: bool,
+    untrained: bool,
+    seed: int,
+    dtype: torch.dtype,
+    device: str,
+    untrained_init: UntrainedInit = "reference",
+) -> Model:
+    """:func:`_finish` for a bridge: re-initialise, then compatibility mode (which processes the
+    weights iff ``processed``), cast, move."""
+    from icl_lens.models.bridge import finish_bridge, reinitialize_untrained_bridge
+
+    if untrained:
+        reinitialize_untrained_bridge(model, seed, init=untrained_init)
+    finish_bridge(model, processed=processed)
+    if dtype != torch.float32:
+        model.to(dtype)
+    model.to(device)
     model.eval()
     return model
 
@@ -291,6 +336,8 @@ def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: 
     # Built without a tokenizer (cfg.tokenizer_name None), so HookedTransformer neither re-loads the
     # tokenizer nor swaps in an add-BOS copy; the model's own tokenizer is attached afterwards.
     cfg.tokenizer_name = None
+    from transformer_lens import HookedTransformer
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
         model = HookedTransformer(cfg, None, move_to_device=False)
@@ -346,7 +393,12 @@ def _tl_config_source(hf_dir: Path, tl_name: str | None) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="icl_lens_tl_cfg_") as tmp:
         view = Path(tmp) / "local-model"
         view.mkdir()
-        shutil.copyfile(hf_dir / "config.json", view / "config.json")
+        config = json.loads((hf_dir / "config.json").read_text())
+        if config.get("model_type") == "gpt2" and "n_ctx" not in config and "n_positions" in config:
+            config["n_ctx"] = config[
+                "n_positions"
+            ]  # TransformerLens reads n_ctx, which transformers 5 no longer writes
+        (view / "config.json").write_text(json.dumps(config))
         if any(word in str(view).lower() for word in _TL_NAME_SNIFFS):
             raise ModelLoadError(
                 f"the temporary path {view} contains one of {_TL_NAME_SNIFFS}, which makes TransformerLens "
@@ -434,6 +486,7 @@ def _check_named_config(cfg, hf_config, tl_name: str, hf_dir: Path) -> None:
 
 
 def _load_from_hub(name: str) -> HookedTransformer:
+    from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     offline = ", ".join(sorted(OFFLINE_MODELS))

@@ -26,10 +26,9 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
-from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
 from icl_lens.errors import ConfigError, ModelLoadError
+from icl_lens.models.backends import BRIDGE, Model
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ FALLBACK_INIT_STD = 0.02
 UntrainedInit = Literal["reference", "normal"]
 UNTRAINED_INITS: tuple[str, ...] = ("reference", "normal")
 
-_NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 _QKV_GAIN = 1 / math.sqrt(2)  # fairseq MultiheadAttention.reset_parameters (q/k/v share one in_proj scale)
 
 UNTRAINED_SEED_ATTR = "icl_lens_untrained_seed"
@@ -47,12 +45,12 @@ UNTRAINED_SEED_ATTR = "icl_lens_untrained_seed"
 record "untrained" only for a model that really was re-initialised (copies keep it)."""
 
 
-def untrained_seed(model: HookedTransformer) -> int | None:
+def untrained_seed(model: Model) -> int | None:
     """The seed ``model`` was re-initialised with by :func:`reinitialize_untrained`, or None."""
     return getattr(model, UNTRAINED_SEED_ATTR, None)
 
 
-def init_std(model: HookedTransformer) -> float:
+def init_std(model: Model) -> float:
     """Std of the ``normal`` re-initialisation.
 
     ``cfg.initializer_range`` when it is a real std: the loader sets it from the Hugging Face config
@@ -101,7 +99,7 @@ def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> Flo
     return (torch.rand(shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
 
 
-def reinitialize_untrained(model: HookedTransformer, seed: int, init: UntrainedInit = "reference") -> HookedTransformer:
+def reinitialize_untrained(model: Model, seed: int, init: UntrainedInit = "reference") -> Model:
     """Re-draw every attention and MLP parameter in place by the ``init`` recipe; return ``model``.
 
     ``reference`` (module docstring): per-projection uniform draws at the Hugging Face fans. A bias
@@ -114,10 +112,18 @@ def reinitialize_untrained(model: HookedTransformer, seed: int, init: UntrainedI
 
     Call it on unprocessed weights: after LayerNorm folding the norm scales live inside W_Q/W_K/W_V/
     W_in and would be lost (``load_model(untrained=True, processed=True)`` re-initialises first,
-    then processes).
+    then processes). On a ``TransformerBridge`` the same recipes are drawn at the Hugging Face
+    projections (:func:`icl_lens.models.bridge.reinitialize_untrained_bridge`).
     """
     if init not in UNTRAINED_INITS:
         raise ConfigError(f"untrained init must be one of {list(UNTRAINED_INITS)}, got {init!r}")
+    if BRIDGE.owns(model):
+        from icl_lens.models.bridge import reinitialize_untrained_bridge
+
+        return reinitialize_untrained_bridge(model, seed, init)
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+    norms = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     std = init_std(model)
     n_weights = n_biases = 0
@@ -128,7 +134,7 @@ def reinitialize_untrained(model: HookedTransformer, seed: int, init: UntrainedI
                 if part is None:
                     continue
                 for module_name, module in part.named_modules():
-                    if isinstance(module, _NORMS):
+                    if isinstance(module, norms):
                         continue
                     own = dict(module.named_parameters(recurse=False))
                     for name, param in own.items():

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedTransformer
 
 from icl_lens.errors import ResultsError
 from icl_lens.evaluation import attended_keys, attention_windows, zero_unattended
+from icl_lens.models.backends import Model
 from icl_lens.results import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,7 +77,7 @@ def _is_attention_hook(name: str) -> bool:
 
 @torch.no_grad()
 def record_attention_maps(
-    model: HookedTransformer,
+    model: Model,
     prefix: Sequence[int],
     queries: Sequence[Sequence[int]],
     answer: Sequence[int],
@@ -262,7 +262,7 @@ def load_attention_maps(cell_dir: str | Path) -> SavedAttentionMaps:
 
 def record_experiment_maps(
     output: ExperimentOutput,
-    model: HookedTransformer,
+    model: Model,
     n_examples: int = 4,
     indices: Sequence[int] | None = None,
 ) -> SavedAttentionMaps:
@@ -281,7 +281,7 @@ def record_experiment_maps(
         indices = list(range(min(n_examples, len(prompts.queries))))
     queries = [prompts.queries[i] for i in indices]
     answer = prompts.labels[0]
-    setups: dict[str, tuple[HookedTransformer, list[int]]] = {}
+    setups: dict[str, tuple[Model, list[int]]] = {}
     for setting in _ordered_settings(output.runs):
         if setting == "zsl":
             setups[setting] = (model, prompts.zsl_prefix)
@@ -310,7 +310,7 @@ def record_experiment_maps(
 def save_experiment_attention_maps(
     cell_dir: str | Path,
     output: ExperimentOutput,
-    model: HookedTransformer,
+    model: Model,
     n_examples: int = 4,
     indices: Sequence[int] | None = None,
 ) -> Path:

@@ -1,0 +1,426 @@
+"""Backends: the few things icl_lens asks of a TransformerLens model, for both kinds of model.
+
+TransformerLens 3.x has two model classes: :class:`HookedTransformer` (its own re-implementation of
+each architecture, deprecated in 3.x and removed in 4.0) and :class:`TransformerBridge` (hooks around
+the Hugging Face model itself, the only one in 4.x). Everything above this module — prompts,
+evaluation, finetuning, layer-causal GD, metrics on ``ActivationCache`` objects, reports — works on
+either through the operations of :class:`Backend`:
+
+* run the blocks ``[0, n)`` on right-padded tokens with forward hooks, optionally after a shared
+  prefix encoded once (:meth:`Backend.encode_prefix`), returning block ``n-1``'s output
+  (``blocks.{n-1}.hook_resid_post``);
+* the logit lens's parts: the final norm, the unembedding and the logit soft-cap;
+* the block parameters under stable names and the finetuning groups over them (``kv`` = the
+  key/value projections), the attention weights in TransformerLens' layout, the sliding windows.
+
+Hook names are the same on both (``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``,
+...: the bridge's compatibility mode provides them). Parameter names differ, because the trainable
+tensors differ: a HookedTransformer trains ``blocks.{l}.attn._W_K`` ``[kv_heads, d_model, d_head]``;
+a bridge trains the Hugging Face projection weight itself, named here ``blocks.{l}.attn.k.weight``
+``[kv_heads·d_head, d_model]`` (the same numbers, transposed and reshaped).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Float, Int
+
+from icl_lens.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover - imports for type checkers only
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    Model = HookedTransformer | TransformerBridge
+else:
+    Model = Any  # HookedTransformer (TransformerLens < 4) or TransformerBridge
+
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("hooked", "bridge")
+"""``hooked``: :class:`transformer_lens.HookedTransformer` (TransformerLens < 4 only); ``bridge``:
+:class:`transformer_lens.model_bridge.TransformerBridge` in compatibility mode."""
+
+
+def transformer_lens_version() -> tuple[int, ...]:
+    """The installed TransformerLens version as integers, e.g. ``(3, 9, 0)``."""
+    raw = importlib.metadata.version("transformer-lens")
+    return tuple(int(part) for part in re.findall(r"\d+", raw)[:3])
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this TransformerLens still ships ``HookedTransformer`` (removed in 4.0)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def default_backend() -> str:
+    """``hooked`` while TransformerLens < 4 is installed, ``bridge`` on 4.x."""
+    return "hooked" if has_hooked_transformer() else "bridge"
+
+
+def check_backend(name: str | None) -> str:
+    """``name`` (None: :func:`default_backend`) if it is a backend this installation can run."""
+    if name is None:
+        return default_backend()
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose from {list(BACKENDS)}")
+    if name == "hooked" and not has_hooked_transformer():
+        raise ConfigError(
+            f"backend 'hooked' needs HookedTransformer, which TransformerLens "
+            f"{'.'.join(map(str, transformer_lens_version()))} no longer has: use --backend bridge"
+        )
+    return name
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a bridge forward pass after the last block it needs."""
+
+
+@dataclass
+class Prefix:
+    """A shared prefix encoded once: its length and the backend's key/value cache of it."""
+
+    length: int
+    cache: Any
+
+
+class Backend:
+    """What icl_lens needs from one kind of TransformerLens model (module docstring)."""
+
+    name: str = ""
+    param_groups: dict[str, str] = {}
+    """Finetuning group -> regular expression over :meth:`block_parameters` names."""
+
+    def owns(self, model: Model) -> bool:
+        raise NotImplementedError
+
+    def encode_prefix(self, model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix | None:
+        """The prefix's cache, or None when the prefix must be re-encoded inside every sequence."""
+        raise NotImplementedError
+
+    def run_blocks(
+        self,
+        model: Model,
+        tokens: Int[torch.Tensor, "batch pos"],
+        attention_mask: Int[torch.Tensor, "batch pos"],
+        *,
+        n_layers: int | None = None,
+        prefix: Prefix | None = None,
+        hooks: Sequence[tuple[str, Any]] = (),
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Blocks ``[0, n_layers)`` (default all) on ``tokens`` after ``prefix``, with ``hooks``;
+        returns the last one's output (before the final norm)."""
+        raise NotImplementedError
+
+    def final_norm(self, model: Model, residual: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unembedding(self, model: Model) -> tuple[Float[torch.Tensor, "d_model d_vocab"], torch.Tensor | None]:
+        """``(W_U, b_U)`` with ``logits = final_norm(resid) @ W_U + b_U`` (b_U None when absent)."""
+        raise NotImplementedError
+
+    def logit_soft_cap(self, model: Model) -> float | None:
+        cap = getattr(model.cfg, "output_logits_soft_cap", None)
+        return float(cap) if cap is not None and cap > 0 else None
+
+    def block_parameters(self, model: Model) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """Every parameter inside the blocks, once, as ``(blocks.{l}.<name>, parameter)``."""
+        raise NotImplementedError
+
+    def attention_parameter(self, model: Model, layer: int, name: str) -> torch.Tensor | None:
+        """Layer ``layer``'s ``W_Q``/``W_K``/``W_V``/``W_O``/``b_*`` in TransformerLens' layout
+        (``W_K``: ``[kv_heads, d_model, d_head]``, unexpanded under grouped-query attention), or None."""
+        raise NotImplementedError
+
+    def attention_windows(self, model: Model) -> list[int | None]:
+        """Per layer, the sliding-window size of a local-attention layer, or None for a global one."""
+        raise NotImplementedError
+
+
+class HookedBackend(Backend):
+    """:class:`transformer_lens.HookedTransformer` (TransformerLens < 4)."""
+
+    name = "hooked"
+    param_groups = {
+        "kv": r"^blocks\.\d+\.attn\._?[Wb]_[KV]$",
+        "q": r"^blocks\.\d+\.attn\._?[Wb]_Q$",
+        "o": r"^blocks\.\d+\.attn\.[Wb]_O$",
+        "mlp": r"^blocks\.\d+\.mlp\.",
+        "all": r"^blocks\.\d+\.",
+    }
+
+    def owns(self, model: Model) -> bool:
+        if not has_hooked_transformer():
+            return False
+        from transformer_lens import HookedTransformer
+
+        return isinstance(model, HookedTransformer)
+
+    @torch.no_grad()
+    def encode_prefix(self, model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix | None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+        model(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), return_type=None)
+        cache.freeze()
+        return Prefix(length=int(tokens.shape[1]), cache=cache)
+
+    @staticmethod
+    def _expanded(cache, batch_size: int):
+        """A frozen view of a batch-1 prefix cache for ``batch_size`` rows (no copy)."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                past_keys=e.past_keys.expand(batch_size, -1, -1, -1),
+                past_values=e.past_values.expand(batch_size, -1, -1, -1),
+                frozen=True,
+            )
+            for e in cache.entries
+        ]
+        mask = cache.previous_attention_mask.expand(batch_size, -1)
+        return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+
+    def run_blocks(self, model, tokens, attention_mask, *, n_layers=None, prefix=None, hooks=()):
+        n_layers = model.cfg.n_layers if n_layers is None else n_layers
+        kv = self._expanded(prefix.cache, tokens.shape[0]) if prefix is not None else None
+        with model.hooks(fwd_hooks=list(hooks)):
+            return model(tokens, past_kv_cache=kv, attention_mask=attention_mask, stop_at_layer=n_layers)
+
+    def final_norm(self, model, residual):
+        return model.ln_final(residual) if model.cfg.normalization_type is not None else residual
+
+    def unembedding(self, model):
+        return model.unembed.W_U, model.unembed.b_U
+
+    def block_parameters(self, model):
+        for name, param in model.named_parameters():
+            if name.startswith("blocks."):
+                yield name, param
+
+    def attention_parameter(self, model, layer, name):
+        attn = model.blocks[layer].attn
+        value = getattr(attn, f"_{name}", None)  # GQA keeps the unexpanded K/V weights under _W_K etc.
+        return value if value is not None else getattr(attn, name, None)
+
+    def attention_windows(self, model):
+        windows: list[int | None] = []
+        for block in model.blocks:
+            local = getattr(block.attn, "attn_type", "global") == "local"
+            windows.append(int(model.cfg.window_size) if local and model.cfg.window_size else None)
+        return windows
+
+
+class BridgeBackend(Backend):
+    """:class:`transformer_lens.model_bridge.TransformerBridge` in compatibility mode.
+
+    Runs the Hugging Face model under TransformerLens' hooks. Two things it does differently:
+
+    * Forward passes stop after the last needed block by raising from a hook on that block's output
+      (the bridge's own ``stop_at_layer`` does not stop at the last block).
+    * The shared prefix uses Hugging Face's key/value cache, which some transformers versions leave
+      empty on the bridge (transformers 5.24 hands it over under a name the bridge does not read:
+      scores silently wrong). :func:`bridge_prefix_cache_works` checks it once per model against a
+      full forward pass; where it fails, the prefix is re-encoded inside every sequence instead
+      (slower, same numbers) and a warning says so.
+    """
+
+    name = "bridge"
+    param_groups = {
+        "kv": r"^blocks\.\d+\.attn\.[kv]\.(weight|bias)$",
+        "q": r"^blocks\.\d+\.attn\.q\.(weight|bias)$",
+        "o": r"^blocks\.\d+\.attn\.o\.(weight|bias)$",
+        "mlp": r"^blocks\.\d+\.mlp\.",
+        "all": r"^blocks\.\d+\.",
+    }
+
+    def owns(self, model: Model) -> bool:
+        try:
+            from transformer_lens.model_bridge import TransformerBridge
+        except ImportError:  # pragma: no cover - every supported TransformerLens has it
+            return False
+        return isinstance(model, TransformerBridge)
+
+    @torch.no_grad()
+    def encode_prefix(self, model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix | None:
+        if not bridge_prefix_cache_works(model):
+            return None
+        _, cache = model(tokens, attention_mask=torch.ones_like(tokens), return_type="logits_and_cache")
+        return Prefix(length=int(tokens.shape[1]), cache=cache)
+
+    def run_blocks(self, model, tokens, attention_mask, *, n_layers=None, prefix=None, hooks=()):
+        n_layers = model.cfg.n_layers if n_layers is None else n_layers
+        if not 1 <= n_layers <= model.cfg.n_layers:
+            raise ConfigError(f"n_layers must be in 1..{model.cfg.n_layers}, got {n_layers}")
+        captured: dict[str, torch.Tensor] = {}
+
+        def stop(resid, hook):
+            captured["resid"] = resid
+            raise _StopForward
+
+        kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+        if prefix is not None:
+            past = copy.deepcopy(prefix.cache)  # the forward pass appends to it
+            past.batch_repeat_interleave(tokens.shape[0])
+            kwargs["past_key_values"] = past
+            ones = torch.ones(tokens.shape[0], prefix.length, dtype=attention_mask.dtype, device=attention_mask.device)
+            kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
+        all_hooks = [*hooks, (f"blocks.{n_layers - 1}.hook_resid_post", stop)]
+        try:
+            with model.hooks(fwd_hooks=all_hooks):
+                model(tokens, return_type=None, **kwargs)
+        except _StopForward:
+            pass
+        if "resid" not in captured:
+            raise ModelLoadError(f"the bridge never ran blocks.{n_layers - 1}.hook_resid_post")
+        return captured["resid"]
+
+    def final_norm(self, model, residual):
+        ln_final = getattr(model, "ln_final", None)
+        return ln_final(residual) if ln_final is not None else residual
+
+    def unembedding(self, model):
+        return model.unembed.W_U, getattr(model.unembed, "b_U", None)
+
+    def block_parameters(self, model):
+        seen: set[int] = set()
+        for layer, block in enumerate(model.blocks):
+            attn = getattr(block, "attn", None)
+            for part in ("q", "k", "v", "o"):
+                component = getattr(attn, part, None) if attn is not None else None
+                original = getattr(component, "original_component", None)
+                if original is None:
+                    continue
+                for pname, param in original.named_parameters():
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        yield f"blocks.{layer}.attn.{part}.{pname}", param
+            for pname, param in block.named_parameters():
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                clean = pname.replace("_original_component.", "").replace("original_component.", "")
+                clean = re.sub(r"^(self_attn|attn)\.", "attn.", clean)
+                yield f"blocks.{layer}.{clean}", param
+
+    def attention_parameter(self, model, layer, name):
+        attn = model.blocks[layer].attn
+        try:
+            value = getattr(attn, name)
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return None
+        return value
+
+    def attention_windows(self, model):
+        config = model.original_model.config
+        config = getattr(config, "text_config", None) or config
+        n_layers = model.cfg.n_layers
+        window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None)
+        if not window:
+            return [None] * n_layers
+        if layer_types:
+            return [int(window) if kind == "sliding_attention" else None for kind in layer_types[:n_layers]]
+        return [int(window) if getattr(config, "use_sliding_window", True) else None] * n_layers
+
+
+HOOKED = HookedBackend()
+BRIDGE = BridgeBackend()
+
+
+def backend_of(model: Model) -> Backend:
+    """The backend that runs ``model``."""
+    for backend in (HOOKED, BRIDGE):
+        if backend.owns(model):
+            return backend
+    raise ConfigError(
+        f"icl_lens runs on a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}"
+    )
+
+
+_CACHE_CHECK_ATTR = "_icl_lens_prefix_cache_works"
+
+
+@torch.no_grad()
+def bridge_prefix_cache_works(model: Model, tolerance: float = 1e-3) -> bool:
+    """Whether the bridge's Hugging Face key/value cache gives the full forward pass's residual
+    stream (checked once per model on a short sequence; remembered on the model)."""
+    known = getattr(model, _CACHE_CHECK_ATTR, None)
+    if known is not None:
+        return bool(known)
+    n_tokens = 6
+    tokens = (torch.arange(n_tokens, device=model.cfg.device) * 7 + 3)[None] % int(model.cfg.d_vocab)
+    mask = torch.ones_like(tokens)
+    full = BRIDGE.run_blocks(model, tokens, mask)
+    _, cache = model(tokens[:, :3], attention_mask=mask[:, :3], return_type="logits_and_cache")
+    suffix = BRIDGE.run_blocks(model, tokens[:, 3:], mask[:, 3:], prefix=Prefix(length=3, cache=cache))
+    scale = float(full[:, 3:].abs().max().clamp_min(1.0))
+    works = bool(torch.allclose(suffix.float(), full[:, 3:].float(), atol=tolerance * scale, rtol=tolerance))
+    if not works:
+        import transformers
+
+        logger.warning(
+            "the TransformerBridge key/value cache gives wrong results with transformers %s; the shared "
+            "prefix is re-encoded in every sequence instead (same numbers, slower)",
+            transformers.__version__,
+        )
+    setattr(model, _CACHE_CHECK_ATTR, works)
+    return works
+
+
+def final_residual(
+    model: Model,
+    tokens: Int[torch.Tensor, "batch pos"],
+    attention_mask: Int[torch.Tensor, "batch pos"],
+    *,
+    n_layers: int | None = None,
+    prefix: Prefix | None = None,
+    hooks: Sequence[tuple[str, Any]] = (),
+) -> Float[torch.Tensor, "batch pos d_model"]:
+    """Output of block ``n_layers - 1`` (default: the last block) — :meth:`Backend.run_blocks`."""
+    return backend_of(model).run_blocks(model, tokens, attention_mask, n_layers=n_layers, prefix=prefix, hooks=hooks)
+
+
+def parameter_groups(model: Model) -> dict[str, str]:
+    """The finetuning groups (``kv``, ``q``, ``o``, ``mlp``, ``all``) as patterns over ``model``'s
+    :meth:`Backend.block_parameters` names."""
+    return backend_of(model).param_groups
+
+
+def block_parameters(model: Model) -> dict[str, torch.nn.Parameter]:
+    """Every block parameter of ``model`` under its backend's stable name."""
+    return dict(backend_of(model).block_parameters(model))
+
+
+__all__ = [
+    "BACKENDS",
+    "BRIDGE",
+    "HOOKED",
+    "Backend",
+    "BridgeBackend",
+    "HookedBackend",
+    "Model",
+    "Prefix",
+    "backend_of",
+    "block_parameters",
+    "bridge_prefix_cache_works",
+    "check_backend",
+    "default_backend",
+    "final_residual",
+    "has_hooked_transformer",
+    "parameter_groups",
+    "transformer_lens_version",
+]
