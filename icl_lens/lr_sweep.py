@@ -19,6 +19,14 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from icl_lens.batched_training import (
+    DEFAULT_MAX_BATCH_BYTES,
+    bytes_per_rate,
+    chunk_size,
+    train_rates,
+    trainer_method,
+    unsupported_reason,
+)
 from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
@@ -101,6 +109,8 @@ def sweep_learning_rate(
     progress: bool = True,
     content_free_query: Sequence[int] | None = None,
     trainer: Trainer = finetune,
+    batched: bool = True,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
 ) -> LearningRateChoice:
     """Train with ``trainer`` at each rate of ``grid``; score its accuracy on the given queries; pick
     the best.
@@ -109,31 +119,46 @@ def sweep_learning_rate(
     predictions are (:mod:`icl_lens.calibration`). ``trainer`` is plain GD by default; LCGD's own
     rate is swept by passing a layer-causal trainer (its per-layer losses sum over every layer, so
     GD's rate is not LCGD's).
+
+    ``batched`` (default) trains the grid's rates together, sharing the frozen weights
+    (:mod:`icl_lens.batched_training`), in chunks of rates whose estimated memory stays under
+    ``max_batch_bytes`` (:func:`~icl_lens.batched_training.bytes_per_rate`); each trained rate is then
+    scored as the sequential sweep scores it. Where that cannot be exact (a parameter group other than
+    ``kv``/``q``, LCGD's sequential schedule, another trainer, half precision, ...) it logs why and
+    trains one rate at a time, as ``batched=False`` does.
     """
     if not score_queries:
         raise ConfigError("the learning-rate sweep has no query to score")
-    scores: dict[float, float | None] = {}
-    for lr in tqdm(sorted(grid), desc="lr sweep", disable=not progress, leave=False):
-        try:
-            scores[lr] = _score_rate(
-                model,
-                demo_sequences,
-                answer_lengths,
-                replace(base, lr=lr),
-                trainer,
-                score_prefix,
-                score_queries,
-                score_labels,
-                label_tokens,
-                n_start,
-                batch_size,
-                content_free_query,
-            )
-        except (TrainingDivergedError, NonFiniteError) as exc:
-            logger.info("lr %g diverged: %s", lr, exc)
-            scores[lr] = None
-            continue
-        logger.info("lr %g: %s accuracy %.3f", lr, criterion, scores[lr])
+    if isinstance(max_batch_bytes, bool) or not isinstance(max_batch_bytes, int) or max_batch_bytes < 1:
+        raise ConfigError(f"max_batch_bytes must be a positive integer, got {max_batch_bytes!r}")
+    rates = sorted(grid)
+    score_inputs = dict(
+        score_prefix=score_prefix,
+        score_queries=score_queries,
+        score_labels=score_labels,
+        label_tokens=label_tokens,
+        n_start=n_start,
+        batch_size=batch_size,
+        content_free_query=content_free_query,
+    )
+    reason = unsupported_reason(model, base, trainer) if batched else None
+    if batched and reason is not None:
+        logger.info("learning-rate sweep trains one rate at a time: %s", reason)
+    if batched and reason is None:
+        scores = _batched_scores(
+            model, demo_sequences, answer_lengths, base, trainer, rates, max_batch_bytes, progress, score_inputs
+        )
+    else:
+        scores = {}
+        for lr in tqdm(rates, desc="lr sweep", disable=not progress, leave=False):
+            try:
+                student, _ = trainer(model, demo_sequences, answer_lengths, replace(base, lr=lr), progress=False)
+                scores[lr] = _score_model(student, lr, **score_inputs)
+            except (TrainingDivergedError, NonFiniteError) as exc:
+                logger.info("lr %g diverged: %s", lr, exc)
+                scores[lr] = None
+                continue
+            logger.info("lr %g: %s accuracy %.3f", lr, criterion, scores[lr])
     finite = [(score, -lr) for lr, score in scores.items() if score is not None]
     if not finite:
         raise TrainingDivergedError(f"every learning rate of the sweep diverged: {sorted(grid)}")
@@ -141,12 +166,42 @@ def sweep_learning_rate(
     return LearningRateChoice(lr=-neg_lr, criterion=criterion, scores=scores, n_scored=len(score_queries))
 
 
-def _score_rate(
-    model: Model,
-    demo_sequences: Sequence[Sequence[int]],
-    answer_lengths: Sequence[int],
-    cfg: FinetuneConfig,
-    trainer: Trainer,
+def _batched_scores(
+    model, demo_sequences, answer_lengths, base, trainer, rates, max_batch_bytes, progress, score_inputs
+) -> dict[float, float | None]:
+    """Every rate's score (None: diverged), training chunks of rates together."""
+    method = trainer_method(trainer)
+    per_rate = bytes_per_rate(model, demo_sequences, base, method)
+    size = chunk_size(per_rate, max_batch_bytes)
+    if size < len(rates):
+        logger.info(
+            "learning-rate sweep: %d rates in chunks of %d (about %.0f MiB per rate, limit %.0f MiB)",
+            len(rates),
+            size,
+            per_rate / 2**20,
+            max_batch_bytes / 2**20,
+        )
+    scores: dict[float, float | None] = {}
+    chunks = [rates[i : i + size] for i in range(0, len(rates), size)]
+    for chunk in tqdm(chunks, desc="lr sweep (batched)", disable=not progress or len(chunks) == 1, leave=False):
+        trained = train_rates(model, demo_sequences, answer_lengths, base, chunk, method, progress=progress)
+        for lr in chunk:
+            if lr in trained.diverged:
+                scores[lr] = None
+                continue
+            try:
+                scores[lr] = _score_model(trained.load(lr), lr, **score_inputs)
+            except NonFiniteError as exc:
+                logger.info("lr %g diverged: %s", lr, exc)
+                scores[lr] = None
+                continue
+            logger.info("lr %g: accuracy %.3f", lr, scores[lr])
+    return scores
+
+
+def _score_model(
+    student: Model,
+    lr: float,
     score_prefix: Sequence[int],
     score_queries: Sequence[Sequence[int]],
     score_labels: Sequence[int],
@@ -155,16 +210,14 @@ def _score_rate(
     batch_size: int,
     content_free_query: Sequence[int] | None,
 ) -> float:
-    """Accuracy of the model trained at ``cfg.lr``.
+    """Accuracy of ``student``, the model trained at ``lr``.
 
     Raises:
-        TrainingDivergedError: the trainer stopped on a NaN/inf.
         NonFiniteError: the trained weights, or the (calibrated) class scores, are not finite.
     """
-    student, _ = trainer(model, demo_sequences, answer_lengths, cfg, progress=False)
     for name, param in block_parameters(student).items():
         if not bool(torch.isfinite(param).all()):
-            raise NonFiniteError(f"lr {cfg.lr:g}: trained parameter {name} is not finite")
+            raise NonFiniteError(f"lr {lr:g}: trained parameter {name} is not finite")
     run = evaluate(
         student,
         score_prefix,
@@ -180,5 +233,5 @@ def _score_rate(
         bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)
         scores_tensor = calibrate(scores_tensor, bias)
     if not bool(torch.isfinite(scores_tensor).all()):
-        raise NonFiniteError(f"lr {cfg.lr:g}: the trained model's class scores are not finite")
+        raise NonFiniteError(f"lr {lr:g}: the trained model's class scores are not finite")
     return float((scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean())

@@ -1,0 +1,99 @@
+"""Time the learning-rate sweep trained one rate at a time against the batched sweep (all rates together).
+
+Both sweeps get the same demonstrations, dev slice and grid (the dev criterion, contextually
+calibrated as the runs are); the script prints both wall times, the speed-up, and whether the chosen
+rate and every rate's score agree.
+
+    python experiments/bench_lr_sweep.py --model gemma3-270m --task sst2 --k 16 --dev-size 32
+    python experiments/bench_lr_sweep.py --tiny --k 4 --dev-size 8 --grid 1e-3,1e-2,0.1   # seconds, no download
+"""
+
+# ruff: noqa: T201  (a script: it prints its measurement)
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import torch
+
+from icl_lens.calibration import content_free_row
+from icl_lens.finetune import FinetuneConfig
+from icl_lens.lcgd import layer_causal_finetune
+from icl_lens.lr_sweep import DEFAULT_LR_GRID, dev_slice, sweep_learning_rate
+from icl_lens.prompts import PromptFormat, encode_prompts
+from icl_lens.tasks import get_task, load_split, sample_demonstrations
+
+
+def tiny_random_model():
+    """A 2-layer random Llama-like model with a byte tokenizer (the tests' tiny model)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from helpers import tiny_model
+
+    return tiny_model(gqa=True, n_layers=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model (no download)")
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default=",".join(repr(lr) for lr in DEFAULT_LR_GRID), help="comma-separated rates")
+    parser.add_argument("--dev-size", type=int, default=32)
+    parser.add_argument("--params", default="kv", help="trained parameter group (FinetuneConfig.params)")
+    parser.add_argument("--lcgd", action="store_true", help="sweep LCGD's rate (simultaneous schedule) instead of GD's")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    print(f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
+
+    if args.tiny:
+        model = tiny_random_model()
+    else:
+        from icl_lens.models import load_model
+
+        model = load_model(args.model)
+    task = get_task(args.task)
+    demos = sample_demonstrations(task, args.k, args.seed)
+    train = load_split(task, task.train_split)
+    dev = dev_slice(train, args.dev_size, args.seed, exclude_rows=[d["row_index"] for d in demos])
+    fmt = PromptFormat()
+    prompts = encode_prompts(model.tokenizer, task, demos, dev, fmt, model.cfg.n_ctx)
+    content_free = encode_prompts(
+        model.tokenizer, task, [], [content_free_row(task.template_fields)], fmt, model.cfg.n_ctx
+    ).queries[0]
+    grid = tuple(float(x) for x in args.grid.split(","))
+    inputs = dict(
+        demo_sequences=prompts.demo_sequences,
+        answer_lengths=prompts.demo_answer_lengths,
+        base=FinetuneConfig(params=args.params),
+        score_prefix=prompts.zsl_prefix,
+        score_queries=prompts.queries,
+        score_labels=[row["label"] for row in dev],
+        label_tokens=prompts.labels,
+        grid=grid,
+        n_start=prompts.n_start,
+        content_free_query=content_free,
+        progress=False,
+    )
+    if args.lcgd:
+        inputs["trainer"] = layer_causal_finetune
+
+    times, choices = {}, {}
+    for name, batched in (("sequential", False), ("batched", True)):
+        start = time.perf_counter()
+        choices[name] = sweep_learning_rate(model, batched=batched, **inputs)
+        times[name] = time.perf_counter() - start
+        print(f"{name:>10}: {times[name]:8.2f} s  chose lr {choices[name].lr:g}  scores {choices[name].scores}")
+    batched, sequential = choices["batched"], choices["sequential"]
+    same = batched.scores == sequential.scores and batched.lr == sequential.lr
+    print(f"speed-up {times['sequential'] / times['batched']:.2f}x; same choice and scores: {same}")
+
+
+if __name__ == "__main__":
+    main()

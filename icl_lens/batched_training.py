@@ -1,0 +1,340 @@
+"""Finetuning at several learning rates in one batched pass (the batched learning-rate sweep).
+
+A sweep trains the same model on the same demonstrations at every rate of a grid; run one after
+another, each training repeats the work on the frozen weights. Here every training batch is repeated
+R times along the batch dimension (R = number of rates, rows ``r*B .. (r+1)*B-1`` belong to rate r).
+The frozen parameters are shared; each rate carries its own float32 copy of the trained projections
+(W_K, W_V, b_K, b_V for the default ``kv`` group, W_Q, b_Q for ``q``). Hooks on
+``blocks.{l}.attn.hook_k``/``hook_v``/``hook_q`` replace each rate's rows with the projection of the
+attention's own input (captured by a pre-hook on ``blocks.{l}.attn``) through that rate's weights —
+the same :func:`~transformer_lens.utilities.attention.simple_attn_linear` the model uses.
+
+Rows never mix (attention, norms and the loss act within a row), so the gradient of the summed
+per-rate losses gives every rate exactly its own gradient; each rate then takes its own optimizer step
+(:func:`icl_lens.finetune.make_optimizer`, :func:`~icl_lens.finetune.clip_layer_gradients`, the same
+finiteness checks as :func:`~icl_lens.finetune.finetune`). A rate that diverges is dropped from the
+batch and recorded; the others go on. The first step is run once: every rate starts from the same
+weights, so its loss and gradient are the same for all of them.
+
+Plain GD (:func:`icl_lens.finetune.finetune`) and LCGD's ``simultaneous`` schedule
+(:func:`icl_lens.lcgd.layer_causal_finetune`: every block's input detached, one logit-lens loss per
+layer) are batched. :func:`unsupported_reason` names what is not (other parameter groups, LCGD's
+``sequential`` schedule, half precision, attention variants whose input is not one shared tensor), for
+which the sweep falls back to training one rate at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+from transformer_lens.utilities.attention import simple_attn_linear
+
+from icl_lens.errors import TrainingDivergedError
+from icl_lens.finetune import (
+    PARAM_GROUPS,
+    FinetuneConfig,
+    check_demonstrations,
+    check_finite,
+    check_parameters_finite,
+    clip_layer_gradients,
+    demo_batches,
+    finetune,
+    layer_grad_norms,
+    make_optimizer,
+    masked_next_token_losses,
+    trainable_copy,
+)
+from icl_lens.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
+from icl_lens.models.backends import HOOKED, Model
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["gd", "lcgd"]
+
+BATCHABLE_GROUPS = frozenset({"kv", "q"})
+"""Parameter groups made only of attention input projections, which the hooks can make per-rate."""
+
+DEFAULT_MAX_BATCH_BYTES = 4 * 2**30
+"""Default memory bound of one batched chunk of rates (4 GiB; see :func:`bytes_per_rate`)."""
+
+_PROJECTION = re.compile(r"^blocks\.(\d+)\.attn\.(_?)([Wb])_([QKV])$")
+_INPUT_OF = {"Q": "query_input", "K": "key_input", "V": "value_input"}
+
+
+def trainer_method(trainer: Callable) -> Method | None:
+    """``"gd"`` for :func:`~icl_lens.finetune.finetune`, ``"lcgd"`` for LCGD's simultaneous schedule
+    (``layer_causal_finetune`` itself or a ``functools.partial`` of it fixing only ``schedule``), else None."""
+    if trainer is finetune:
+        return "gd"
+    if trainer is layer_causal_finetune:
+        return "lcgd"
+    if (
+        isinstance(trainer, functools.partial)
+        and trainer.func is layer_causal_finetune
+        and not trainer.args
+        and set(trainer.keywords) <= {"schedule"}
+        and trainer.keywords.get("schedule", "simultaneous") == "simultaneous"
+    ):
+        return "lcgd"
+    return None
+
+
+def unsupported_reason(model, cfg: FinetuneConfig, trainer: Callable) -> str | None:
+    """Why the rates of this sweep cannot be trained together exactly (None: they can)."""
+    if not HOOKED.owns(model):
+        return f"the model is a {type(model).__name__}, not a HookedTransformer"
+    if trainer_method(trainer) is None:
+        return f"trainer {getattr(trainer, '__name__', trainer)!r} is neither finetune nor LCGD's simultaneous schedule"
+    groups = set(cfg.params.split("+"))
+    if not groups <= BATCHABLE_GROUPS:
+        return f"parameter group {cfg.params!r} (only {'/'.join(sorted(BATCHABLE_GROUPS))} are batched)"
+    c = model.cfg
+    if c.dtype != torch.float32 or any(p.dtype != torch.float32 for p in model.parameters()):
+        return f"dtype {c.dtype} (half precision trains float32 masters cast into the model each step)"
+    for flag in ("use_attn_in", "use_split_qkv_input", "load_in_4bit", "ungroup_grouped_query_attention"):
+        if getattr(c, flag, False):
+            return f"the model's cfg.{flag} is set"
+    if c.original_architecture in POST_NORM_ARCHITECTURES:
+        return f"post-norm architecture {c.original_architecture}"
+    if getattr(c, "n_devices", 1) != 1:
+        return f"the model is split over {c.n_devices} devices"
+    return None
+
+
+def bytes_per_rate(model: Model, demo_sequences: Sequence[Sequence[int]], cfg: FinetuneConfig, method: Method) -> int:
+    """An upper estimate of the memory one more rate adds to a batched step, in bytes.
+
+    Per rate: its trained parameters in float32 with their gradient and optimizer state (SGD momentum:
+    1 more copy, Adam: 2); the activations autograd keeps for the backward of one training batch
+    (per token and layer about 16·d_model + 3·d_mlp floats plus 2·n_heads·pos attention scores and
+    pattern); and the float32 logits of the counted tokens with their log-softmax and gradient (3
+    copies of ``n_tokens × d_vocab``; LCGD unembeds ``LOGIT_BUDGET``-bounded groups of layers).
+    """
+    c = model.cfg
+    n_trained = sum(p.numel() for n, p in model.named_parameters() if _PROJECTION.match(n) and _in_group(n, cfg))
+    states = 2 + (2 if cfg.optimizer == "adam" else (1 if cfg.momentum else 0))
+    longest = max(len(s) for s in demo_sequences)
+    tokens = min(cfg.batch_size, len(demo_sequences)) * longest
+    d_mlp = c.d_mlp or 4 * c.d_model
+    per_layer_token = 16 * c.d_model + 3 * d_mlp + 2 * c.n_heads * longest
+    activations = tokens * c.n_layers * per_layer_token
+    logit_rows = tokens
+    if method == "lcgd":
+        layers_at_once = max(1, min(c.n_layers, LOGIT_BUDGET // max(1, tokens * c.d_vocab_out)))
+        logit_rows *= layers_at_once
+    logits = 3 * logit_rows * c.d_vocab_out
+    return 4 * (n_trained * states + activations + logits)
+
+
+def chunk_size(per_rate: int, max_batch_bytes: int) -> int:
+    """How many rates fit in one chunk under ``max_batch_bytes`` (at least 1)."""
+    return max(1, max_batch_bytes // max(1, per_rate))
+
+
+def _in_group(name: str, cfg: FinetuneConfig) -> bool:
+    return any(re.search(PARAM_GROUPS[g], name) for g in cfg.params.split("+"))
+
+
+@dataclass
+class BatchedTraining:
+    """The outcome of :func:`train_rates`.
+
+    ``student`` is a frozen copy of the model (its own parameters untouched); ``params[lr]`` the
+    trained parameters of each rate that finished (names as in ``student.named_parameters()``);
+    ``diverged[lr]`` the reason of each that did not; ``losses[lr]`` each rate's per-step loss (the
+    sum over layers for LCGD), as in :class:`icl_lens.finetune.TrainingTrace`.
+    """
+
+    student: Model
+    params: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)
+    diverged: dict[float, str] = field(default_factory=dict)
+    losses: dict[float, list[float]] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def load(self, lr: float) -> Model:
+        """The student holding rate ``lr``'s trained parameters (written in place)."""
+        own = dict(self.student.named_parameters())
+        for name, value in self.params[lr].items():
+            own[name].copy_(value)
+        return self.student
+
+
+class _RateProjections:
+    """Per-rate attention input projections: rows ``r*B .. (r+1)*B-1`` use ``rate_params[r]``."""
+
+    def __init__(self, student: Model, trained_names: Sequence[str]):
+        self.student = student
+        self.by_layer: dict[int, dict[str, list[str]]] = {}
+        for name in trained_names:
+            layer, _, _, kind = _PROJECTION.match(name).groups()
+            self.by_layer.setdefault(int(layer), {}).setdefault(kind, []).append(name)
+        self.inputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.rate_params: list[dict[str, torch.Tensor]] = []
+
+    def _capture(self, layer: int):
+        def pre_hook(module, args, kwargs):
+            self.inputs[layer] = kwargs
+            return None
+
+        return pre_hook
+
+    def _project(self, layer: int, kind: str):
+        attn = self.student.blocks[layer].attn
+        prefix = f"blocks.{layer}.attn."
+        grouped = "_" if kind in "KV" and hasattr(attn, "_W_K") else ""  # GQA keeps K/V as _W_K [n_kv_heads, ...]
+        weight_attr, bias_attr = f"{grouped}W_{kind}", f"{grouped}b_{kind}"
+
+        def hook(act, hook):
+            x = self.inputs[layer][_INPUT_OF[kind]]
+            rows = x.shape[0] // len(self.rate_params)
+            outs = []
+            for r, params in enumerate(self.rate_params):
+                w = params.get(prefix + weight_attr, getattr(attn, weight_attr))
+                b = params.get(prefix + bias_attr, getattr(attn, bias_attr))
+                outs.append(simple_attn_linear(x[r * rows : (r + 1) * rows], w, b))
+            return torch.cat(outs)
+
+        return hook
+
+    def hooks(self) -> list[tuple[str, Callable]]:
+        return [
+            (f"blocks.{layer}.attn.hook_{kind.lower()}", self._project(layer, kind))
+            for layer, kinds in self.by_layer.items()
+            for kind in kinds
+        ]
+
+    def forward(self, rate_params, run: Callable[[], object], extra_hooks=()):
+        """``run()`` with rows split among ``rate_params`` (pre-hooks removed afterwards)."""
+        self.rate_params = list(rate_params)
+        handles = [
+            self.student.blocks[layer].attn.register_forward_pre_hook(self._capture(layer), with_kwargs=True)
+            for layer in self.by_layer
+        ]
+        try:
+            with self.student.hooks(fwd_hooks=self.hooks() + list(extra_hooks)):
+                return run()
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.inputs.clear()
+
+
+def train_rates(
+    model: Model,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    base: FinetuneConfig,
+    lrs: Sequence[float],
+    method: Method = "gd",
+    progress: bool = False,
+) -> BatchedTraining:
+    """Train a copy of ``model`` at every rate of ``lrs`` together (see the module docstring).
+
+    Check first with :func:`unsupported_reason`; the result at each rate is the one
+    :func:`~icl_lens.finetune.finetune` (``method="gd"``) or LCGD's simultaneous schedule
+    (``"lcgd"``) gives at that rate, up to float32 summation order.
+    """
+    check_demonstrations(model, demo_sequences, answer_lengths)
+    student, trainable = trainable_copy(model, base.params)
+    for param in student.parameters():
+        param.requires_grad_(False)
+    n_layers = student.cfg.n_layers
+    names = list(trainable)
+    rates = sorted(lrs)
+    params = {lr: {n: trainable[n].detach().float().clone().requires_grad_(True) for n in names} for lr in rates}
+    optimizers = {lr: make_optimizer(list(params[lr].values()), replace(base, lr=lr)) for lr in rates}
+    out = BatchedTraining(student=student, losses={lr: [] for lr in rates})
+    projections = _RateProjections(student, names)
+    active = list(rates)
+    batches = list(demo_batches(demo_sequences, answer_lengths, base, student.cfg.device))
+    for step, (tokens, attention_mask, loss_mask) in enumerate(
+        tqdm(batches, desc=f"{method} ×{len(rates)} rates", disable=not progress, leave=False)
+    ):
+        if not active:
+            break
+        # Step 0: every rate still holds the starting weights, so one replica gives every rate's loss and gradient.
+        replicas = active[:1] if step == 0 else active
+        for lr in active:
+            for p in params[lr].values():
+                p.grad = None
+        losses = _batched_losses(
+            student, projections, [params[lr] for lr in replicas], tokens, attention_mask, loss_mask, method
+        )
+        if step == 0:
+            for lr in active[1:]:
+                for name, p in params[lr].items():
+                    source = params[replicas[0]][name].grad
+                    p.grad = None if source is None else source.clone()
+            losses = losses * len(active)
+        for lr, loss in zip(list(active), losses):
+            try:
+                norms = layer_grad_norms(params[lr], n_layers)
+                check_finite(step, loss, norms, what="layer-causal loss" if method == "lcgd" else "loss")
+                clip_layer_gradients(params[lr], base, n_layers)
+                optimizers[lr].step()
+                check_parameters_finite(step, params[lr])
+            except TrainingDivergedError as exc:
+                logger.info("lr %g diverged: %s", lr, exc)
+                out.diverged[lr] = str(exc)
+                active.remove(lr)
+                continue
+            out.losses[lr].append(loss)
+    for lr in active:
+        out.params[lr] = {n: p.detach() for n, p in params[lr].items()}
+    return out
+
+
+def _batched_losses(student, projections, rate_params, tokens, attention_mask, loss_mask, method) -> list[float]:
+    """Forward the batch once per rate (stacked), back-propagate, and return each rate's loss."""
+    n_rates = len(rate_params)
+    n_layers = student.cfg.n_layers
+    rows = tokens.shape[0]
+    stacked_tokens = tokens.repeat(n_rates, 1)
+    stacked_mask = attention_mask.repeat(n_rates, 1)
+
+    def split(resid):
+        return [resid[r * rows : (r + 1) * rows] for r in range(n_rates)]
+
+    if method == "gd":
+        final = projections.forward(
+            rate_params, lambda: student(stacked_tokens, attention_mask=stacked_mask, stop_at_layer=n_layers)
+        )
+        per_rate = masked_next_token_losses(student, split(final), tokens, loss_mask)
+        per_rate.sum().backward()
+        return [float(v) for v in per_rate.detach()]
+
+    block_outputs: dict[int, torch.Tensor] = {}
+
+    def capture(resid, hook):
+        block_outputs[hook.layer()] = resid
+        return resid
+
+    extra = []
+    for layer in range(n_layers):
+        extra.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
+        extra.append((f"blocks.{layer}.hook_resid_post", capture))
+    projections.forward(
+        rate_params,
+        lambda: student(stacked_tokens, attention_mask=stacked_mask, stop_at_layer=n_layers),
+        extra_hooks=extra,
+    )
+    # As layer_causal_losses: groups of whole layers (all rates of a layer together, since a layer's
+    # graph is freed by its backward) whose fp32 logits stay under LOGIT_BUDGET.
+    rows_per_layer = n_rates * max(1, int((loss_mask > 0).sum()))
+    group_size = max(1, LOGIT_BUDGET // (rows_per_layer * student.cfg.d_vocab_out))
+    layer_losses = torch.zeros(n_layers, n_rates)
+    for start in range(0, n_layers, group_size):
+        group = list(range(start, min(n_layers, start + group_size)))
+        residuals = [part for layer in group for part in split(block_outputs.pop(layer))]
+        group_losses = masked_next_token_losses(student, residuals, tokens, loss_mask)
+        group_losses.sum().backward()
+        layer_losses[group] = group_losses.detach().view(len(group), n_rates).cpu()
+    return [float(sum(float(v) for v in layer_losses[:, r])) for r in range(n_rates)]
