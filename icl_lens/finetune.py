@@ -12,7 +12,6 @@ layer-causal GD in :mod:`icl_lens.lcgd`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_token_ids, validate_fields
 from icl_lens.errors import ConfigError, PromptError, TrainingDivergedError
 from icl_lens.lens import logit_lens
-from icl_lens.models.backends import HOOKED, Model, block_parameters, final_residual, parameter_groups
+from icl_lens.models.backends import HOOKED, Model, block_parameters, copy_model, final_residual, parameter_groups
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +157,7 @@ def select_trainable(model: Model, params: str) -> dict[str, torch.nn.Parameter]
 
 def trainable_copy(model: Model, params: str) -> tuple[Model, dict[str, torch.nn.Parameter]]:
     """A deep copy of ``model`` with only the chosen group trainable (the original is untouched)."""
-    # Share the tokenizer instead of copying it (Gemma's 262k-entry tokenizer takes seconds to copy).
-    student = copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})
+    student = copy_model(model)
     student.train(False)  # no dropout in these models, but keep eval semantics explicit
     return student, select_trainable(student, params)
 

@@ -29,7 +29,7 @@ from transformer_lens import ActivationCache
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
 from icl_lens.finetune import layer_of, trainable_copy, trained_parameters
-from icl_lens.models.backends import Model
+from icl_lens.models.backends import Model, backend_of
 from icl_lens.stats import derangement
 
 logger = logging.getLogger(__name__)
@@ -112,9 +112,11 @@ def random_direction_model(original: Model, tuned: Model, params: str, seed: int
     tuned_params = trained_parameters(tuned, params)
     generator = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        for name, param in trainable.items():
+        # drawn in HookedTransformer's layout and parameter order: the same numbers on either backend
+        for name, shape, back in backend_of(copy).in_hooked_layout(copy, trainable):
+            param = trainable[name]
             gd_update = tuned_params[name].detach().double() - param.detach().double()
-            direction = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+            direction = back(torch.randn(shape, generator=generator, dtype=torch.float64))
             scaled = direction * (gd_update.norm() / direction.norm().clamp_min(1e-300))
             param.add_(scaled.to(device=param.device, dtype=param.dtype))
     for param in copy.parameters():

@@ -106,6 +106,11 @@ class Backend:
     def owns(self, model: Model) -> bool:
         raise NotImplementedError
 
+    def copy(self, model: Model) -> Model:
+        """An independent deep copy of ``model`` sharing only its tokenizer (Gemma's 262k-entry
+        tokenizer takes seconds to copy)."""
+        return copy.deepcopy(model, memo={id(model.tokenizer): model.tokenizer})
+
     def encode_prefix(self, model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix | None:
         """The prefix's cache, or None when the prefix must be re-encoded inside every sequence."""
         raise NotImplementedError
@@ -147,6 +152,15 @@ class Backend:
     def attention_windows(self, model: Model) -> list[int | None]:
         """Per layer, the sliding-window size of a local-attention layer, or None for a global one."""
         raise NotImplementedError
+
+    def in_hooked_layout(
+        self, model: Model, parameters: dict[str, torch.Tensor]
+    ) -> list[tuple[str, tuple[int, ...], Any]]:
+        """The parameters as a HookedTransformer lays them out: ``(name, shape, back)`` in its
+        parameter order, ``back(tensor)`` turning a tensor of that shape into the parameter's own
+        layout. Seeded draws made in this layout (the random-direction null) are then the same
+        numbers on both backends. Identity here; the bridge maps its attention projections."""
+        return [(name, tuple(param.shape), lambda tensor: tensor) for name, param in parameters.items()]
 
 
 class HookedBackend(Backend):
@@ -254,12 +268,27 @@ class BridgeBackend(Backend):
             return False
         return isinstance(model, TransformerBridge)
 
+    def copy(self, model: Model) -> Model:
+        """A deep copy whose blocks' capture hooks are wired to the copy itself.
+
+        The bridge's blocks register forward hooks that close over their own block and attention
+        modules (to fork the pre-norm residual, to expose scaled contributions); a deep copy copies
+        the hook registrations but not those closures, so the copy's forward passes would write into,
+        and fire hooks of, the original. Each copied block's hooks are removed (its handles point at
+        the copy's hook tables) and wired again on the copy.
+        """
+        student = super().copy(model)
+        for block in getattr(student, "blocks", []):
+            if hasattr(block, "_teardown_capture_hooks") and hasattr(block, "_maybe_wire_capture_hooks"):
+                block._teardown_capture_hooks()
+                block._maybe_wire_capture_hooks()
+        return student
+
     @torch.no_grad()
     def encode_prefix(self, model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix | None:
         if not bridge_prefix_cache_works(model):
             return None
-        _, cache = model(tokens, attention_mask=torch.ones_like(tokens), return_type="logits_and_cache")
-        return Prefix(length=int(tokens.shape[1]), cache=cache)
+        return _bridge_prefix(model, tokens)
 
     def run_blocks(self, model, tokens, attention_mask, *, n_layers=None, prefix=None, hooks=()):
         n_layers = model.cfg.n_layers if n_layers is None else n_layers
@@ -324,6 +353,24 @@ class BridgeBackend(Backend):
             return None
         return value
 
+    _HOOKED_ATTENTION_ORDER = ("W_Q", "W_O", "b_Q", "b_O", "W_K", "W_V", "b_K", "b_V")
+
+    def in_hooked_layout(self, model, parameters):
+        laid_out = []
+        for name, param in parameters.items():
+            match = re.match(r"^blocks\.(\d+)\.attn\.([qkvo])\.(weight|bias)$", name)
+            if match is None:
+                laid_out.append(((1, name), (name, tuple(param.shape), lambda tensor: tensor)))
+                continue
+            layer, part, kind = int(match.group(1)), match.group(2), match.group(3)
+            module = getattr(model.blocks[layer].attn, part).original_component
+            heads = model.cfg.n_heads if part in "qo" else (model.cfg.n_key_value_heads or model.cfg.n_heads)
+            shape, back = _attention_layout(part, kind, tuple(param.shape), heads, isinstance(module, torch.nn.Linear))
+            hooked_name = f"{'W' if kind == 'weight' else 'b'}_{part.upper()}"
+            key = (0, layer, self._HOOKED_ATTENTION_ORDER.index(hooked_name))
+            laid_out.append((key, (name, shape, back)))
+        return [entry for _, entry in sorted(laid_out, key=lambda item: item[0])]
+
     def attention_windows(self, model):
         config = model.original_model.config
         config = getattr(config, "text_config", None) or config
@@ -335,6 +382,28 @@ class BridgeBackend(Backend):
         if layer_types:
             return [int(window) if kind == "sliding_attention" else None for kind in layer_types[:n_layers]]
         return [int(window) if getattr(config, "use_sliding_window", True) else None] * n_layers
+
+
+def _attention_layout(part: str, kind: str, shape: tuple[int, ...], heads: int, linear: bool):
+    """HookedTransformer's shape of a Hugging Face attention projection's weight or bias, and the map
+    from that shape back to the projection's own. ``linear``: ``nn.Linear`` stores [out, in]; GPT-2's
+    ``Conv1D`` stores [in, out]. HookedTransformer: W_Q/W_K/W_V [heads, d_model, d_head], W_O
+    [heads, d_head, d_model], b_Q/b_K/b_V [heads, d_head], b_O [d_model]."""
+    if kind == "bias":
+        if part == "o":
+            return shape, lambda tensor: tensor
+        return (heads, shape[0] // heads), lambda tensor: tensor.reshape(shape)
+    if part in "qkv":
+        if linear:  # [heads*d_head, d_model]
+            d_head, d_model = shape[0] // heads, shape[1]
+            return (heads, d_model, d_head), lambda tensor: tensor.transpose(1, 2).reshape(shape)
+        d_model, d_head = shape[0], shape[1] // heads  # [d_model, heads*d_head]
+        return (heads, d_model, d_head), lambda tensor: tensor.permute(1, 0, 2).reshape(shape)
+    if linear:  # o: [d_model, heads*d_head]
+        d_model, d_head = shape[0], shape[1] // heads
+        return (heads, d_head, d_model), lambda tensor: tensor.reshape(heads * d_head, d_model).T
+    d_head, d_model = shape[0] // heads, shape[1]  # o: [heads*d_head, d_model]
+    return (heads, d_head, d_model), lambda tensor: tensor.reshape(shape)
 
 
 HOOKED = HookedBackend()
@@ -355,6 +424,19 @@ _CACHE_CHECK_ATTR = "_icl_lens_prefix_cache_works"
 
 
 @torch.no_grad()
+def _bridge_prefix(model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefix:
+    """The prefix's Hugging Face cache, kept whole in every layer: a cache built from the model's
+    config keeps only the last ``window`` keys of a sliding-window layer, and the recorded attention
+    needs every key at its absolute position (the window is applied by the attention mask instead)."""
+    from transformers import DynamicCache
+
+    _, cache = model(
+        tokens, attention_mask=torch.ones_like(tokens), past_key_values=DynamicCache(), return_type="logits_and_cache"
+    )
+    return Prefix(length=int(tokens.shape[1]), cache=cache)
+
+
+@torch.no_grad()
 def bridge_prefix_cache_works(model: Model, tolerance: float = 1e-3) -> bool:
     """Whether the bridge's Hugging Face key/value cache gives the full forward pass's residual
     stream (checked once per model on a short sequence; remembered on the model)."""
@@ -365,8 +447,7 @@ def bridge_prefix_cache_works(model: Model, tolerance: float = 1e-3) -> bool:
     tokens = (torch.arange(n_tokens, device=model.cfg.device) * 7 + 3)[None] % int(model.cfg.d_vocab)
     mask = torch.ones_like(tokens)
     full = BRIDGE.run_blocks(model, tokens, mask)
-    _, cache = model(tokens[:, :3], attention_mask=mask[:, :3], return_type="logits_and_cache")
-    suffix = BRIDGE.run_blocks(model, tokens[:, 3:], mask[:, 3:], prefix=Prefix(length=3, cache=cache))
+    suffix = BRIDGE.run_blocks(model, tokens[:, 3:], mask[:, 3:], prefix=_bridge_prefix(model, tokens[:, :3]))
     scale = float(full[:, 3:].abs().max().clamp_min(1.0))
     works = bool(torch.allclose(suffix.float(), full[:, 3:].float(), atol=tolerance * scale, rtol=tolerance))
     if not works:
@@ -394,6 +475,11 @@ def final_residual(
     return backend_of(model).run_blocks(model, tokens, attention_mask, n_layers=n_layers, prefix=prefix, hooks=hooks)
 
 
+def copy_model(model: Model) -> Model:
+    """An independent deep copy of ``model`` (:meth:`Backend.copy`)."""
+    return backend_of(model).copy(model)
+
+
 def parameter_groups(model: Model) -> dict[str, str]:
     """The finetuning groups (``kv``, ``q``, ``o``, ``mlp``, ``all``) as patterns over ``model``'s
     :meth:`Backend.block_parameters` names."""
@@ -418,6 +504,7 @@ __all__ = [
     "block_parameters",
     "bridge_prefix_cache_works",
     "check_backend",
+    "copy_model",
     "default_backend",
     "final_residual",
     "has_hooked_transformer",
