@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from icl_lens.figures import save_figure
+from icl_lens.reporting.figures import save_figure
 
 logger = logging.getLogger(__name__)
 

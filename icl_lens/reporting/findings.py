@@ -15,7 +15,7 @@ the test and a verdict:
 * **missing: <what>** — the cells lack an input; never a verdict then.
 
 Intervals (percentile, ``--confidence``): per task, the two-level bootstrap of
-:mod:`icl_lens.aggregate` (resample seeds, then queries within each drawn seed); pooled, the tasks
+:mod:`icl_lens.reporting.aggregate` (resample seeds, then queries within each drawn seed); pooled, the tasks
 are fixed and each task's draws are averaged over tasks. Every draw is seeded (``--seed``, plus a
 stable hash of claim and task). Definitions the papers leave open, chosen here:
 
@@ -51,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from icl_lens.aggregate import (
+from icl_lens.errors import ConfigError, ResultsError
+from icl_lens.reporting.aggregate import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     QUANTITIES,
@@ -69,9 +70,8 @@ from icl_lens.aggregate import (
     stable_rng,
     two_level_draws,
 )
-from icl_lens.errors import ConfigError, ResultsError
+from icl_lens.reporting.summary import format_interval
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
-from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ For every cell folder holding a verified ``results.json`` this writes ``report.h
 * the metric tables (accuracy per setting; Rec2FTP, Jaccard and the prediction-change partition
   for FT and LCGD; per-layer SimAOU / SimAM / SimAM_Δ / α), every number with its bootstrap
   interval when the results carry one (``0.855 [0.805, 0.900]``,
-  :func:`icl_lens.summary.format_interval`);
+  :func:`icl_lens.reporting.summary.format_interval`);
 * the nulls (SimAOU and SimAM_Δ of FT and LCGD beside the uniform-random, shuffled-pair,
   wrong-label and random-direction nulls; Jaccard beside its independence expectation) and the
   paired tests (exact McNemar vs ZSL; paired bootstrap of LCGD − GD);
-* the figures of :mod:`icl_lens.figures` (per-layer SimAOU and SimAM_Δ, GD vs LCGD; prediction
+* the figures of :mod:`icl_lens.reporting.figures` (per-layer SimAOU and SimAM_Δ, GD vs LCGD; prediction
   changes; gradient-norm heatmaps), written beside as ``report_*.png`` and embedded as data URIs;
 * when the cell has ``attention_maps.safetensors`` (:func:`icl_lens.viz.save_attention_maps`),
   an interactive attention section: ``<select>`` elements pick the example, layer, head (or all
@@ -23,7 +23,7 @@ upper one is causally masked), decoded in the page on demand; whole examples are
 they fit in a size budget (``--max-mb``, 24 MB by default: a typical cell — 4 examples of ~30
 tokens, 30 layers × 9 heads, 4 settings, pattern and scores — makes a ~13 MB page, 1.3 MB of which
 is the circuitsvis bundle). ``RESULTS_DIR/index.html`` is a dashboard of all cells: the findings
-(a verdict per claim, :mod:`icl_lens.findings`), cross-cell tables with intervals, per-layer
+(a verdict per claim, :mod:`icl_lens.reporting.findings`), cross-cell tables with intervals, per-layer
 figures across tasks, and links to every cell's report.
 """
 
@@ -41,8 +41,8 @@ from typing import Any
 import torch
 
 from icl_lens.errors import ConfigError, ResultsError
+from icl_lens.reporting.summary import format_interval
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
-from icl_lens.summary import format_interval
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def metric_tables(results: dict[str, Any]) -> str:
                 rows,
             )
         )
-        from icl_lens.figures import PARTITION
+        from icl_lens.reporting.figures import PARTITION
 
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
@@ -502,7 +502,7 @@ def tests_table(results: dict[str, Any]) -> str:
 
 def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Path]]:
     """Write the cell's PNG figures beside its results; returns (caption, path) pairs."""
-    from icl_lens import figures
+    from icl_lens.reporting import figures
 
     metrics = results.get("metrics", {})
     tuned = tuple(s for s in FINETUNED if s in metrics)
@@ -774,8 +774,8 @@ def _with_interval(stats: dict[str, Any], name: str, scale: float, digits: int) 
 
 def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
     """Cross-cell tables: per task × model × k (× untrained), each quantity's mean over seeds with
-    its two-level bootstrap interval (:func:`icl_lens.aggregate.aggregate`)."""
-    from icl_lens.aggregate import aggregate, group_label
+    its two-level bootstrap interval (:func:`icl_lens.reporting.aggregate.aggregate`)."""
+    from icl_lens.reporting.aggregate import aggregate, group_label
 
     agg = aggregate(all_results)
     rows = []
@@ -799,7 +799,7 @@ def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
 
 def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) -> list[tuple[str, Path]]:
     """Per-layer SimAOU and SimAM_Δ across tasks (GD vs LCGD), one figure pair per trained model."""
-    from icl_lens import figures
+    from icl_lens.reporting import figures
 
     out: list[tuple[str, Path]] = []
     by_model: dict[str, list[dict[str, Any]]] = {}
@@ -835,9 +835,9 @@ def build_index(
     analyses: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``results_dir/index.html``: a dashboard of every cell — the findings (a verdict per
-    claim, :mod:`icl_lens.findings`), cross-cell tables with intervals, per-layer figures across
+    claim, :mod:`icl_lens.reporting.findings`), cross-cell tables with intervals, per-layer figures across
     tasks — and a table linking every cell's report."""
-    from icl_lens.findings import FINDINGS_HEADER, evaluate_findings, find_analyses, table_rows
+    from icl_lens.reporting.findings import FINDINGS_HEADER, evaluate_findings, find_analyses, table_rows
     from icl_lens.viz.html import page
 
     results_dir = Path(results_dir)

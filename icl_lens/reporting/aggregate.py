@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from icl_lens.errors import ConfigError
-from icl_lens.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
+from icl_lens.reporting.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
 from icl_lens.results import dig, precision_of
 
 DEFAULT_RESAMPLES = 1000
