@@ -1,0 +1,3 @@
+"""Moved to :mod:`icl_lens.reporting.report`; this path stays importable for existing code."""
+
+from icl_lens.reporting.report import *  # noqa: F403
