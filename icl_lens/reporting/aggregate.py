@@ -24,6 +24,7 @@ import numpy as np
 
 from icl_lens.errors import ConfigError
 from icl_lens.reporting.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
+from icl_lens.reporting.tables import Table, format_interval, format_mean_std
 from icl_lens.results import dig, precision_of
 
 DEFAULT_RESAMPLES = 1000
@@ -417,34 +418,27 @@ def aggregate(
     return out
 
 
-def _pm(stats: dict[str, dict[str, float]], name: str, scale: float = 1.0, digits: int = 3) -> str:
-    if name not in stats:
-        return "–"
-    s = stats[name]
-    text = f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
-    if s.get("ci"):
-        text += f" [{s['ci'][0] * scale:.{digits}f}, {s['ci'][1] * scale:.{digits}f}]"
-    return text
-
-
-def _ref(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def markdown_tables(agg: dict[tuple, dict[str, dict[str, float]]]) -> str:
     """Table 1 (accuracy, Rec2FTP, Jaccard) and Table 2 (SimAOU, SimAM, SimAM_Δ), ours beside the
     reference (1.3B GPT, k = 32) in parentheses."""
-    rows1 = [
-        "| task | model | k | ZSL | ICL | FT | LCGD | Rec2FTP | Jaccard % | ref ZSL / FT / ICL, Jaccard % |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    header1 = [
+        "task",
+        "model",
+        "k",
+        "ZSL",
+        "ICL",
+        "FT",
+        "LCGD",
+        "Rec2FTP",
+        "Jaccard %",
+        "ref ZSL / FT / ICL, Jaccard %",
     ]
-    rows2 = [
-        "| task | model | SimAOU GD (ref) | SimAOU LCGD (ref) | random | SimAM GD | ZSL SimAM | "
-        "SimAM_Δ GD (ref) | SimAM_Δ LCGD (ref) | α |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header2 = ["task", "model", "SimAOU GD (ref)", "SimAOU LCGD (ref)", "random", "SimAM GD", "ZSL SimAM"]
+    header2 += ["SimAM_Δ GD (ref)", "SimAM_Δ LCGD (ref)", "α"]
+    rows1, rows2 = [], []
     for (task, model, k, untrained, variant), s in sorted(agg.items()):
         label = group_label(model, untrained, variant)
+        pm = lambda name, scale=1.0, digits=3, s=s: format_mean_std(s.get(name), scale, digits)
         ref_acc = REFERENCE_ACCURACY.get(task, {})
         ref_acc_text = (
             f"{ref_acc['zsl']:.1f} / {ref_acc['ft']:.1f} / {ref_acc['icl']:.1f}, {ref_acc['jaccard']:.1f}"
@@ -452,27 +446,26 @@ def markdown_tables(agg: dict[tuple, dict[str, dict[str, float]]]) -> str:
             else "–"
         )
         rows1.append(
-            f"| {task} | {label} | {k} | {_pm(s, 'acc_zsl', 100, 1)} | {_pm(s, 'acc_icl', 100, 1)} | "
-            f"{_pm(s, 'acc_ft', 100, 1)} | {_pm(s, 'acc_lcgd', 100, 1)} | {_pm(s, 'rec2ftp', 1, 1)} | "
-            f"{_pm(s, 'jaccard', 100, 1)} | {ref_acc_text} |"
+            [task, label, k, pm("acc_zsl", 100, 1), pm("acc_icl", 100, 1), pm("acc_ft", 100, 1)]
+            + [pm("acc_lcgd", 100, 1), pm("rec2ftp", 1, 1), pm("jaccard", 100, 1), ref_acc_text]
         )
         ref = REFERENCE_SIMILARITY.get(task, {})
         if untrained:
             ref_ft, ref_delta = ref.get("untrained_simaou"), ref.get("untrained_simam_delta")
+            ref_lcgd = ref_delta_lcgd = None
         else:
             ref_ft, ref_delta = ref.get("simaou_ft"), ref.get("simam_delta_ft")
+            ref_lcgd, ref_delta_lcgd = ref.get("simaou_lcgd"), ref.get("simam_delta_lcgd")
+        with_ref = lambda name, value, pm=pm: f"{pm(name)} ({format_interval(value, None)})"
         rows2.append(
-            f"| {task} | {label} | {_pm(s, 'simaou_ft')} ({_ref(ref_ft)}) | "
-            f"{_pm(s, 'simaou_lcgd')} ({_ref(None if untrained else ref.get('simaou_lcgd'))}) | "
-            f"{_pm(s, 'simaou_random')} | {_pm(s, 'simam_ft')} | {_pm(s, 'simam_zsl')} | "
-            f"{_pm(s, 'simam_delta_ft')} ({_ref(ref_delta)}) | "
-            f"{_pm(s, 'simam_delta_lcgd')} ({_ref(None if untrained else ref.get('simam_delta_lcgd'))}) | "
-            f"{_pm(s, 'alpha')} |"
+            [task, label, with_ref("simaou_ft", ref_ft), with_ref("simaou_lcgd", ref_lcgd), pm("simaou_random")]
+            + [pm("simam_ft"), pm("simam_zsl"), with_ref("simam_delta_ft", ref_delta)]
+            + [with_ref("simam_delta_lcgd", ref_delta_lcgd), pm("alpha")]
         )
     return (
         "### Table 1 — predictions (accuracy %, mean ± sample std over seeds [two-level bootstrap "
         "interval: seeds, then queries])\n\n"
-        + "\n".join(rows1)
+        + Table(header1, rows1).markdown()
         + "\n\n### Table 2 — attention (mean over layers, mean ± sample std over seeds [interval]; reference in "
-        "parentheses)\n\n" + "\n".join(rows2) + "\n"
+        "parentheses)\n\n" + Table(header2, rows2).markdown() + "\n"
     )

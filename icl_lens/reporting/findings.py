@@ -70,7 +70,7 @@ from icl_lens.reporting.aggregate import (
     stable_rng,
     two_level_draws,
 )
-from icl_lens.reporting.summary import format_interval
+from icl_lens.reporting.tables import Table, format_interval
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 
 logger = logging.getLogger(__name__)
@@ -623,7 +623,7 @@ def _untrained_rows(study: Study, n_resamples: int, confidence: float, seed: int
         diff_ci, icl_ci = _interval(diff.draws, confidence), _interval(icl_est.draws, confidence)
         note = (
             "untrained ICL − ZSL accuracy: "
-            + _fmt_value(icl_est.value, icl_ci)
+            + format_interval(icl_est.value, icl_ci)
             + "; comparable = untrained − trained SimAOU interval reaches 0 or above; ICL does not beat ZSL = "
             "its interval reaches 0 or below"
         )
@@ -815,10 +815,6 @@ def evaluate_findings(
 # Output
 
 
-def _fmt_value(value: float | None, interval: Sequence[float] | None, digits: int = 3) -> str:
-    return format_interval(value, interval, digits)
-
-
 FINDINGS_HEADER = ("study", "claim", "task", "seeds", "effect [interval]", "null", "test", "verdict")
 
 
@@ -834,7 +830,7 @@ def table_rows(findings: dict[str, Any]) -> list[list[str]]:
                 r["statement"],
                 r["task"],
                 "–" if r["n_seeds"] is None else str(r["n_seeds"]),
-                _fmt_value(r["effect"], r["interval"]),
+                format_interval(r["effect"], r["interval"]),
                 null,
                 test,
                 r["verdict"],
@@ -846,16 +842,13 @@ def table_rows(findings: dict[str, Any]) -> list[list[str]]:
 def findings_markdown(findings: dict[str, Any]) -> str:
     """The findings table as markdown, with the interval settings and the verdict rule."""
     s = findings["settings"]
-    cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
     lines = [
         f"### Findings ({100 * s['confidence']:g} % intervals, {s['n_resamples']} resamples, seed {s['seed']})",
         "",
         findings["verdicts"] + ".",
         "",
-        cells(FINDINGS_HEADER),
-        cells(["---"] * len(FINDINGS_HEADER)),
+        Table(FINDINGS_HEADER, table_rows(findings)).markdown(),
     ]
-    lines += [cells(row) for row in table_rows(findings)]
     return "\n".join(lines) + "\n"
 
 

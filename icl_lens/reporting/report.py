@@ -5,7 +5,7 @@ For every cell folder holding a verified ``results.json`` this writes ``report.h
 * the metric tables (accuracy per setting; Rec2FTP, Jaccard and the prediction-change partition
   for FT and LCGD; per-layer SimAOU / SimAM / SimAM_Δ / α), every number with its bootstrap
   interval when the results carry one (``0.855 [0.805, 0.900]``,
-  :func:`icl_lens.reporting.summary.format_interval`);
+  :func:`icl_lens.reporting.tables.format_interval`);
 * the nulls (SimAOU and SimAM_Δ of FT and LCGD beside the uniform-random, shuffled-pair,
   wrong-label and random-direction nulls; Jaccard beside its independence expectation) and the
   paired tests (exact McNemar vs ZSL; paired bootstrap of LCGD − GD);
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from icl_lens.errors import ConfigError, ResultsError
-from icl_lens.reporting.summary import format_interval
+from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
 from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
 
 logger = logging.getLogger(__name__)
@@ -215,23 +215,6 @@ REPORT_JS = r"""
 """
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return "NaN" if value != value else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
 def _label(setting: str) -> str:
     return SETTING_LABELS.get(setting, setting.upper())
 
@@ -242,11 +225,6 @@ def _title(results: dict[str, Any]) -> str:
     untrained = " (untrained)" if cfg.get("untrained") else ""
     k = k if k is not None else cfg.get("k")
     return f"{dig(results, 'task', 'name')} · {cfg.get('model')}{untrained} · k={k} · seed {cfg.get('seed')}"
-
-
-def _summary(summary: dict[str, Any] | None, digits: int = 3) -> str:
-    """A per-layer summary dict (``mean``, ``ci``) as its mean over layers with the interval."""
-    return "–" if not summary else format_interval(summary.get("mean"), summary.get("ci"), digits)
 
 
 def _uncertainty_note(results: dict[str, Any]) -> str:
@@ -269,9 +247,9 @@ def metric_tables(results: dict[str, Any]) -> str:
     settings = [s for s in ("zsl", "icl", "ft", "lcgd") if s in accuracy]
     parts.append(
         "<h3>Accuracy</h3>"
-        + _table(
+        + Table(
             ["setting", "accuracy"], [[_label(s), format_interval(accuracy[s], accuracy_ci.get(s))] for s in settings]
-        )
+        ).html()
     )
     metrics = results.get("metrics", {})
     tuned = [s for s in FINETUNED if s in metrics]
@@ -286,18 +264,18 @@ def metric_tables(results: dict[str, Any]) -> str:
                     _label(s),
                     format_interval(m.get("rec2ftp"), m.get("rec2ftp_ci"), 1),
                     format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
-                    _fmt(changes.get("jaccard_correct")),
-                    _fmt(changes.get("jaccard_incorrect")),
-                    _summary(m.get("simaou")),
-                    _summary(m.get("simam")),
-                    _summary(m.get("simam_delta")),
+                    format_value(changes.get("jaccard_correct")),
+                    format_value(changes.get("jaccard_incorrect")),
+                    format_summary(m.get("simaou")),
+                    format_summary(m.get("simam")),
+                    format_summary(m.get("simam_delta")),
                     format_interval(token.get("token_overlap"), token.get("token_overlap_ci")),
                     format_interval(token.get("overlap_cosine"), token.get("overlap_cosine_ci")),
                 ]
             )
         parts.append(
             "<h3>ICL vs finetuning (means over layers)</h3>"
-            + _table(
+            + Table(
                 [
                     "setting",
                     "Rec2FTP %",
@@ -311,16 +289,18 @@ def metric_tables(results: dict[str, Any]) -> str:
                     "overlap cosine",
                 ],
                 rows,
-            )
+            ).html()
         )
         from icl_lens.reporting.figures import PARTITION
 
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
-        rows = [[_label(s), *(_fmt(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned]
+        rows = [
+            [_label(s), *(format_value(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned
+        ]
         parts.append(
             "<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
-            + _table(["tuned setting", *(name for _, name in partition)], rows)
+            + Table(["tuned setting", *(name for _, name in partition)], rows).html()
         )
     parts.append(nulls_tables(results))
     parts.append(tests_table(results))
@@ -344,7 +324,7 @@ def metric_tables(results: dict[str, Any]) -> str:
     lr = results.get("lr") or {}
     if lr:
         parts.append(
-            f'<p class="facts">learning rate: {html.escape(_fmt(lr.get("lr"), 6))} '
+            f'<p class="facts">learning rate: {html.escape(format_value(lr.get("lr"), 6))} '
             f"({html.escape(str(lr.get('mode', 'sweep')))})</p>"
         )
     return "\n".join(p for p in parts if p)
@@ -363,13 +343,13 @@ def _per_layer_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
     def mean_cell(summary: dict[str, Any]) -> str:
         if summary.get("mean") is not None:
-            return _summary(summary)
+            return format_summary(summary)
         present = [v for v in summary["per_layer"] if v is not None]  # old results without a mean
         return format_interval(sum(present) / len(present), None) if present else "–"
 
     rows = [[str(layer), *(layer_cell(summary, layer) for _, summary in columns)] for layer in range(n_layers)]
     rows.append(["mean", *(mean_cell(summary) for _, summary in columns)])
-    return _table(["layer", *(name for name, _ in columns)], rows)
+    return Table(["layer", *(name for name, _ in columns)], rows).html()
 
 
 #: The nulls of a finetuned setting's similarities (Dai et al. 2023's uniform-random vector, and
@@ -405,8 +385,8 @@ def nulls_tables(results: dict[str, Any]) -> str:
                 [
                     _label(setting),
                     name,
-                    _summary(observed),
-                    *(_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS),
+                    format_summary(observed),
+                    *(format_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS),
                 ]
             )
             columns = [(f"{name} {_label(setting)}", observed)] + [
@@ -424,27 +404,31 @@ def nulls_tables(results: dict[str, Any]) -> str:
         "(ICL's update of one query against FT's of another), finetuning on the demonstrations with wrong "
         "labels, and a random-direction update of FT's size. A null that reaches the observed value means "
         "the similarity does not need what the null removes.</p>",
-        _table(["setting", "metric", "observed", *(h for _, h in NULL_COLUMNS)], rows),
+        Table(["setting", "metric", "observed", *(h for _, h in NULL_COLUMNS)], rows).html(),
     ]
     wrong = [
         (s, dig(nulls, s, "wrong_label")) for s in FINETUNED if dig(nulls, s, "wrong_label", "accuracy") is not None
     ]
     if wrong:
         parts.append(
-            _table(
+            Table(
                 ["setting", "accuracy after wrong-label finetuning", "demonstrations relabelled"],
                 [
-                    [_label(s), format_interval(w.get("accuracy"), w.get("accuracy_ci")), _fmt(w.get("n_relabelled"))]
+                    [
+                        _label(s),
+                        format_interval(w.get("accuracy"), w.get("accuracy_ci")),
+                        format_value(w.get("n_relabelled")),
+                    ]
                     for s, w in wrong
                 ],
-            )
+            ).html()
         )
     independence = [
         (s, dig(nulls, s, "jaccard_independence")) for s in FINETUNED if dig(nulls, s, "jaccard_independence")
     ]
     if independence:
         parts.append(
-            _table(
+            Table(
                 ["setting", "Jaccard % (ICL, tuned changes)", "expected % if independent"],
                 [
                     [
@@ -455,7 +439,7 @@ def nulls_tables(results: dict[str, Any]) -> str:
                     for s, j in independence
                 ],
                 "the expectation given how many predictions each changed",
-            )
+            ).html()
         )
     return "\n".join(parts + per_layer)
 
@@ -495,8 +479,9 @@ def tests_table(results: dict[str, Any]) -> str:
         )
     if not rows:
         return ""
-    return '<h3 id="tests">Paired tests (same queries)</h3>' + _table(
-        ["comparison", "of", "test", "difference [interval]", "discordant", "p"], rows
+    return (
+        '<h3 id="tests">Paired tests (same queries)</h3>'
+        + Table(["comparison", "of", "test", "difference [interval]", "discordant", "p"], rows).html()
     )
 
 
@@ -766,12 +751,6 @@ DASHBOARD_COLUMNS = (
 )
 
 
-def _with_interval(stats: dict[str, Any], name: str, scale: float, digits: int) -> str:
-    if name not in stats:
-        return "–"
-    return format_interval(stats[name]["mean"], stats[name].get("ci"), digits, scale)
-
-
 def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
     """Cross-cell tables: per task × model × k (× untrained), each quantity's mean over seeds with
     its two-level bootstrap interval (:func:`icl_lens.reporting.aggregate.aggregate`)."""
@@ -785,16 +764,16 @@ def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
             [
                 task,
                 group_label(model, untrained, variant),
-                _fmt(k),
+                format_value(k),
                 str(n),
-                *(_with_interval(stats, name, scale, digits) for _, name, scale, digits in DASHBOARD_COLUMNS),
+                *(format_summary(stats.get(name), digits, scale) for _, name, scale, digits in DASHBOARD_COLUMNS),
             ]
         )
-    return _table(
+    return Table(
         ["task", "model", "k", "seeds", *(h for h, *_ in DASHBOARD_COLUMNS)],
         rows,
         "mean over seeds [interval: resample seeds, then queries within each seed]",
-    )
+    ).html()
 
 
 def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) -> list[tuple[str, Path]]:
@@ -848,31 +827,20 @@ def build_index(
         ft = dig(results, "metrics", "ft") or {}
         jaccard = dig(ft, "prediction_changes", "jaccard")
         cfg = results.get("config", {})
-        rows.append(
-            f'<tr><td><a href="{html.escape(href)}">{html.escape(cell_dir.name or results_dir.name)}</a></td>'
-            + "".join(
-                f"<td>{html.escape(_fmt(v))}</td>"
-                for v in (
-                    dig(results, "task", "name"),
-                    cfg.get("model"),
-                    dig(results, "prompts", "k_used"),
-                    cfg.get("seed"),
-                    results.get("n_examples"),
-                    *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
-                    None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
-                    None if jaccard is None else round(100 * float(jaccard), 1),
-                )
-            )
-            + "</tr>"
+        link = Html(f'<a href="{html.escape(href)}">{html.escape(cell_dir.name or results_dir.name)}</a>')
+        values = (
+            dig(results, "task", "name"),
+            cfg.get("model"),
+            dig(results, "prompts", "k_used"),
+            cfg.get("seed"),
+            results.get("n_examples"),
+            *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
+            None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
+            None if jaccard is None else round(100 * float(jaccard), 1),
         )
+        rows.append([link, *(format_value(v) for v in values)])
     header = ["cell", "task", "model", "k", "seed", "n", "ZSL", "ICL", "FT", "LCGD", "Rec2FTP %", "Jaccard %"]
-    table = (
-        "<table><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in header)
-        + "</tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
+    table = Table(header, rows).html()
     all_results = [r for _, r in cells]
     findings = evaluate_findings(all_results, find_analyses(results_dir) if analyses is None else analyses)
     settings = findings["settings"]
@@ -880,7 +848,7 @@ def build_index(
         f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
         f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
         "pooled). The same table: <code>icl-lens findings</code>.</p>"
-        + _table(list(FINDINGS_HEADER), table_rows(findings))
+        + Table(list(FINDINGS_HEADER), table_rows(findings)).html()
     )
     figures_html = "\n".join(_img(path, caption) for caption, path in dashboard_figures(all_results, results_dir))
     body = (
@@ -891,7 +859,7 @@ def build_index(
         f'<section id="across-cells"><h2>Across cells</h2>\n{dashboard_tables(all_results)}</section>\n'
         f'<section id="per-layer"><h2>Per layer, across tasks</h2>\n'
         f"{figures_html or '<p>No finetuned setting: no figure.</p>'}</section>\n"
-        f'<section id="cells"><h2>Cells</h2>\n<div class="table-wrap">{table}</div></section>'
+        f'<section id="cells"><h2>Cells</h2>\n{table}</section>'
     )
     path = results_dir / INDEX_FILE
     atomic_write_text(path, page(f"icl_lens results: {results_dir.name}", body, css=REPORT_CSS, include_bundle=False))

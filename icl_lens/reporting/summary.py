@@ -7,37 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from icl_lens.reporting.tables import Table, format_interval, format_summary
 from icl_lens.results import dig
 
-
-def format_interval(value: Any, ci: Sequence[float] | None, digits: int = 3, scale: float = 1.0) -> str:
-    """``value [low, high]`` (each times ``scale``, ``digits`` decimals), or the bare value when
-    there is no (finite) interval, e.g. in results written before intervals existed; ``–`` for a
-    missing or NaN value. The one formatter of intervals in the printed tables, the HTML reports
-    and the findings."""
-    if value is None or isinstance(value, bool) or (isinstance(value, float) and value != value):
-        return "–"
-    text = f"{scale * value:.{digits}f}"
-    if (
-        ci is not None
-        and len(ci) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in ci)
-    ):
-        text += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
-    return text
-
-
-def _summary_cell(summary: dict[str, Any] | None) -> str:
-    """A per-layer summary dict as its mean over layers with the interval."""
-    if not summary:
-        return "–"
-    return format_interval(summary.get("mean"), summary.get("ci"))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+__all__ = ["accuracy_table", "format_interval", "nulls_table", "similarity_table", "summary"]
 
 
 def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
@@ -59,7 +32,7 @@ def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
                 format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
             ]
         )
-    return _table(header, rows)
+    return Table(header, rows).text()
 
 
 def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
@@ -68,7 +41,7 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results_list:
         m = r.get("metrics", {})
-        cell = lambda *path, m=m: _summary_cell(dig(m, *path))
+        cell = lambda *path, m=m: format_summary(dig(m, *path))
         rows.append(
             [
                 r["task"]["name"],
@@ -82,7 +55,7 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
                 cell("alpha"),
             ]
         )
-    return _table(header, rows)
+    return Table(header, rows).text()
 
 
 def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
@@ -102,9 +75,9 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
                         r["task"]["name"],
                         setting.upper(),
                         metric,
-                        _summary_cell(dig(r, "metrics", setting, metric)),
+                        format_summary(dig(r, "metrics", setting, metric)),
                         *(
-                            _summary_cell(dig(nulls, null, metric))
+                            format_summary(dig(nulls, null, metric))
                             for null in ("shuffled_pair", "wrong_label", "random_direction")
                         ),
                     ]
@@ -121,7 +94,7 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
                     "",
                 ]
             )
-    return _table(header, rows) if rows else ""
+    return Table(header, rows).text() if rows else ""
 
 
 def summary(results_list: Sequence[dict[str, Any]]) -> str:
