@@ -819,3 +819,24 @@ def per_example(results: dict[str, Any], setting: str | None, metric: str) -> li
     if metric == "correct":
         return dig(results, "per_example", "correct", setting)
     return dig(results, "per_example", metric) if setting is None else dig(results, "per_example", setting, metric)
+
+
+def null_per_example(results: dict[str, Any], setting: str, null: str, metric: str) -> list[Any] | None:
+    """Per-query values (``[query][layer]``; ``correct``: 0/1) of ``metric`` under a null of a finetuned setting."""
+    return dig(results, "per_example", "nulls", setting, null, metric)
+
+
+def jaccard_independence(results: dict[str, Any], setting: str) -> dict[str, Any] | None:
+    """The Jaccard index of ``setting`` beside its independence expectation (``expected``,
+    ``observed``, ``observed_ci``)."""
+    return dig(results, "nulls", setting, "jaccard_independence")
+
+
+def paired_test(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A paired test (``icl_vs_zsl``, ``lcgd_vs_ft_simaou``, …): ``test``, ``difference``, ``ci``, ``p_value``."""
+    return dig(results, "tests", name)
+
+
+def prediction_changes(results: dict[str, Any], setting: str) -> dict[str, Any] | None:
+    """Which predictions ICL and ``setting`` changed from ZSL: the Jaccard indices and the partition counts."""
+    return dig(results, "metrics", setting, "prediction_changes")

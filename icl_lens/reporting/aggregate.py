@@ -25,30 +25,35 @@ import numpy as np
 from icl_lens.errors import ConfigError
 from icl_lens.reporting.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
 from icl_lens.reporting.tables import Table, format_interval, format_mean_std
-from icl_lens.results import dig, precision_of
+from icl_lens.results import (
+    SETTINGS,
+    accuracy,
+    accuracy_interval,
+    dig,
+    metric_interval,
+    metric_path,
+    metric_value,
+    per_example,
+    precision_of,
+)
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 
 # Scalar summaries pulled out of one cell's results: name -> getter.
 SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "acc_zsl": lambda r: r["accuracy"].get("zsl"),
-    "acc_icl": lambda r: r["accuracy"].get("icl"),
-    "acc_ft": lambda r: r["accuracy"].get("ft"),
-    "acc_lcgd": lambda r: r["accuracy"].get("lcgd"),
-    "rec2ftp": lambda r: dig(r, "metrics", "ft", "rec2ftp"),
-    "jaccard": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard"),
-    "jaccard_correct": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard_correct"),
-    "jaccard_incorrect": lambda r: dig(r, "metrics", "ft", "prediction_changes", "jaccard_incorrect"),
-    "simaou_ft": lambda r: dig(r, "metrics", "ft", "simaou", "mean"),
-    "simaou_lcgd": lambda r: dig(r, "metrics", "lcgd", "simaou", "mean"),
-    "simaou_random": lambda r: dig(r, "metrics", "simaou_random", "mean"),
-    "simam_ft": lambda r: dig(r, "metrics", "ft", "simam", "mean"),
-    "simam_lcgd": lambda r: dig(r, "metrics", "lcgd", "simam", "mean"),
-    "simam_zsl": lambda r: dig(r, "metrics", "simam_zsl", "mean"),
-    "simam_delta_ft": lambda r: dig(r, "metrics", "ft", "simam_delta", "mean"),
-    "simam_delta_lcgd": lambda r: dig(r, "metrics", "lcgd", "simam_delta", "mean"),
-    "alpha": lambda r: dig(r, "metrics", "alpha", "mean"),
+    **{f"acc_{s}": (lambda r, s=s: accuracy(r, s)) for s in SETTINGS},
+    **{name: (lambda r, name=name: metric_value(r, "ft", name)) for name in ("rec2ftp", "jaccard")},
+    **{name: (lambda r, name=name: metric_value(r, "ft", name)) for name in ("jaccard_correct", "jaccard_incorrect")},
+    "simaou_ft": lambda r: metric_value(r, "ft", "simaou"),
+    "simaou_lcgd": lambda r: metric_value(r, "lcgd", "simaou"),
+    "simaou_random": lambda r: metric_value(r, None, "simaou_random"),
+    "simam_ft": lambda r: metric_value(r, "ft", "simam"),
+    "simam_lcgd": lambda r: metric_value(r, "lcgd", "simam"),
+    "simam_zsl": lambda r: metric_value(r, None, "simam_zsl"),
+    "simam_delta_ft": lambda r: metric_value(r, "ft", "simam_delta"),
+    "simam_delta_lcgd": lambda r: metric_value(r, "lcgd", "simam_delta"),
+    "alpha": lambda r: metric_value(r, None, "alpha"),
     "lr": lambda r: dig(r, "lr", "lr"),
     "k_used": lambda r: dig(r, "prompts", "k_used"),
 }
@@ -60,7 +65,7 @@ SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
 
 def correct_flags(results: dict[str, Any], setting: str) -> np.ndarray | None:
     """Per-query 0/1 correctness of ``setting``: ``per_example.correct``, else from ``examples``."""
-    flags = dig(results, "per_example", "correct", setting)
+    flags = per_example(results, setting, "correct")
     if flags is not None:
         return np.asarray(flags, dtype=float)
     examples = results.get("examples")
@@ -77,15 +82,20 @@ def predictions(results: dict[str, Any], settings: Sequence[str]) -> np.ndarray 
     return np.asarray([[e["prediction"][s] for s in settings] + [e["label"]] for e in examples], dtype=float)
 
 
-def layer_mean_per_example(results: dict[str, Any], *path: str) -> np.ndarray | None:
-    """Per-query mean over layers of a per-layer metric in ``per_example`` (NaN layers skipped)."""
-    rows = dig(results, "per_example", *path)
+def layer_means(rows: Sequence[Sequence[float | None]] | None) -> np.ndarray | None:
+    """Per-query mean over layers of ``[query][layer]`` values (None and NaN layers skipped)."""
     if not rows:
         return None
     values = np.asarray([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
     with warnings.catch_warnings():  # an all-NaN row stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=1)
+
+
+def layer_mean_per_example(results: dict[str, Any], setting: str | None, metric: str) -> np.ndarray | None:
+    """Per-query mean over layers of a per-layer metric in ``per_example`` (NaN layers skipped);
+    ``setting`` None for the cell's own metrics (α, ZSL SimAM, the random baseline)."""
+    return layer_means(per_example(results, setting, metric))
 
 
 def column_mean(samples: np.ndarray) -> np.ndarray:
@@ -274,18 +284,18 @@ def summarise_seeds(
 def _accuracy(setting: str) -> Quantity:
     return Quantity(
         per_example=lambda r: correct_flags(r, setting),
-        value=lambda r: dig(r, "accuracy", setting),
-        interval=lambda r: dig(r, "accuracy_ci", setting),
+        value=lambda r: accuracy(r, setting),
+        interval=lambda r: accuracy_interval(r, setting),
         needs=f"accuracy.{setting}",
     )
 
 
-def _layer_metric(*path: str) -> Quantity:
+def _layer_metric(setting: str | None, metric: str) -> Quantity:
     return Quantity(
-        per_example=lambda r: layer_mean_per_example(r, *path),
-        value=lambda r: dig(r, "metrics", *path, "mean"),
-        interval=lambda r: dig(r, "metrics", *path, "ci"),
-        needs="metrics." + ".".join(path),
+        per_example=lambda r: layer_mean_per_example(r, setting, metric),
+        value=lambda r: metric_value(r, setting, metric),
+        interval=lambda r: metric_interval(r, setting, metric),
+        needs=".".join(metric_path(setting, metric)),
     )
 
 
@@ -314,12 +324,8 @@ def prediction_quantity(
     setting: str, statistic: Callable[[np.ndarray], np.ndarray], value_key: str, shift: float = 0.0
 ) -> Quantity:
     """Rec2FTP or Jaccard of ``setting`` (ft / lcgd), recomputed on resampled queries, minus ``shift``."""
-    if value_key == "rec2ftp":
-        value = lambda r: dig(r, "metrics", setting, "rec2ftp")
-        interval = lambda r: dig(r, "metrics", setting, "rec2ftp_ci")
-    else:
-        value = lambda r: dig(r, "metrics", setting, "prediction_changes", "jaccard")
-        interval = lambda r: dig(r, "metrics", setting, "prediction_changes", "jaccard_ci")
+    value = lambda r: metric_value(r, setting, value_key)
+    interval = lambda r: metric_interval(r, setting, value_key)
 
     def shifted(f):
         def g(r):
@@ -349,13 +355,13 @@ QUANTITIES: dict[str, Quantity] = {
     "jaccard": prediction_quantity("ft", jaccard_statistic, "jaccard"),
     "simaou_ft": _layer_metric("ft", "simaou"),
     "simaou_lcgd": _layer_metric("lcgd", "simaou"),
-    "simaou_random": _layer_metric("simaou_random"),
+    "simaou_random": _layer_metric(None, "simaou_random"),
     "simam_ft": _layer_metric("ft", "simam"),
     "simam_lcgd": _layer_metric("lcgd", "simam"),
-    "simam_zsl": _layer_metric("simam_zsl"),
+    "simam_zsl": _layer_metric(None, "simam_zsl"),
     "simam_delta_ft": _layer_metric("ft", "simam_delta"),
     "simam_delta_lcgd": _layer_metric("lcgd", "simam_delta"),
-    "alpha": _layer_metric("alpha"),
+    "alpha": _layer_metric(None, "alpha"),
 }
 
 

@@ -35,6 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from icl_lens.results import metric_value, per_layer, prediction_changes  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 PARTITION = [
@@ -74,11 +76,8 @@ def plot_prediction_changes(results_list: Sequence[dict[str, Any]], path: str | 
     for key, label, color in PARTITION:
         values = []
         for members in grouped.values():
-            shares = [
-                m["metrics"][setting]["prediction_changes"][key] / m["n_examples"] * 100
-                for m in members
-                if setting in m.get("metrics", {})
-            ]
+            changes = [(prediction_changes(m, setting), m["n_examples"]) for m in members]
+            shares = [c[key] / n * 100 for c, n in changes if c is not None]
             values.append(float(np.mean(shares)) if shares else 0.0)
         ax.bar(list(grouped), values, bottom=bottoms, label=label, color=color)
         bottoms += np.array(values)
@@ -103,11 +102,11 @@ def plot_layer_metric(
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, (task, members) in zip(axes.flat, grouped.items()):
         for setting in settings:
-            curves = [m["metrics"][setting][metric]["per_layer"] for m in members if setting in m.get("metrics", {})]
+            curves = [c for c in (per_layer(m, setting, metric) for m in members) if c is not None]
             if curves:
                 ax.plot(np.mean(np.array(curves, dtype=float), axis=0), marker=".", label=setting.upper())
         if metric == "simaou":
-            base = [m["metrics"]["simaou_random"]["per_layer"] for m in members if "simaou_random" in m["metrics"]]
+            base = [c for c in (per_layer(m, None, "simaou_random") for m in members) if c is not None]
             if base:
                 ax.plot(np.mean(np.array(base, dtype=float), axis=0), color="gray", ls="--", label="random")
         ax.set_title(task)
@@ -126,7 +125,7 @@ def plot_alpha(results_list: Sequence[dict[str, Any]], path: str | Path) -> Path
     grouped = _by_task(results_list)
     means, stds = [], []
     for members in grouped.values():
-        values = [m["metrics"]["alpha"]["mean"] for m in members if "alpha" in m.get("metrics", {})]
+        values = [v for v in (metric_value(m, None, "alpha") for m in members) if v is not None]
         means.append(float(np.mean(values)) if values else 0.0)
         stds.append(float(np.std(values)) if values else 0.0)
     fig, ax = plt.subplots(figsize=(1.2 * len(grouped) + 2, 3.5))

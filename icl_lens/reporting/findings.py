@@ -64,6 +64,7 @@ from icl_lens.reporting.aggregate import (
     correct_flags,
     jaccard_statistic,
     layer_mean_per_example,
+    layer_means,
     percentile_interval,
     prediction_quantity,
     rec2ftp_statistic,
@@ -71,7 +72,24 @@ from icl_lens.reporting.aggregate import (
     two_level_draws,
 )
 from icl_lens.reporting.tables import Table, format_interval
-from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
+from icl_lens.results import (
+    NULL_KINDS,
+    RESULTS_FILE,
+    accuracy,
+    atomic_write_text,
+    dig,
+    jaccard_independence,
+    metric_interval,
+    metric_path,
+    metric_summary,
+    metric_value,
+    null_per_example,
+    null_summary,
+    paired_test,
+    per_example,
+    precision_of,
+    read_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +101,6 @@ LOW_OVERLAP = 0.5
 SPARSITY_THRESHOLD = 1e-3
 SPARSITY_RMS_THRESHOLD = 0.05
 VERDICTS = ("holds", "fails", "inconclusive")
-NULL_KINDS = ("shuffled_pair", "wrong_label", "random_direction")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +275,7 @@ def _ci_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[di
 
 def _test_of(name: str, label: str) -> Callable[[dict[str, Any]], str | None]:
     def describe(r: dict) -> str | None:
-        p = dig(r, "tests", name, "p_value")
+        p = dig(paired_test(r, name), "p_value")
         return None if p is None else f"{label} p={float(p):.3g}"
 
     return describe
@@ -271,8 +288,8 @@ def _accuracy_claim(cid: str, setting: str, source: str, statement: str, untrain
         source,
         Quantity(
             per_example=_diff(lambda r: correct_flags(r, setting), lambda r: correct_flags(r, "zsl")),
-            value=_value_diff(lambda r: dig(r, "accuracy", setting), lambda r: dig(r, "accuracy", "zsl")),
-            interval=lambda r: dig(r, "tests", f"{setting}_vs_zsl", "ci"),
+            value=_value_diff(lambda r: accuracy(r, setting), lambda r: accuracy(r, "zsl")),
+            interval=lambda r: dig(paired_test(r, f"{setting}_vs_zsl"), "ci"),
             needs=f"accuracy.{setting} and accuracy.zsl",
         ),
         setting="untrained" if untrained else "trained",
@@ -280,32 +297,48 @@ def _accuracy_claim(cid: str, setting: str, source: str, statement: str, untrain
     )
 
 
-def _layer_diff_claim(
-    cid: str,
-    statement: str,
-    source: str,
-    a: tuple[str, ...],
-    b: tuple[str, ...],
-    b_summary: tuple[str, ...],
-    test: str | None = None,
-) -> Claim:
-    """a − b of two per-layer metrics: ``a`` and ``b`` are their paths under ``per_example``
-    (``a`` also under ``metrics``); ``b_summary`` is b's summary dict's full path in the results."""
-    a_summary = ("metrics", *a)
+@dataclass(frozen=True)
+class Layered:
+    """A per-layer metric a claim compares: its per-query rows, its summary in the results, and where."""
+
+    rows: Callable[[dict[str, Any]], np.ndarray | None]
+    summary: Callable[[dict[str, Any]], dict[str, Any] | None]
+    where: str
+
+
+def _metric(setting: str | None, metric: str) -> Layered:
+    return Layered(
+        lambda r: layer_mean_per_example(r, setting, metric),
+        lambda r: metric_summary(r, setting, metric),
+        ".".join(metric_path(setting, metric)),
+    )
+
+
+def _null(setting: str, kind: str, metric: str) -> Layered:
+    return Layered(
+        lambda r: layer_means(null_per_example(r, setting, kind, metric)),
+        lambda r: null_summary(r, setting, kind, metric),
+        f"nulls.{setting}.{kind}.{metric}",
+    )
+
+
+def _layer_diff_claim(cid: str, statement: str, source: str, a: Layered, b: Layered, test: str | None = None) -> Claim:
+    """a − b of two per-layer metrics, per query (means over layers) and of their summaries; the
+    cell's interval is the paired test's when one is named, else the difference of the two intervals."""
     cell_interval = (
-        (lambda r: dig(r, "tests", test, "ci"))
+        (lambda r: dig(paired_test(r, test), "ci"))
         if test
-        else _ci_diff(lambda r: dig(r, *a_summary, "ci"), lambda r: dig(r, *b_summary, "ci"))
+        else _ci_diff(lambda r: dig(a.summary(r), "ci"), lambda r: dig(b.summary(r), "ci"))
     )
     return Claim(
         cid,
         statement,
         source,
         Quantity(
-            per_example=_diff(lambda r: layer_mean_per_example(r, *a), lambda r: layer_mean_per_example(r, *b)),
-            value=_value_diff(lambda r: dig(r, *a_summary, "mean"), lambda r: dig(r, *b_summary, "mean")),
+            per_example=_diff(a.rows, b.rows),
+            value=_value_diff(lambda r: dig(a.summary(r), "mean"), lambda r: dig(b.summary(r), "mean")),
             interval=cell_interval,
-            needs=f"{'.'.join(a_summary)} and {'.'.join(b_summary)}",
+            needs=f"{a.where} and {b.where}",
         ),
         cell_test=_test_of(test, "paired bootstrap") if test else lambda r: None,
     )
@@ -316,9 +349,8 @@ def _null_claim(kind: str) -> Claim:
         f"simaou_above_{kind}",
         f"SimAOU (FT) above the {kind.replace('_', '-')} null",
         "icl_lens nulls",
-        ("ft", "simaou"),
-        ("nulls", "ft", kind, "simaou"),
-        ("nulls", "ft", kind, "simaou"),
+        _metric("ft", "simaou"),
+        _null("ft", kind, "simaou"),
     )
 
 
@@ -326,7 +358,7 @@ def _jaccard_minus_expected() -> Quantity:
     """Jaccard (FT) minus the cell's independence expectation (held fixed while queries resample)."""
 
     def expected(r: dict) -> float | None:
-        value = dig(r, "nulls", "ft", "jaccard_independence", "expected")
+        value = dig(jaccard_independence(r, "ft"), "expected")
         return None if value is None else float(value)
 
     def rows(r: dict) -> np.ndarray | None:
@@ -339,11 +371,11 @@ def _jaccard_minus_expected() -> Quantity:
     return Quantity(
         per_example=rows,
         statistic=lambda s: jaccard_statistic(s[..., :4]) - s[..., 0, 4],
-        value=_value_diff(lambda r: dig(r, "nulls", "ft", "jaccard_independence", "observed"), expected),
+        value=_value_diff(lambda r: dig(jaccard_independence(r, "ft"), "observed"), expected),
         interval=lambda r: (
             None
-            if expected(r) is None or not dig(r, "nulls", "ft", "jaccard_independence", "observed_ci")
-            else [v - expected(r) for v in r["nulls"]["ft"]["jaccard_independence"]["observed_ci"]]
+            if expected(r) is None or not dig(jaccard_independence(r, "ft"), "observed_ci")
+            else [v - expected(r) for v in jaccard_independence(r, "ft")["observed_ci"]]
         ),
         needs="nulls.ft.jaccard_independence",
     )
@@ -353,9 +385,9 @@ def _token_overlap() -> Quantity:
     """ICL/FT top-k token overlap: resampled from the cell's per-query overlaps when recorded
     (``per_example.ft.token_overlap``), else from the cell's own interval."""
     return Quantity(
-        per_example=lambda r: dig(r, "per_example", "ft", "token_overlap"),
-        value=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap"),
-        interval=lambda r: dig(r, "metrics", "ft", "token_overlap", "token_overlap_ci"),
+        per_example=lambda r: per_example(r, "ft", "token_overlap"),
+        value=lambda r: metric_value(r, "ft", "token_overlap"),
+        interval=lambda r: metric_interval(r, "ft", "token_overlap"),
         needs="metrics.ft.token_overlap",
     )
 
@@ -367,27 +399,24 @@ CELL_CLAIMS: tuple[Claim, ...] = (
         "simaou_above_random",
         "SimAOU (FT) ≫ the uniform-random baseline",
         "Dai et al. 2023",
-        ("ft", "simaou"),
-        ("simaou_random",),
-        ("metrics", "simaou_random"),
+        _metric("ft", "simaou"),
+        _metric(None, "simaou_random"),
     ),
     *(_null_claim(kind) for kind in NULL_KINDS),
     _layer_diff_claim(
         "lcgd_simaou_above_gd",
         "LCGD SimAOU above GD's",
         "Deutch et al. 2024",
-        ("lcgd", "simaou"),
-        ("ft", "simaou"),
-        ("metrics", "ft", "simaou"),
+        _metric("lcgd", "simaou"),
+        _metric("ft", "simaou"),
         test="lcgd_vs_ft_simaou",
     ),
     _layer_diff_claim(
         "lcgd_simam_delta_above_gd",
         "LCGD SimAM_Δ above GD's",
         "Deutch et al. 2024",
-        ("lcgd", "simam_delta"),
-        ("ft", "simam_delta"),
-        ("metrics", "ft", "simam_delta"),
+        _metric("lcgd", "simam_delta"),
+        _metric("ft", "simam_delta"),
         test="lcgd_vs_ft_simam_delta",
     ),
     Claim(

@@ -42,7 +42,25 @@ import torch
 
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
-from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, read_results
+from icl_lens.results import (
+    FINETUNED,
+    LAYER_METRICS,
+    RESULTS_FILE,
+    SETTINGS,
+    accuracy,
+    accuracy_interval,
+    atomic_write_text,
+    dig,
+    jaccard_independence,
+    metric_interval,
+    metric_summary,
+    metric_value,
+    null_summary,
+    paired_test,
+    per_layer,
+    prediction_changes,
+    read_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +69,6 @@ INDEX_FILE = "index.html"
 KINDS = ("pattern", "scores")
 DEFAULT_MAX_MB = 24.0  # embedded attention maps per page; a typical cell (4 examples, q ≈ 30, 30 layers) needs ~12
 SETTING_LABELS = {"zsl": "ZSL", "icl": "ICL", "ft": "FT", "lcgd": "LCGD"}
-FINETUNED = ("ft", "lcgd")
 
 REPORT_CSS = """
 table { border-collapse: collapse; margin: 8px 0 18px 0; font-size: 13px; }
@@ -242,35 +259,27 @@ def metric_tables(results: dict[str, Any]) -> str:
     """The cell's metrics as HTML tables; every number carries its interval when the results have
     one (``0.855 [0.805, 0.900]``), the bare value otherwise (results written before intervals)."""
     parts = [_uncertainty_note(results)]
-    accuracy = results.get("accuracy", {})
-    accuracy_ci = results.get("accuracy_ci") or {}
-    settings = [s for s in ("zsl", "icl", "ft", "lcgd") if s in accuracy]
-    parts.append(
-        "<h3>Accuracy</h3>"
-        + Table(
-            ["setting", "accuracy"], [[_label(s), format_interval(accuracy[s], accuracy_ci.get(s))] for s in settings]
-        ).html()
-    )
+    settings = [s for s in SETTINGS if s in (results.get("accuracy") or {})]
+    rows = [[_label(s), format_interval(accuracy(results, s), accuracy_interval(results, s))] for s in settings]
+    parts.append("<h3>Accuracy</h3>" + Table(["setting", "accuracy"], rows).html())
     metrics = results.get("metrics", {})
     tuned = [s for s in FINETUNED if s in metrics]
     if tuned:
         rows = []
         for s in tuned:
-            m = metrics[s]
-            changes = m.get("prediction_changes", {})
-            token = m.get("token_overlap") or {}
+            value = lambda metric, digits=3, scale=1.0, s=s: format_interval(
+                metric_value(results, s, metric), metric_interval(results, s, metric), digits, scale
+            )
             rows.append(
                 [
                     _label(s),
-                    format_interval(m.get("rec2ftp"), m.get("rec2ftp_ci"), 1),
-                    format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
-                    format_value(changes.get("jaccard_correct")),
-                    format_value(changes.get("jaccard_incorrect")),
-                    format_summary(m.get("simaou")),
-                    format_summary(m.get("simam")),
-                    format_summary(m.get("simam_delta")),
-                    format_interval(token.get("token_overlap"), token.get("token_overlap_ci")),
-                    format_interval(token.get("overlap_cosine"), token.get("overlap_cosine_ci")),
+                    value("rec2ftp", 1),
+                    value("jaccard", 1, 100),
+                    format_value(metric_value(results, s, "jaccard_correct")),
+                    format_value(metric_value(results, s, "jaccard_incorrect")),
+                    *(format_summary(metric_summary(results, s, metric)) for metric in LAYER_METRICS),
+                    value("token_overlap"),
+                    value("overlap_cosine"),
                 ]
             )
         parts.append(
@@ -296,7 +305,7 @@ def metric_tables(results: dict[str, Any]) -> str:
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
         rows = [
-            [_label(s), *(format_value(dig(metrics[s], "prediction_changes", k)) for k, _ in partition)] for s in tuned
+            [_label(s), *(format_value(dig(prediction_changes(results, s), k)) for k, _ in partition)] for s in tuned
         ]
         parts.append(
             "<h3>Predictions changed from zero-shot: ICL vs the tuned setting (FT or LCGD)</h3>"
@@ -305,18 +314,18 @@ def metric_tables(results: dict[str, Any]) -> str:
     parts.append(nulls_tables(results))
     parts.append(tests_table(results))
     columns: list[tuple[str, dict[str, Any]]] = []
-    for name, path in [
-        ("SimAOU FT", ("ft", "simaou")),
-        ("SimAOU LCGD", ("lcgd", "simaou")),
-        ("SimAOU random", ("simaou_random",)),
-        ("SimAM FT", ("ft", "simam")),
-        ("SimAM LCGD", ("lcgd", "simam")),
-        ("SimAM ZSL", ("simam_zsl",)),
-        ("SimAM_Δ FT", ("ft", "simam_delta")),
-        ("SimAM_Δ LCGD", ("lcgd", "simam_delta")),
-        ("α", ("alpha",)),
+    for name, setting, metric in [
+        ("SimAOU FT", "ft", "simaou"),
+        ("SimAOU LCGD", "lcgd", "simaou"),
+        ("SimAOU random", None, "simaou_random"),
+        ("SimAM FT", "ft", "simam"),
+        ("SimAM LCGD", "lcgd", "simam"),
+        ("SimAM ZSL", None, "simam_zsl"),
+        ("SimAM_Δ FT", "ft", "simam_delta"),
+        ("SimAM_Δ LCGD", "lcgd", "simam_delta"),
+        ("α", None, "alpha"),
     ]:
-        summary = dig(metrics, *path)
+        summary = metric_summary(results, setting, metric)
         if isinstance(summary, dict) and summary.get("per_layer"):
             columns.append((name, summary))
     if columns:
@@ -366,31 +375,30 @@ def nulls_tables(results: dict[str, Any]) -> str:
     """SimAOU and SimAM_Δ of each finetuned setting against each null (overall, then per layer), and
     the Jaccard index against its independence expectation; empty when the results have no nulls."""
     nulls = results.get("nulls") or {}
-    metrics = results.get("metrics", {})
     if not nulls:
         return ""
 
-    def null_summary(setting: str, null: str, metric: str) -> dict[str, Any] | None:
+    def null_of(setting: str, null: str, metric: str) -> dict[str, Any] | None:
         if null == "uniform_random":  # the reference's baseline: SimAOU only, shared by FT and LCGD
-            return metrics.get("simaou_random") if metric == "simaou" else None
-        return dig(nulls, setting, null, metric)
+            return metric_summary(results, None, "simaou_random") if metric == "simaou" else None
+        return null_summary(results, setting, null, metric)
 
     rows, per_layer = [], []
     for setting in FINETUNED:
         if setting not in nulls:
             continue
         for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
-            observed = dig(metrics, setting, metric)
+            observed = metric_summary(results, setting, metric)
             rows.append(
                 [
                     _label(setting),
                     name,
                     format_summary(observed),
-                    *(format_summary(null_summary(setting, key, metric)) for key, _ in NULL_COLUMNS),
+                    *(format_summary(null_of(setting, key, metric)) for key, _ in NULL_COLUMNS),
                 ]
             )
             columns = [(f"{name} {_label(setting)}", observed)] + [
-                (header, null_summary(setting, key, metric)) for key, header in NULL_COLUMNS
+                (header, null_of(setting, key, metric)) for key, header in NULL_COLUMNS
             ]
             columns = [(h, c) for h, c in columns if isinstance(c, dict) and c.get("per_layer")]
             if len(columns) > 1:
@@ -423,9 +431,7 @@ def nulls_tables(results: dict[str, Any]) -> str:
                 ],
             ).html()
         )
-    independence = [
-        (s, dig(nulls, s, "jaccard_independence")) for s in FINETUNED if dig(nulls, s, "jaccard_independence")
-    ]
+    independence = [(s, jaccard_independence(results, s)) for s in FINETUNED if jaccard_independence(results, s)]
     if independence:
         parts.append(
             Table(
@@ -457,10 +463,9 @@ PAIRED_TESTS = (
 def tests_table(results: dict[str, Any]) -> str:
     """The paired tests of the cell: exact McNemar of accuracy (b: first right, second wrong; c: the
     reverse) and paired bootstrap of LCGD − GD similarities; empty when the results have none."""
-    tests = results.get("tests") or {}
     rows = []
     for key, label, quantity in PAIRED_TESTS:
-        t = tests.get(key)
+        t = paired_test(results, key)
         if not t:
             continue
         name = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}.get(
@@ -787,7 +792,7 @@ def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) 
             by_model.setdefault(str(dig(r, "config", "model")), []).append(r)
     for i, (model, members) in enumerate(sorted(by_model.items())):
         for metric, name in (("simaou", "SimAOU"), ("simam_delta", "SimAM_Δ")):
-            tuned = tuple(s for s in FINETUNED if all(dig(m, "metrics", s, metric, "per_layer") for m in members))
+            tuned = tuple(s for s in FINETUNED if all(per_layer(m, s, metric) for m in members))
             if not tuned:
                 continue
             caption = f"{model}: {name} per layer and task, mean over seeds" + (
@@ -823,9 +828,7 @@ def build_index(
     rows = []
     for cell_dir, results in cells:
         href = (cell_dir / REPORT_FILE).relative_to(results_dir).as_posix()
-        acc = results.get("accuracy", {})
-        ft = dig(results, "metrics", "ft") or {}
-        jaccard = dig(ft, "prediction_changes", "jaccard")
+        rec2ftp, jaccard = metric_value(results, "ft", "rec2ftp"), metric_value(results, "ft", "jaccard")
         cfg = results.get("config", {})
         link = Html(f'<a href="{html.escape(href)}">{html.escape(cell_dir.name or results_dir.name)}</a>')
         values = (
@@ -834,8 +837,8 @@ def build_index(
             dig(results, "prompts", "k_used"),
             cfg.get("seed"),
             results.get("n_examples"),
-            *(acc.get(s) for s in ("zsl", "icl", "ft", "lcgd")),
-            None if ft.get("rec2ftp") is None else round(float(ft["rec2ftp"]), 1),
+            *(accuracy(results, s) for s in SETTINGS),
+            None if rec2ftp is None else round(float(rec2ftp), 1),
             None if jaccard is None else round(100 * float(jaccard), 1),
         )
         rows.append([link, *(format_value(v) for v in values)])

@@ -8,7 +8,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from icl_lens.reporting.tables import Table, format_interval, format_summary
-from icl_lens.results import dig
+from icl_lens.results import (
+    FINETUNED,
+    NULL_KINDS,
+    SETTINGS,
+    accuracy,
+    accuracy_interval,
+    dig,
+    jaccard_independence,
+    metric_interval,
+    metric_summary,
+    metric_value,
+    null_summary,
+)
 
 __all__ = ["accuracy_table", "format_interval", "nulls_table", "similarity_table", "summary"]
 
@@ -18,18 +30,15 @@ def accuracy_table(results_list: Sequence[dict[str, Any]]) -> str:
     header = ["task", "model", "k", "seed", "ZSL", "ICL", "FT", "LCGD", "Rec2FTP", "Jaccard%"]
     rows = []
     for r in results_list:
-        acc, acc_ci = r.get("accuracy", {}), r.get("accuracy_ci", {})
-        ft = r.get("metrics", {}).get("ft", {})
-        changes = ft.get("prediction_changes", {})
         rows.append(
             [
                 r["task"]["name"],
                 r["config"]["model"] + (" (untrained)" if r["config"].get("untrained") else ""),
                 str(r["prompts"]["k_used"]),
                 str(r["config"]["seed"]),
-                *(format_interval(acc.get(s), acc_ci.get(s)) for s in ("zsl", "icl", "ft", "lcgd")),
-                format_interval(ft.get("rec2ftp"), ft.get("rec2ftp_ci"), 1),
-                format_interval(changes.get("jaccard"), changes.get("jaccard_ci"), 1, scale=100),
+                *(format_interval(accuracy(r, s), accuracy_interval(r, s)) for s in SETTINGS),
+                format_interval(metric_value(r, "ft", "rec2ftp"), metric_interval(r, "ft", "rec2ftp"), 1),
+                format_interval(metric_value(r, "ft", "jaccard"), metric_interval(r, "ft", "jaccard"), 1, scale=100),
             ]
         )
     return Table(header, rows).text()
@@ -40,19 +49,18 @@ def similarity_table(results_list: Sequence[dict[str, Any]]) -> str:
     header = ["task", "SimAOU FT", "SimAOU LCGD", "random", "SimAM FT", "SimAM ZSL", "SimAM_Δ FT", "SimAM_Δ LCGD", "α"]
     rows = []
     for r in results_list:
-        m = r.get("metrics", {})
-        cell = lambda *path, m=m: format_summary(dig(m, *path))
+        cell = lambda setting, metric, r=r: format_summary(metric_summary(r, setting, metric))
         rows.append(
             [
                 r["task"]["name"],
                 cell("ft", "simaou"),
                 cell("lcgd", "simaou"),
-                cell("simaou_random"),
+                cell(None, "simaou_random"),
                 cell("ft", "simam"),
-                cell("simam_zsl"),
+                cell(None, "simam_zsl"),
                 cell("ft", "simam_delta"),
                 cell("lcgd", "simam_delta"),
-                cell("alpha"),
+                cell(None, "alpha"),
             ]
         )
     return Table(header, rows).text()
@@ -65,9 +73,8 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
     header = ["task", "setting", "metric", "observed", "shuffled pair", "wrong label", "random direction"]
     rows = []
     for r in results_list:
-        for setting in ("ft", "lcgd"):
-            nulls = r.get("nulls", {}).get(setting)
-            if nulls is None:
+        for setting in FINETUNED:
+            if dig(r, "nulls", setting) is None:
                 continue
             for metric in ("simaou", "simam_delta"):
                 rows.append(
@@ -75,14 +82,11 @@ def nulls_table(results_list: Sequence[dict[str, Any]]) -> str:
                         r["task"]["name"],
                         setting.upper(),
                         metric,
-                        format_summary(dig(r, "metrics", setting, metric)),
-                        *(
-                            format_summary(dig(nulls, null, metric))
-                            for null in ("shuffled_pair", "wrong_label", "random_direction")
-                        ),
+                        format_summary(metric_summary(r, setting, metric)),
+                        *(format_summary(null_summary(r, setting, null, metric)) for null in NULL_KINDS),
                     ]
                 )
-            independence = nulls.get("jaccard_independence", {})
+            independence = jaccard_independence(r, setting) or {}
             rows.append(
                 [
                     r["task"]["name"],
