@@ -71,6 +71,7 @@ from icl_lens.reporting.aggregate import (
     stable_rng,
     two_level_draws,
 )
+from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.reporting.tables import Table, format_interval
 from icl_lens.results import (
     NULL_KINDS,
@@ -770,7 +771,7 @@ def _sparsity_rows(study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row
             thresholds = m["thresholds"]
             j = int(np.argmin([abs(math.log(max(t, 1e-30)) - math.log(level)) for t in thresholds]))
             value = float(m["pooled"][j])
-            handbuilt = float(m.get("handbuilt", a.get("handbuilt", 0.75)))
+            handbuilt = float(m.get("handbuilt", a.get("handbuilt", HANDBUILT_ICL_GD_SPARSITY)))
             unit = " × RMS" if m.get("scale") == "rms" else ""
             return [
                 Row(

@@ -3,6 +3,8 @@
 Deutch et al. 2024 (1.3B fairseq GPT, k = 32, mean of 3 seeds): SimAOU and SimAM_Δ for GD and
 LCGD, the untrained-model baseline, and Table 1 (accuracy ZSL / FT / ICL and the Jaccard index, %).
 Small models give other numbers; the *directions* are what a small-model run is compared with.
+Also the sparsity the hand-built ICL = GD constructions need (Shen et al. 2023). This module
+imports nothing, so any layer of icl_lens (the metrics included) may take its numbers from here.
 """
 
 from __future__ import annotations
@@ -68,3 +70,7 @@ REFERENCE_ACCURACY: dict[str, dict[str, float]] = {
 }
 
 REFERENCE_RANDOM_SIMAOU = (0.001, 0.004)
+
+HANDBUILT_ICL_GD_SPARSITY = 0.75
+"""Fraction of (near-)zero entries of W_Q, W_K, W_V that the hand-built ICL = GD constructions need
+(Shen et al. 2023, "~75 %"; *unverified* exact figure)."""
