@@ -30,11 +30,11 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from icl_lens.aggregate import aggregate, markdown_tables
+from icl_lens.reporting.aggregate import aggregate, markdown_tables
 from icl_lens.cli import add_executor_flags, executor_options
 from icl_lens.experiment import ExperimentConfig
-from icl_lens.findings import findings_markdown, write_findings
-from icl_lens.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
+from icl_lens.reporting.findings import findings_markdown, write_findings
+from icl_lens.reporting.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
 from icl_lens.presets import preset_config
 from icl_lens.prompts import PromptFormat
 from icl_lens.sweep import RuntimeOptions, run_cells

@@ -39,7 +39,7 @@ from icl_lens.analyses import (
     run_weight_space,
     sparsity_all_models,
 )
-from icl_lens.analyses.figures import (
+from icl_lens.reporting.figures import (
     plot_demo_sweep,
     plot_order_sensitivity,
     plot_output_agreement,
@@ -91,8 +91,13 @@ def _resumable(path: Path, request: dict[str, Any], compute: Callable[[], dict[s
 
 def cmd_order(args, out: Path, model: _LazyModel) -> None:
     cfg = OrderSensitivityConfig(
-        k=args.k, n_permutations=args.permutations, seed=args.seed, limit=args.limit, lr=args.lr,
-        adam_lr=args.adam_lr, batch_sizes=tuple(_csv(args.batch_sizes, int)),
+        k=args.k,
+        n_permutations=args.permutations,
+        seed=args.seed,
+        limit=args.limit,
+        lr=args.lr,
+        adam_lr=args.adam_lr,
+        batch_sizes=tuple(_csv(args.batch_sizes, int)),
         eval_batch_size=args.batch_size,
     )
     results = []
@@ -108,8 +113,9 @@ def cmd_order(args, out: Path, model: _LazyModel) -> None:
 
 
 def _experiment_config(args, task: str, model: str) -> ExperimentConfig:
-    return ExperimentConfig(task=task, model=model, k=args.k, limit=args.limit, seed=args.seed, lr=args.lr,
-                            batch_size=args.batch_size)
+    return ExperimentConfig(
+        task=task, model=model, k=args.k, limit=args.limit, seed=args.seed, lr=args.lr, batch_size=args.batch_size
+    )
 
 
 def cmd_agreement(args, out: Path, model: _LazyModel) -> None:
@@ -139,9 +145,14 @@ def cmd_sparsity(args, out: Path, model: _LazyModel) -> None:
 
 def cmd_sweep(args, out: Path, model: _LazyModel) -> None:
     base = ExperimentConfig(settings=("zsl", "icl", "ft"), limit=args.limit, lr=args.lr, batch_size=args.batch_size)
-    cfg = DemoSweepConfig(tasks=tuple(args.tasks), models=None if args.models is None else tuple(args.models),
-                          ks=tuple(_csv(args.ks, int)), seeds=tuple(_csv(args.seeds, int)), base=base,
-                          max_context=args.max_context)
+    cfg = DemoSweepConfig(
+        tasks=tuple(args.tasks),
+        models=None if args.models is None else tuple(args.models),
+        ks=tuple(_csv(args.ks, int)),
+        seeds=tuple(_csv(args.seeds, int)),
+        base=base,
+        max_context=args.max_context,
+    )
     result = run_demo_sweep(cfg, out / "sweep", RuntimeOptions(device=args.device)).to_dict()
     write_results(out / "demo_sweep.json", result)
     plot_demo_sweep(result, out / "demo_sweep.png")
@@ -161,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=(*COMMANDS, "all"))
     parser.add_argument("--model", default="gemma3-270m", help="model of order/agreement/weights")
-    parser.add_argument("--models", default=None,
-                        help="comma-separated models of sparsity/sweep (default: all named)")
+    parser.add_argument("--models", default=None, help="comma-separated models of sparsity/sweep (default: all named)")
     parser.add_argument("--tasks", default="sst2")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--limit", type=int, default=50, help="queries per task")
@@ -185,8 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     model = _LazyModel(args.model, args.device)
-    commands = {"order": cmd_order, "agreement": cmd_agreement, "sparsity": cmd_sparsity,
-                "sweep": cmd_sweep, "weights": cmd_weights}
+    commands = {
+        "order": cmd_order,
+        "agreement": cmd_agreement,
+        "sparsity": cmd_sparsity,
+        "sweep": cmd_sweep,
+        "weights": cmd_weights,
+    }
     for name in COMMANDS if args.command == "all" else (args.command,):
         logger.info("running %s", name)
         commands[name](args, out, model)

@@ -74,6 +74,7 @@ _SUBMODULES = (
     "models",
     "nulls",
     "prompts",
+    "reporting",
     "results",
     "stats",
     "sweep",
@@ -82,7 +83,7 @@ _SUBMODULES = (
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
-    from icl_lens import analyses, findings, metrics, models, nulls, stats, viz  # noqa: F401
+    from icl_lens import analyses, findings, metrics, models, nulls, reporting, stats, viz  # noqa: F401
     from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
     from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
     from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune  # noqa: F401

@@ -25,10 +25,10 @@ from typing import Any
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
-from icl_lens.findings import add_findings_command, cmd_findings
 from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
-from icl_lens.report import add_report_command, cmd_report
+from icl_lens.reporting.findings import add_findings_command, cmd_findings
+from icl_lens.reporting.report import add_report_command, cmd_report
 
 logger = logging.getLogger("icl_lens")
 
@@ -384,7 +384,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from icl_lens.summary import summary
+    from icl_lens.reporting.summary import summary
     from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
     if args.attention_examples < 0:

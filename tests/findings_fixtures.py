@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icl_lens.aggregate import jaccard_statistic, rec2ftp_statistic
+from icl_lens.reporting.aggregate import jaccard_statistic, rec2ftp_statistic
 from icl_lens.metrics import prediction_change_overlap
 from icl_lens.results import write_results
 

@@ -9,7 +9,7 @@ import torch
 
 from findings_fixtures import study, synthetic_cell
 from icl_lens import metrics
-from icl_lens.aggregate import (
+from icl_lens.reporting.aggregate import (
     QUANTITIES,
     CellDraws,
     aggregate,
@@ -99,7 +99,7 @@ def test_markdown_tables_show_intervals():
 def test_other_precision_or_untrained_init_is_another_group_never_pooled():
     """bf16-on-GPU and fp32-on-CPU cells of the same task and seed, or untrained cells with two inits,
     are separate groups and separate findings studies."""
-    from icl_lens.findings import group_studies
+    from icl_lens.reporting.findings import group_studies
 
     fp32 = synthetic_cell(seed=0)
     bf16 = synthetic_cell(seed=0, ft_gain=0.0)

@@ -23,7 +23,7 @@ from icl_lens.analyses import (
     sparsity_all_models,
     weight_sparsity_analysis,
 )
-from icl_lens.analyses import figures
+from icl_lens.reporting import figures
 from icl_lens.analyses.demo_sweep import skip_path
 from icl_lens.analyses.order_sensitivity import dense_distribution
 from icl_lens.analyses.weight_space import demo_token_positions

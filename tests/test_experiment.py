@@ -223,7 +223,7 @@ def test_wrong_label_finetuning_trains_on_wrong_labels_and_nulls_can_be_turned_o
 
 
 def test_summary_tables_print_value_and_interval():
-    from icl_lens.summary import summary
+    from icl_lens.reporting.summary import summary
 
     layer = lambda mean, low, high: {"per_layer": [mean], "mean": mean, "ci": [low, high], "per_layer_ci": [[low, high]]}
     results = {

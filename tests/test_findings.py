@@ -1,4 +1,4 @@
-"""Claims and verdicts (icl_lens.findings), the findings CLI and the report's dashboard, on
+"""Claims and verdicts (icl_lens.reporting.findings), the findings CLI and the report's dashboard, on
 synthetic cells (tests/findings_fixtures.py) that follow the results contract."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from findings_fixtures import study, synthetic_cell, write_cells
 from icl_lens.cli import main
-from icl_lens.findings import CLAIM_IDS, POOLED, evaluate_findings, verdict
+from icl_lens.reporting.findings import CLAIM_IDS, POOLED, evaluate_findings, verdict
 
 
 def rows_of(findings, claim, task=None):
@@ -135,7 +135,7 @@ def test_findings_cli_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_report_index_is_a_dashboard_with_the_findings(tmp_path):
-    from icl_lens.report import build_report
+    from icl_lens.reporting.report import build_report
 
     root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
     build_report(root)

@@ -15,10 +15,10 @@ import pytest
 from helpers import tiny_model
 from icl_lens.cli import main
 from icl_lens.experiment import ExperimentConfig
-from icl_lens.findings import CLAIM_IDS, FINDINGS_JSON, FINDINGS_MD, POOLED, VERDICTS, evaluate_findings
+from icl_lens.reporting.findings import CLAIM_IDS, FINDINGS_JSON, FINDINGS_MD, POOLED, VERDICTS, evaluate_findings
 from icl_lens.results import read_results
 from icl_lens.models.untrained import reinitialize_untrained
-from icl_lens.report import INDEX_FILE, REPORT_FILE, build_cell_report
+from icl_lens.reporting.report import INDEX_FILE, REPORT_FILE, build_cell_report
 from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
 
 TASKS = ("sst2", "subj")

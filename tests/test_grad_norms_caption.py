@@ -1,6 +1,6 @@
 """The gradient-norm heatmap says what it shows (ours differs from the reference's logged gradients)."""
 
-from icl_lens.figures import grad_norms_caption, plot_grad_norms
+from icl_lens.reporting.figures import grad_norms_caption, plot_grad_norms
 
 
 def _results(params: str = "kv") -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from icl_lens.report import build_report
+from icl_lens.reporting.report import build_report
 from test_viz import make_results_dir, parse_html
 
 pytestmark = pytest.mark.browser

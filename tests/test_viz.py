@@ -264,7 +264,7 @@ def test_notebook_views(recorded):
 
 def test_static_report(tmp_path, tiny_gpt):
     """The report's files and HTML (the browser test checks what the page does)."""
-    from icl_lens.report import build_report
+    from icl_lens.reporting.report import build_report
 
     results_dir = make_results_dir(tmp_path, tiny_gpt)
     paths = build_report(results_dir)
@@ -286,7 +286,7 @@ def test_static_report(tmp_path, tiny_gpt):
 def test_report_command(tmp_path, tiny_gpt, capsys):
     import argparse
 
-    from icl_lens.report import add_report_command, cmd_report
+    from icl_lens.reporting.report import add_report_command, cmd_report
 
     parser = argparse.ArgumentParser()
     add_report_command(parser.add_subparsers(dest="command"))
@@ -307,7 +307,7 @@ def test_report_command(tmp_path, tiny_gpt, capsys):
 
 def test_report_of_a_cell_without_finetuning_or_maps(tmp_path, tiny_gpt):
     from icl_lens.experiment import ExperimentConfig, run_experiment
-    from icl_lens.report import build_report
+    from icl_lens.reporting.report import build_report
     from icl_lens.results import write_results
 
     cfg = ExperimentConfig(task=str(write_tiny_task(tmp_path / "task")), model="tiny", k=2, limit=3,

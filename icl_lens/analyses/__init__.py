@@ -11,8 +11,9 @@ dataclass with ``to_dict()``.
 - :mod:`~icl_lens.analyses.demo_sweep`: resumable sweep over k and models of the ICL–GD gap in
   accuracy and SimAOU;
 - :mod:`~icl_lens.analyses.weight_space`: ‖ΔW_FT‖ per layer and the cosine of the FT update with
-  the dual-form ICL update;
-- :mod:`~icl_lens.analyses.figures`: their PNG figures.
+  the dual-form ICL update.
+
+Their PNG figures are in :mod:`icl_lens.reporting.figures`, with the other static figures.
 """
 
 from icl_lens.analyses.demo_sweep import DemoSweepConfig, DemoSweepResult, context_fit, run_demo_sweep

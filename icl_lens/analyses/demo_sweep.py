@@ -27,7 +27,7 @@ from icl_lens.errors import ConfigError, IclLensError, PromptError
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
-from icl_lens.results import is_complete, read_results, write_results
+from icl_lens.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
 from icl_lens.sweep import RuntimeOptions, cell_path, finished_results, run_cells
 from icl_lens.tasks import get_task, load_split, sample_demonstrations, sample_queries
 
@@ -159,7 +159,7 @@ class DemoSweepResult:
 
 def cell_row(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers the sweep reports from one cell's results dict."""
-    cfg, acc, m = results["config"], results["accuracy"], results["metrics"]
+    cfg = results["config"]
     row = {
         "model": cfg["model"],
         "task": results["task"]["name"],
@@ -167,14 +167,14 @@ def cell_row(results: dict[str, Any]) -> dict[str, Any]:
         "seed": cfg["seed"],
         "k_used": results["prompts"]["k_used"],
         "lr": results["lr"].get("lr"),
-        "accuracy": dict(acc),
-        "gap_accuracy": acc["icl"] - acc["ft"],
-        "simaou_ft": m["ft"]["simaou"]["mean"],
-        "simaou_random": m.get("simaou_random", {}).get("mean"),
+        "accuracy": dict(results["accuracy"]),
+        "gap_accuracy": accuracy(results, "icl") - accuracy(results, "ft"),
+        "simaou_ft": metric_value(results, "ft", "simaou"),
+        "simaou_random": metric_value(results, None, "simaou_random"),
     }
-    if "lcgd" in m:
-        row["simaou_lcgd"] = m["lcgd"]["simaou"]["mean"]
-        row["gap_accuracy_lcgd"] = acc["icl"] - acc["lcgd"]
+    if metric_summary(results, "lcgd", "simaou") is not None:
+        row["simaou_lcgd"] = metric_value(results, "lcgd", "simaou")
+        row["gap_accuracy_lcgd"] = accuracy(results, "icl") - accuracy(results, "lcgd")
     return row
 
 

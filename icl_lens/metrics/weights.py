@@ -55,12 +55,10 @@ from jaxtyping import Float
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import cosine, require_finite, require_nonempty
 from icl_lens.models.backends import Model, backend_of
+from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY  # noqa: F401 (icl_lens.metrics re-exports it)
 
 logger = logging.getLogger(__name__)
 
-#: Fraction of (near-)zero entries of W_Q, W_K, W_V that the hand-built ICL = GD constructions
-#: need (Shen et al. 2024, "~75 %"; *unverified* exact figure).
-HANDBUILT_ICL_GD_SPARSITY = 0.75
 
 #: The attention projections whose sparsity :func:`model_weight_sparsity` reports.
 SPARSITY_PARAMETERS: tuple[str, ...] = ("W_Q", "W_K", "W_V")

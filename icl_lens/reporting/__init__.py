@@ -1,0 +1,41 @@
+"""Reporting: everything that turns results dicts into numbers, tables, figures and verdicts.
+
+- :mod:`~icl_lens.reporting.reference`: the published numbers a run is held against (Deutch et al.
+  2024, Tables 1–2);
+- :mod:`~icl_lens.reporting.aggregate`: across-seed means, sample stds and two-level bootstrap
+  intervals, and the markdown Tables 1–2 beside the reference numbers;
+- :mod:`~icl_lens.reporting.tables`: the one table renderer (plain text, markdown and HTML from the
+  same rows) and the interval format ``0.855 [0.805, 0.900]``;
+- :mod:`~icl_lens.reporting.summary`: the per-cell tables ``icl-lens run`` prints;
+- :mod:`~icl_lens.reporting.figures`: static PNG figures (matplotlib); the interactive views are
+  :mod:`icl_lens.viz`;
+- :mod:`~icl_lens.reporting.report`: the self-contained HTML reports (``icl-lens report``);
+- :mod:`~icl_lens.reporting.findings`: a verdict per claim of the papers (``icl-lens findings``).
+
+The layout of a results dict these read is defined in :mod:`icl_lens.results`. Submodules load on
+first access (``icl_lens.reporting.findings``), so importing the package stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_SUBMODULES = ("aggregate", "figures", "findings", "reference", "report", "summary", "tables")
+
+if TYPE_CHECKING:
+    from icl_lens.reporting import aggregate, figures, findings, reference, report, summary, tables  # noqa: F401
+
+__all__ = list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"icl_lens.reporting.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'icl_lens.reporting' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
