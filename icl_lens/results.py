@@ -42,6 +42,7 @@ high], "per_layer_ci": [[low, high] per layer]}``; a number may be null where it
 | `model.dtype` | string | parameter dtype |
 | `model.device` | string | device |
 | `model.untrained_init` | string | init of the untrained baseline |
+| `model.backend` | string, optional | TransformerLens model class: hooked or bridge |
 | `prompts` | record | prompt facts |
 | `prompts.k_requested` | integer | demonstrations asked for |
 | `prompts.k_used` | integer | demonstrations that fit the context |
@@ -528,6 +529,7 @@ LAYOUT = record(
                 "dtype": string("parameter dtype"),
                 "device": string("device"),
                 "untrained_init": string("init of the untrained baseline", nullable=True),
+                "backend": string("TransformerLens model class: hooked or bridge", optional=True),
             },
             open=True,
         ),

@@ -25,8 +25,8 @@ from icl_lens.finetune import FinetuneConfig, demo_batches, finetune, select_tra
 from icl_lens.lcgd import layer_causal_finetune, layer_causal_losses
 from icl_lens.lens import logit_lens
 from icl_lens.metrics.weights import attention_parameter
-from icl_lens.models import load_model
 from icl_lens.models import backends as backends_module
+from icl_lens.models import load_model
 from icl_lens.models.backends import (
     BRIDGE,
     HOOKED,
@@ -36,6 +36,7 @@ from icl_lens.models.backends import (
     final_residual,
     has_hooked_transformer,
 )
+from icl_lens.results import validate_results
 
 FAMILIES = ["llama", "gemma3", "gpt2"]
 HOOKED_LOADABLE = ["llama", "gpt2"]  # TransformerLens configures Gemma-3 by hub name, not from a directory
@@ -221,9 +222,14 @@ def test_untrained_bridge_follows_the_reference_recipe(hf_dirs):
     again = _load(hf_dirs, "llama", "bridge", untrained=True, seed=3)
     hf = model.original_model.model
     for layer in hf.layers:
-        for name, module in (("q", layer.self_attn.q_proj), ("k", layer.self_attn.k_proj),
-                             ("v", layer.self_attn.v_proj), ("o", layer.self_attn.o_proj),
-                             ("mlp", layer.mlp.gate_proj), ("mlp", layer.mlp.down_proj)):
+        for name, module in (
+            ("q", layer.self_attn.q_proj),
+            ("k", layer.self_attn.k_proj),
+            ("v", layer.self_attn.v_proj),
+            ("o", layer.self_attn.o_proj),
+            ("mlp", layer.mlp.gate_proj),
+            ("mlp", layer.mlp.down_proj),
+        ):
             fan_out, fan_in = module.weight.shape
             gain = 2**-0.5 if name in "qkv" else 1.0
             expected = gain * (2 / (fan_in + fan_out)) ** 0.5 if name != "mlp" else (3 * fan_in) ** -0.5
@@ -259,6 +265,7 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
     assert cell_path(tmp_path, cfg, runtime).parent.name.endswith("__bridge")
     assert results["model"]["backend"] == "bridge" and results["meta"]["backend"] == "bridge"
     assert results["identity"]["backend"] == "bridge"
+    validate_results(results)  # the documented results layout holds on the bridge too
     assert set(results["accuracy"]) == {"zsl", "icl", "ft", "lcgd"}
     n_layers = results["model"]["n_layers"]
     assert len(results["metrics"]["ft"]["simaou"]["per_layer"]) == n_layers
@@ -308,9 +315,7 @@ def test_backends_give_the_same_experiment_results(hf_dirs, monkeypatch):
 def _without(tree, keys):
     """``tree`` with every dict entry named in ``keys`` (and its ``*_ci`` companions) removed."""
     if isinstance(tree, dict):
-        return {
-            k: _without(v, keys) for k, v in tree.items() if k not in keys and k.removesuffix("_ci") not in keys
-        }
+        return {k: _without(v, keys) for k, v in tree.items() if k not in keys and k.removesuffix("_ci") not in keys}
     if isinstance(tree, list):
         return [_without(v, keys) for v in tree]
     return tree
