@@ -173,6 +173,23 @@ def test_prefix_cache_check_knows_transformers_5_24(hf_dirs):
     assert bridge_prefix_cache_works(model) is works  # remembered on the model
 
 
+def test_prefix_cache_check_catches_a_cache_that_is_not_read(hf_dirs, monkeypatch):
+    """A cache the forward pass ignores (what transformers 5.24 does to the bridge) fails the check,
+    and evaluation then re-encodes the prefix: the numbers stay right."""
+    from transformers import DynamicCache
+
+    from icl_lens.models.backends import Prefix
+
+    model = _load(hf_dirs, "llama", "bridge")
+    inline = evaluate(model, PREFIX, QUERIES, LABELS, progress=False, reuse_prefix=False)
+    monkeypatch.setattr(
+        backends_module, "_bridge_prefix", lambda m, tokens: Prefix(int(tokens.shape[1]), DynamicCache())
+    )
+    assert bridge_prefix_cache_works(model) is False
+    run = evaluate(model, PREFIX, QUERIES, LABELS, progress=False)
+    assert torch.allclose(run.class_scores, inline.class_scores, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_bridge_lcgd_detach_cuts_the_graph(hf_dirs, family):
     """Layer-causal GD on the bridge: the loss of layer l sends no gradient to the layers below it."""
@@ -319,3 +336,19 @@ def _without(tree, keys):
     if isinstance(tree, list):
         return [_without(v, keys) for v in tree]
     return tree
+
+
+@pytest.mark.parametrize("backend", [None, "bridge"])
+def test_the_command_line_runs_on_either_backend(hf_dirs, tmp_path, backend):
+    """``icl-lens run`` without ``--backend`` uses the installed TransformerLens's default (hooked
+    before 4.0, bridge from 4.0); ``--backend bridge`` always works."""
+    import json
+
+    from icl_lens.cli import main
+    from icl_lens.models.backends import default_backend
+
+    flags = ["--backend", backend] if backend else []
+    argv = ["run", "--task", "sst2", "--model", str(hf_dirs["llama"]), "--k", "2", "--limit", "4", "--lr", "0.01"]
+    assert main([*argv, "--out", str(tmp_path), "--attention-examples", "0", "--no-progress", *flags]) == 0
+    (path,) = tmp_path.glob("*/results.json")
+    assert json.loads(path.read_text())["model"]["backend"] == (backend or default_backend())
