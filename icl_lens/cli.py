@@ -343,7 +343,11 @@ def make_parser() -> argparse.ArgumentParser:
     for name, (cls, prefix) in NESTED.items():
         _add_dataclass_flags(run, cls, prefix, f"cfg__{name}__")
 
-    bench = sub.add_parser("bench", help="time the naive per-query loop against the optimized evaluation")
+    bench = sub.add_parser(
+        "bench",
+        help="time the naive per-query loop against the optimized evaluation (with --phases, also each phase of "
+        "one cell against the FLOPs it must do)",
+    )
     bench.add_argument(
         "--model", default="gemma3-270m", metavar="MODEL", help="model name or path (default: gemma3-270m)"
     )
@@ -371,6 +375,35 @@ def make_parser() -> argparse.ArgumentParser:
         choices=["hooked", "bridge"],
         help="TransformerLens model class: hooked (HookedTransformer, TransformerLens < 4) or bridge "
         "(TransformerBridge, TransformerLens 3.x and 4.x) (default: hooked on TransformerLens < 4, else bridge)",
+    )
+    bench.add_argument(
+        "--phases",
+        action="store_true",
+        help="also run the phases of one cell on the same prompts (ZSL/ICL evaluation of the --n-fast queries, "
+        "lr sweep, FT and LCGD training and evaluation) and report each one's wall time, the FLOPs it must do, "
+        "its FLOP/s and its fraction of the matmul peak",
+    )
+    bench.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="with --phases: FT's and LCGD's learning rate (default: the sweep's choice)",
+    )
+    bench.add_argument(
+        "--lr-grid",
+        type=_float_list,
+        default=None,
+        metavar="LR,LR,...",
+        help="with --phases: the rates the lr sweep trains (default: the experiment's grid; one rate keeps the "
+        "sweep short)",
+    )
+    bench.add_argument(
+        "--lr-dev-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="with --phases: train rows the lr sweep scores each rate on (default: 64)",
     )
     bench.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to this JSON file")
 
@@ -415,14 +448,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
     task = get_task(args.task)
     queries = sample_queries(task, max(args.n_naive, args.n_fast))
-    prompts = encode_prompts(
-        model.tokenizer, task, sample_demonstrations(task, args.k, 0), queries, PromptFormat(), model.cfg.n_ctx
-    )
-    result = run_benchmark(model, prompts, args.n_naive, args.n_fast, args.batch_size)
+    demos = sample_demonstrations(task, args.k, 0)
+    prompts = encode_prompts(model.tokenizer, task, demos, queries, PromptFormat(), model.cfg.n_ctx)
+    phases = _bench_phase_inputs(args, model, task, demos, queries) if args.phases else None
+    result = run_benchmark(model, prompts, args.n_naive, args.n_fast, args.batch_size, phases=phases)
     print(result.report())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
     return 0
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _bench_phase_inputs(args: argparse.Namespace, model, task, demos, queries):
+    """The lr sweep's dev slice (train rows disjoint from the demonstrations and queries, as the
+    experiment draws it), the content-free query and the rates for ``bench --phases``."""
+    from icl_lens.bench import PhaseInputs
+    from icl_lens.calibration import content_free_row
+    from icl_lens.lr_sweep import DEFAULT_LR_GRID, dev_slice
+    from icl_lens.prompts import encode_prompts, encode_text
+    from icl_lens.tasks import load_split
+
+    if args.lr_dev_size < 1:
+        raise ConfigError(f"--lr-dev-size must be >= 1, got {args.lr_dev_size}")
+    train = load_split(task, task.train_split)
+    rows = dev_slice(
+        train,
+        args.lr_dev_size,
+        0,
+        [d["row_index"] for d in demos],
+        task=task,
+        query_rows=[q["row_index"] for q in queries],
+    )
+    dev = encode_prompts(model.tokenizer, task, [], rows, PromptFormat(), model.cfg.n_ctx)
+    return PhaseInputs(
+        dev_queries=dev.queries,
+        dev_labels=[r["label"] for r in rows],
+        content_free_query=encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields))),
+        lr_grid=DEFAULT_LR_GRID if args.lr_grid is None else args.lr_grid,
+        lr=args.lr,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
