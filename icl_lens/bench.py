@@ -45,8 +45,9 @@ Per phase:
   contextual calibration the content-free query is one more query (the prefix is not counted again);
 * FT training: per step, forward of every demonstration of the batch at positions 0..n−1 and the
   unembedding of the counted loss positions c, plus the backward above;
-* LCGD training: the same forward, n_layers lenses (n_layers·c unembedded positions), the backward with
-  LCGD's B and one unembedding backward per lens of a trained block;
+* LCGD training (the simultaneous schedule, the default): the same forward, n_layers lenses
+  (n_layers·c unembedded positions), the backward with LCGD's B and one unembedding backward per lens
+  of a trained block;
 * lr sweep (R rates): the FT training at every rate, whose first step is counted once (every rate
   starts from the same weights, so its loss and gradient are the same for all — the batched sweep runs
   it once), plus the dev-slice evaluation (calibration included) of every rate that was scored. The
