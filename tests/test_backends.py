@@ -352,3 +352,27 @@ def test_the_command_line_runs_on_either_backend(hf_dirs, tmp_path, backend):
     assert main([*argv, "--out", str(tmp_path), "--attention-examples", "0", "--no-progress", *flags]) == 0
     (path,) = tmp_path.glob("*/results.json")
     assert json.loads(path.read_text())["model"]["backend"] == (backend or default_backend())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_processed_bridge_scores_as_the_unprocessed_one(hf_dirs, family):
+    """``processed=True`` (TransformerLens's weight processing in compatibility mode) changes raw
+    logits by a per-position constant at most: class scores (log-probabilities) are unchanged."""
+    raw = evaluate(_load(hf_dirs, family, "bridge"), PREFIX, QUERIES, LABELS, progress=False)
+    processed = evaluate(_load(hf_dirs, family, "bridge", processed=True), PREFIX, QUERIES, LABELS, progress=False)
+    assert torch.allclose(raw.class_scores, processed.class_scores, atol=1e-4)
+
+
+def test_bfloat16_bridge_trains_through_float32_master_weights(hf_dirs):
+    """A bf16 bridge finetunes W_K / W_V in float32 masters (as the hooked backend does): the bf16 result
+    is the float32 result rounded, within a few bf16 ulps."""
+    cfg = FinetuneConfig(lr=1e-1)
+    full = _load(hf_dirs, "llama", "bridge")
+    half = _load(hf_dirs, "llama", "bridge", dtype="bfloat16")
+    tuned_full = finetune(full, DEMOS, ANSWERS, cfg, progress=False)[0]
+    tuned_half = finetune(half, DEMOS, ANSWERS, cfg, progress=False)[0]
+    for layer in range(full.cfg.n_layers):
+        expected = attention_parameter(tuned_full, layer, "W_K")
+        got = attention_parameter(tuned_half, layer, "W_K").float()
+        assert got.dtype == torch.float32 and attention_parameter(tuned_half, layer, "W_K").dtype == torch.bfloat16
+        assert (got - expected).abs().max() <= 4 * 2**-8 * expected.abs().max()
