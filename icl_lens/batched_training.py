@@ -64,6 +64,7 @@ from icl_lens.finetune import (
     trainable_copy,
 )
 from icl_lens.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
+from icl_lens.lens import logit_lens
 from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
 
 logger = logging.getLogger(__name__)
@@ -351,6 +352,13 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
     return [float(sum(float(v) for v in layer_losses[:, r])) for r in range(n_rates)]
 
 
+CPU_RATES_PER_PASS = 1
+"""Rates per scoring pass on a CPU. A pass's time there is mostly memory-bound attention work
+(``rows × heads × pos × keys``) that grows out of the caches with more rows; measured on the tiny
+bench (``experiments/bench_lr_sweep.py --tiny``, one thread), 9 rates per pass took 2.5× the CPU time
+of one rate per pass. An accelerator gains from wide passes instead."""
+
+
 def scoring_bytes_per_rate(
     model: Model, prefix_length: int, longest_row: int, longest_label: int, rows_per_rate: int
 ) -> int:
@@ -385,6 +393,7 @@ def score_rates(
     batch_size: int = 16,
     content_free_query: Sequence[int] | None = None,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    max_rates_per_pass: int | None = None,
 ) -> dict[float, Float[torch.Tensor, "n_queries n_classes"] | None]:
     """Every trained rate's class scores on ``queries`` after ``prefix``, all rates scored together.
 
@@ -394,7 +403,8 @@ def score_rates(
     content-free query's scores when ``content_free_query`` is given. A rate whose trained weights
     or (calibrated) scores are not finite maps to None; the others are unaffected (rows never mix).
     Rates are scored in passes of as many as fit ``max_batch_bytes``
-    (:func:`scoring_bytes_per_rate`; at least one rate, i.e. one evaluation batch, per pass).
+    (:func:`scoring_bytes_per_rate`; at least one rate, i.e. one evaluation batch, per pass) and at
+    most ``max_rates_per_pass`` (None: no limit on an accelerator, :data:`CPU_RATES_PER_PASS` on a CPU).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -421,20 +431,26 @@ def score_rates(
     per_rate = scoring_bytes_per_rate(
         student, len(prefix), max(map(len, queries)) + longest_label, longest_label, len(batches[0])
     )
-    size = chunk_size(per_rate, max_batch_bytes)
+    if max_rates_per_pass is None:
+        max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(student.cfg.device).type == "cpu" else len(rates)
+    size = min(chunk_size(per_rate, max_batch_bytes), max(1, max_rates_per_pass))
     projections = _RateProjections(student, list(trained.params[rates[0]]))
+    full_reason = _full_pass_reason(student) if any(len(label) > 1 for label in labels) else None
+    if full_reason is not None:
+        logger.debug("scoring multi-token labels in full passes of query + label: %s", full_reason)
+    score_batch = _score_batch if full_reason is not None else _score_batch_continued
     for start in range(0, len(rates), size):
         group = rates[start : start + size]
         rate_params = [trained.params[lr] for lr in group]
         prefix_kv = _encode_rate_prefixes(student, projections, rate_params, prefix)
         scores = torch.zeros(len(group), len(queries), len(labels))
         for batch in batches:
-            batch_scores = _score_batch(
+            batch_scores = score_batch(
                 student, projections, rate_params, prefix_kv, [queries[i] for i in batch], labels
             )
             scores[:, torch.tensor(batch)] = batch_scores
         if content_free_query is not None:
-            bias = _score_batch(student, projections, rate_params, prefix_kv, [content_free_query], labels)
+            bias = score_batch(student, projections, rate_params, prefix_kv, [content_free_query], labels)
         for r, lr in enumerate(group):
             rate_scores = scores[r]
             if bool(torch.isfinite(rate_scores).all()) and content_free_query is not None:
@@ -511,4 +527,70 @@ def _score_batch(
             scores[:, class_id] = first[:, label[0]]
         else:
             scores[:, class_id] = _mean_token_log_prob(label_log_probs(label), label)
+    return scores.float().cpu().view(n_rates, rows, len(labels))
+
+
+def _full_pass_reason(student) -> str | None:
+    """Why a label cannot be scored as a continuation of the query's cached keys/values exactly (None: it can).
+
+    The continuation's keys sit after the query's right padding; positions are counted over the
+    attention mask (absolute and rotary embeddings), but a sliding window, ALiBi or dynamic NTK
+    rotary scaling count the padding too.
+    """
+    c = student.cfg
+    if c.positional_embedding_type not in ("standard", "rotary"):
+        return f"positional embedding {c.positional_embedding_type!r}"
+    if getattr(c, "use_dynamic_ntk_rope", False):
+        return "dynamic NTK rotary scaling"
+    if any(window is not None for window in HOOKED.attention_windows(student)):
+        return "sliding-window attention layers"
+    return None
+
+
+def _score_batch_continued(
+    student, projections, rate_params, prefix_kv, queries: list[list[int]], labels: list[list[int]]
+) -> Float[torch.Tensor, "n_rates batch n_classes"]:
+    """As :func:`_score_batch`, the query run once: its keys/values are cached, and each multi-token
+    label's tokens (all but the last) continue from that cache, so no label re-runs the query."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    n_rates, rows = len(rate_params), len(queries)
+    device = student.cfg.device
+    if prefix_kv is None:
+        cache = TransformerLensKeyValueCache.init_cache(student.cfg, device, batch_size=n_rates * rows)
+    else:
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                past_keys=e.past_keys.repeat_interleave(rows, dim=0),
+                past_values=e.past_values.repeat_interleave(rows, dim=0),
+            )
+            for e in prefix_kv.entries
+        ]
+        mask = prefix_kv.previous_attention_mask.repeat_interleave(rows, dim=0)
+        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask)
+    tokens, mask = _pad_right(queries, PAD_ID, device)
+    tokens, mask = tokens.repeat(n_rates, 1), mask.repeat(n_rates, 1)
+    n_layers = student.cfg.n_layers
+    resid = projections.forward(
+        rate_params, lambda: student(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers)
+    )
+    cache.freeze()  # the continuations read it without appending to it
+    pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(n_rates)
+    first = _label_log_probs(student, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: one position, after the query
+    scores = torch.zeros(n_rates * rows, len(labels), device=first.device)
+    for class_id, label in enumerate(labels):
+        if len(label) == 1:
+            scores[:, class_id] = first[:, label[0]]
+            continue
+        continuation = torch.tensor([label[:-1]], device=device).expand(n_rates * rows, -1)
+        resid = projections.forward(
+            rate_params,
+            lambda tokens=continuation: student(
+                tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=n_layers
+            ),
+        )
+        later = logit_lens(student, resid).float().log_softmax(dim=-1)  # predicts label[1:]
+        log_probs = torch.cat([first[:, None], later], dim=1)
+        scores[:, class_id] = _mean_token_log_prob(log_probs, label)
     return scores.float().cpu().view(n_rates, rows, len(labels))

@@ -233,6 +233,19 @@ def trained_rates(tiny_gpt, tiny_llama):
     return out
 
 
+def _count_scoring_passes(monkeypatch) -> list[int]:
+    """How many rates each batched forward pass of the scoring ran (one entry per pass)."""
+    passes = []
+    real = batched_training._RateProjections.forward
+
+    def spy(self, rate_params, run, extra_hooks=()):
+        passes.append(len(rate_params))
+        return real(self, rate_params, run, extra_hooks)
+
+    monkeypatch.setattr(batched_training._RateProjections, "forward", spy)
+    return passes
+
+
 def _evaluate_each_rate(trained, prefix, queries, labels, n_start, batch_size, content_free):
     """What the sequential sweep computes: every rate's model alone through evaluate (+ calibration)."""
     want = {}
@@ -267,19 +280,21 @@ def test_batched_scores_equal_each_rates_evaluate(
         "mixed": [[5], [7, 8, 9], [11]],  # class 0 one token, a later class of three
     }[labels_kind]
     content_free = inputs["content_free_query"] if calibrated else None
-    passes = []
-    real = batched_training.final_residual
-    monkeypatch.setattr(
-        batched_training, "final_residual", lambda *a, **k: passes.append(a[1].shape[0]) or real(*a, **k)
-    )
+    passes = _count_scoring_passes(monkeypatch)
     got = score_rates(
-        trained, prefix, inputs["score_queries"], labels, n_start=1, batch_size=3, content_free_query=content_free
+        trained,
+        prefix,
+        inputs["score_queries"],
+        labels,
+        n_start=1,
+        batch_size=3,
+        content_free_query=content_free,
+        max_rates_per_pass=len(SCORED_GRID),
     )
     # 7 queries in evaluation batches of 3, 3, 1 (+ the content-free query), each one pass for all
-    # rates (+ one more per multi-token class after the first): the passes do not grow with the grid.
-    per_batch = 1 + sum(len(label) > 1 for label in labels[1:])
-    assert len(passes) == (3 + calibrated) * per_batch
-    assert sorted(passes)[-1] == 3 * len(SCORED_GRID)
+    # rates, plus one continuation pass per multi-token label; plus one pass encoding the prefix.
+    per_batch = 1 + sum(len(label) > 1 for label in labels)
+    assert passes == [len(SCORED_GRID)] * (1 + (3 + calibrated) * per_batch)
     want = _evaluate_each_rate(trained, prefix, inputs["score_queries"], labels, 1, 3, content_free)
     assert set(got) == set(SCORED_GRID)
     for lr in SCORED_GRID:
@@ -289,21 +304,33 @@ def test_batched_scores_equal_each_rates_evaluate(
     assert float((want[1e-3] - want[10.0]).abs().max()) > 1000 * MAX_SCORE_DIFF
 
 
-def test_scoring_passes_of_one_rate_under_a_small_memory_bound(trained_rates, monkeypatch):
+@pytest.mark.parametrize(("rates_per_pass", "pass_sizes"), [(1, [1] * 9), (2, [1, 1, 1, 2, 2, 2])])
+def test_scoring_passes_hold_as_many_rates_as_the_memory_bound_allows(
+    trained_rates, monkeypatch, rates_per_pass, pass_sizes
+):
     model, inputs, trained = trained_rates["llama"]
-    passes = []
-    real = batched_training.final_residual
-    monkeypatch.setattr(
-        batched_training, "final_residual", lambda *a, **k: passes.append(a[1].shape[0]) or real(*a, **k)
-    )
+    passes = _count_scoring_passes(monkeypatch)
     prefix = inputs["score_prefix"] + inputs["demo_sequences"][0]
     labels = _one_token_labels(inputs)
-    per_rate = scoring_bytes_per_rate(model, len(prefix), 20, 1, 4)
-    got = score_rates(trained, prefix, inputs["score_queries"], labels, batch_size=4, max_batch_bytes=per_rate - 1)
-    assert sorted(passes) == [3] * 3 + [4] * 3  # batches of 4 and 3 queries, one rate per pass
+    longest_row = max(map(len, inputs["score_queries"])) + 1
+    per_rate = scoring_bytes_per_rate(model, len(prefix), longest_row, 1, 4)
+    bound = (rates_per_pass + 1) * per_rate - 1
+    got = score_rates(
+        trained, prefix, inputs["score_queries"], labels, batch_size=4, max_batch_bytes=bound, max_rates_per_pass=3
+    )
+    # per group of rates: the prefix, then the batches of 4 and 3 queries
+    assert sorted(passes) == pass_sizes
     want = _evaluate_each_rate(trained, prefix, inputs["score_queries"], labels, 1, 4, None)
     for lr in SCORED_GRID:
         assert float((got[lr] - want[lr]).abs().max()) <= MAX_SCORE_DIFF
+
+
+def test_on_a_cpu_each_scoring_pass_holds_one_rate(trained_rates, monkeypatch):
+    """Wide passes are slower on a CPU (memory-bound attention), so the default there is one rate per pass."""
+    model, inputs, trained = trained_rates["gpt"]
+    passes = _count_scoring_passes(monkeypatch)
+    score_rates(trained, inputs["score_prefix"], inputs["score_queries"], _one_token_labels(inputs))
+    assert passes and set(passes) == {1}
 
 
 def test_a_rate_with_non_finite_scores_is_none_and_the_others_are_unaffected(trained_rates):
