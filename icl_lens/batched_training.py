@@ -408,6 +408,10 @@ def score_rates(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if max_rates_per_pass is not None and (
+        isinstance(max_rates_per_pass, bool) or not isinstance(max_rates_per_pass, int) or max_rates_per_pass < 1
+    ):
+        raise ConfigError(f"max_rates_per_pass must be None or an integer >= 1, got {max_rates_per_pass!r}")
     student = trained.student
     prefix, queries, labels = check_evaluation_inputs(student, prefix, queries, labels, n_start=n_start)
     if content_free_query is not None:
@@ -433,11 +437,11 @@ def score_rates(
     )
     if max_rates_per_pass is None:
         max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(student.cfg.device).type == "cpu" else len(rates)
-    size = min(chunk_size(per_rate, max_batch_bytes), max(1, max_rates_per_pass))
+    size = min(chunk_size(per_rate, max_batch_bytes), max_rates_per_pass)
     projections = _RateProjections(student, list(trained.params[rates[0]]))
     full_reason = _full_pass_reason(student) if any(len(label) > 1 for label in labels) else None
     if full_reason is not None:
-        logger.debug("scoring multi-token labels in full passes of query + label: %s", full_reason)
+        logger.info("scoring multi-token labels in full passes of query + label: %s", full_reason)
     score_batch = _score_batch if full_reason is not None else _score_batch_continued
     for start in range(0, len(rates), size):
         group = rates[start : start + size]

@@ -127,7 +127,7 @@ def sweep_learning_rate(
     ``max_batch_bytes`` (:func:`~icl_lens.batched_training.bytes_per_rate`), then scores every
     trained rate of a chunk on the queries together (:func:`~icl_lens.batched_training.score_rates`:
     the class scores :func:`~icl_lens.evaluation.evaluate` gives each rate's model, in passes of rates
-    under the same bound). Where that cannot be exact (a parameter group other than
+    under the same bound, one rate per pass on a CPU). Where that cannot be exact (a parameter group other than
     ``kv``/``q``, LCGD's sequential schedule, another trainer, half precision, ...) it logs why and
     trains one rate at a time, as ``batched=False`` does.
     """

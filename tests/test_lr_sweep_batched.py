@@ -379,3 +379,47 @@ def test_sweep_with_a_demonstration_prefix_and_one_token_labels_equals_the_seque
     sequential = sweep_learning_rate(any_tiny, base=FinetuneConfig(), grid=GRID, batch_size=3, batched=False, **inputs)
     assert len(evaluated) == len(GRID)
     assert batched.scores == sequential.scores and batched.lr == sequential.lr
+
+
+def test_sliding_window_models_score_multi_token_labels_in_full_passes(monkeypatch, caplog):
+    """On a Gemma-like model (local attention layers) a label continued after the query's padding would
+    see another window, so each label re-runs query + label as evaluate does; the scores still match."""
+    from helpers import tiny_model
+
+    model = tiny_model(family="gemma", n_layers=2, window=4)
+    inputs = _inputs(model, n_queries=5, calibrated=True)
+    trained = train_rates(model, inputs["demo_sequences"], inputs["answer_lengths"], FinetuneConfig(), SCORED_GRID)
+    prefix = inputs["score_prefix"] + inputs["demo_sequences"][0]
+    labels = inputs["label_tokens"]
+    passes = _count_scoring_passes(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="icl_lens.batched_training"):
+        got = score_rates(
+            trained,
+            prefix,
+            inputs["score_queries"],
+            labels,
+            batch_size=3,
+            content_free_query=inputs["content_free_query"],
+            max_rates_per_pass=3,
+        )
+    assert any("sliding-window" in r.message for r in caplog.records)
+    assert passes == [3] * (1 + 3 * len(labels))  # prefix; batches of 3, 2 and content-free: one pass per label
+    want = _evaluate_each_rate(trained, prefix, inputs["score_queries"], labels, 1, 3, inputs["content_free_query"])
+    for lr in SCORED_GRID:
+        assert float((got[lr] - want[lr]).abs().max()) <= MAX_SCORE_DIFF
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_rates_per_pass": 0}, "max_rates_per_pass must be None or an integer >= 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"content_free_query": []}, "query 0"),
+    ],
+)
+def test_bad_scoring_arguments_are_named(trained_rates, kwargs, message):
+    from icl_lens.errors import IclLensError
+
+    model, inputs, trained = trained_rates["gpt"]
+    with pytest.raises(IclLensError, match=message):
+        score_rates(trained, inputs["score_prefix"], inputs["score_queries"], inputs["label_tokens"], **kwargs)
