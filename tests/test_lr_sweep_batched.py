@@ -268,12 +268,17 @@ def _one_token_labels(inputs):
 @pytest.mark.parametrize("model_name", ["gpt", "llama"])
 @pytest.mark.parametrize("labels_kind", ["multi-token", "one-token", "mixed"])
 @pytest.mark.parametrize("calibrated", [False, True])
-@pytest.mark.parametrize("prefix_kind", ["start", "demonstrations"])
+@pytest.mark.parametrize("prefix_kind", ["none", "start", "demonstrations"])
 def test_batched_scores_equal_each_rates_evaluate(
     trained_rates, monkeypatch, model_name, labels_kind, calibrated, prefix_kind
 ):
     model, inputs, trained = trained_rates[model_name]
-    prefix = inputs["score_prefix"] if prefix_kind == "start" else inputs["score_prefix"] + inputs["demo_sequences"][0]
+    prefix = {
+        "none": [],
+        "start": inputs["score_prefix"],
+        "demonstrations": inputs["score_prefix"] + inputs["demo_sequences"][0],
+    }[prefix_kind]
+    n_start = 0 if prefix_kind == "none" else 1
     labels = {
         "multi-token": inputs["label_tokens"],  # the byte tokenizer spells " negative"/" positive" in 9 tokens
         "one-token": _one_token_labels(inputs),
@@ -286,16 +291,16 @@ def test_batched_scores_equal_each_rates_evaluate(
         prefix,
         inputs["score_queries"],
         labels,
-        n_start=1,
+        n_start=n_start,
         batch_size=3,
         content_free_query=content_free,
         max_rates_per_pass=len(SCORED_GRID),
     )
     # 7 queries in evaluation batches of 3, 3, 1 (+ the content-free query), each one pass for all
-    # rates, plus one continuation pass per multi-token label; plus one pass encoding the prefix.
+    # rates, plus one continuation pass per multi-token label; plus one pass encoding a prefix.
     per_batch = 1 + sum(len(label) > 1 for label in labels)
-    assert passes == [len(SCORED_GRID)] * (1 + (3 + calibrated) * per_batch)
-    want = _evaluate_each_rate(trained, prefix, inputs["score_queries"], labels, 1, 3, content_free)
+    assert passes == [len(SCORED_GRID)] * (bool(prefix) + (3 + calibrated) * per_batch)
+    want = _evaluate_each_rate(trained, prefix, inputs["score_queries"], labels, n_start, 3, content_free)
     assert set(got) == set(SCORED_GRID)
     for lr in SCORED_GRID:
         assert got[lr].shape == want[lr].shape == (7, len(labels))
