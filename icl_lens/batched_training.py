@@ -28,7 +28,8 @@ shared prefix is encoded once per rate, in one pass, and each rate's rows attend
 rate's prefix keys/values). It computes only the class scores (and, for contextual calibration, the
 content-free query's), the numbers :func:`icl_lens.evaluation.evaluate` and
 :func:`icl_lens.calibration.content_free_scores` give for each rate's model alone, without recording
-activations.
+activations. A multi-token label continues from the query's cached keys/values rather than re-running
+the query (:func:`_full_pass_reason` names the models where that would not be exact).
 """
 
 from __future__ import annotations
