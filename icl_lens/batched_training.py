@@ -21,6 +21,15 @@ Plain GD (:func:`icl_lens.finetune.finetune`) and LCGD's ``simultaneous`` schedu
 layer) are batched. :func:`unsupported_reason` names what is not (other parameter groups, LCGD's
 ``sequential`` schedule, half precision, attention variants whose input is not one shared tensor), for
 which the sweep falls back to training one rate at a time.
+
+:func:`score_rates` then scores the dev slice for every trained rate together, the same way: rows
+``r*B .. (r+1)*B-1`` of each scoring pass are one batch of queries under rate r's projections (the
+shared prefix is encoded once per rate, in one pass, and each rate's rows attend to their own
+rate's prefix keys/values). It computes only the class scores (and, for contextual calibration, the
+content-free query's), the numbers :func:`icl_lens.evaluation.evaluate` and
+:func:`icl_lens.calibration.content_free_scores` give for each rate's model alone, without recording
+activations. A multi-token label continues from the query's cached keys/values rather than re-running
+the query (:func:`_full_pass_reason` names the models where that would not be exact).
 """
 
 from __future__ import annotations
@@ -33,11 +42,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities.attention import simple_attn_linear
 
-from icl_lens.errors import TrainingDivergedError
+from icl_lens.calibration import calibrate
+from icl_lens.errors import ConfigError, TrainingDivergedError
+from icl_lens.evaluation import PAD_ID, _label_log_probs, _mean_token_log_prob, _pad_right, check_evaluation_inputs
 from icl_lens.finetune import (
     PARAM_GROUPS,
     FinetuneConfig,
@@ -53,7 +65,8 @@ from icl_lens.finetune import (
     trainable_copy,
 )
 from icl_lens.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
-from icl_lens.models.backends import HOOKED, Model
+from icl_lens.lens import logit_lens
+from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
 
 logger = logging.getLogger(__name__)
 
@@ -338,3 +351,251 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
         group_losses.sum().backward()
         layer_losses[group] = group_losses.detach().view(len(group), n_rates).cpu()
     return [float(sum(float(v) for v in layer_losses[:, r])) for r in range(n_rates)]
+
+
+CPU_RATES_PER_PASS = 1
+"""Rates per scoring pass on a CPU. A pass's time there is mostly memory-bound attention work
+(``rows × heads × pos × keys``) that grows out of the caches with more rows; measured on the tiny
+bench (``experiments/bench_lr_sweep.py --tiny``, one thread), 9 rates per pass took 2.5× the CPU time
+of one rate per pass. An accelerator gains from wide passes instead."""
+
+
+def scoring_bytes_per_rate(
+    model: Model, prefix_length: int, longest_row: int, longest_label: int, rows_per_rate: int
+) -> int:
+    """An upper estimate of the memory one more rate adds to a scoring pass of :func:`score_rates`, in bytes.
+
+    Per query row (no gradient is kept): the prefix's keys/values copied for the row and their
+    concatenation with the row's own (2 copies of ``n_layers × 2 × (prefix + row) × n_kv_heads ×
+    d_head``); one layer's activations (about 8·d_model + 3·d_mlp floats per token, plus the
+    attention scores and pattern ``2 × n_heads × row × (prefix + row)``); the final residual; and the
+    float32 logits of the label's tokens with their log-softmax (``3 × label × d_vocab``). Plus,
+    once per rate, the pass that encodes the prefix (its activations and ``prefix²`` attention).
+    """
+    c = model.cfg
+    kv_heads = getattr(c, "n_key_value_heads", None) or c.n_heads
+    keys = prefix_length + longest_row
+    d_mlp = c.d_mlp or 4 * c.d_model
+    cache = 2 * c.n_layers * 2 * keys * kv_heads * c.d_head
+    layer = longest_row * (8 * c.d_model + 3 * d_mlp) + 2 * c.n_heads * longest_row * keys
+    logits = 3 * longest_label * c.d_vocab_out
+    prefix_pass = prefix_length * (8 * c.d_model + 3 * d_mlp) + 2 * c.n_heads * prefix_length**2
+    return 4 * (rows_per_rate * (cache + layer + longest_row * c.d_model + logits) + prefix_pass)
+
+
+@torch.no_grad()
+def score_rates(
+    trained: BatchedTraining,
+    prefix: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    n_start: int = 1,
+    batch_size: int = 16,
+    content_free_query: Sequence[int] | None = None,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    max_rates_per_pass: int | None = None,
+) -> dict[float, Float[torch.Tensor, "n_queries n_classes"] | None]:
+    """Every trained rate's class scores on ``queries`` after ``prefix``, all rates scored together.
+
+    Each rate's scores are the ``class_scores`` of :func:`~icl_lens.evaluation.evaluate` on
+    ``trained.load(lr)`` with the same arguments (the queries batched the same way, so padding is
+    the same), contextually calibrated (:func:`~icl_lens.calibration.calibrate`) by the
+    content-free query's scores when ``content_free_query`` is given. A rate whose trained weights
+    or (calibrated) scores are not finite maps to None; the others are unaffected (rows never mix).
+    Rates are scored in passes of as many as fit ``max_batch_bytes``
+    (:func:`scoring_bytes_per_rate`; at least one rate, i.e. one evaluation batch, per pass) and at
+    most ``max_rates_per_pass`` (None: no limit on an accelerator, :data:`CPU_RATES_PER_PASS` on a CPU).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if max_rates_per_pass is not None and (
+        isinstance(max_rates_per_pass, bool) or not isinstance(max_rates_per_pass, int) or max_rates_per_pass < 1
+    ):
+        raise ConfigError(f"max_rates_per_pass must be None or an integer >= 1, got {max_rates_per_pass!r}")
+    student = trained.student
+    prefix, queries, labels = check_evaluation_inputs(student, prefix, queries, labels, n_start=n_start)
+    if content_free_query is not None:
+        _, (content_free_query,), _ = check_evaluation_inputs(
+            student, prefix, [content_free_query], labels, n_start=n_start
+        )
+    out: dict[float, torch.Tensor | None] = {}
+    rates = []
+    for lr in sorted(trained.params):
+        bad = [n for n, p in trained.params[lr].items() if not bool(torch.isfinite(p).all())]
+        if bad:
+            logger.info("lr %g diverged: trained parameter %s is not finite", lr, bad[0])
+            out[lr] = None
+        else:
+            rates.append(lr)
+    if not rates:
+        return out
+    order = sorted(range(len(queries)), key=lambda i: -len(queries[i]))  # as evaluate batches them
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    longest_label = max(map(len, labels))
+    per_rate = scoring_bytes_per_rate(
+        student, len(prefix), max(map(len, queries)) + longest_label, longest_label, len(batches[0])
+    )
+    if max_rates_per_pass is None:
+        max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(student.cfg.device).type == "cpu" else len(rates)
+    size = min(chunk_size(per_rate, max_batch_bytes), max_rates_per_pass)
+    projections = _RateProjections(student, list(trained.params[rates[0]]))
+    full_reason = _full_pass_reason(student) if any(len(label) > 1 for label in labels) else None
+    if full_reason is not None:
+        logger.info("scoring multi-token labels in full passes of query + label: %s", full_reason)
+    score_batch = _score_batch if full_reason is not None else _score_batch_continued
+    for start in range(0, len(rates), size):
+        group = rates[start : start + size]
+        rate_params = [trained.params[lr] for lr in group]
+        prefix_kv = _encode_rate_prefixes(student, projections, rate_params, prefix)
+        scores = torch.zeros(len(group), len(queries), len(labels))
+        for batch in batches:
+            batch_scores = score_batch(
+                student, projections, rate_params, prefix_kv, [queries[i] for i in batch], labels
+            )
+            scores[:, torch.tensor(batch)] = batch_scores
+        if content_free_query is not None:
+            bias = score_batch(student, projections, rate_params, prefix_kv, [content_free_query], labels)
+        for r, lr in enumerate(group):
+            rate_scores = scores[r]
+            if bool(torch.isfinite(rate_scores).all()) and content_free_query is not None:
+                rate_scores = calibrate(rate_scores, bias[r])
+            if not bool(torch.isfinite(rate_scores).all()):
+                logger.info("lr %g diverged: the trained model's class scores are not finite", lr)
+                out[lr] = None
+            else:
+                out[lr] = rate_scores
+    return out
+
+
+def _encode_rate_prefixes(student, projections, rate_params, prefix: list[int]):
+    """The prefix's key/value cache under each rate's projections (batch row r = rate r), or None."""
+    if not prefix:
+        return None
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    n_rates = len(rate_params)
+    tokens = torch.tensor([prefix] * n_rates, device=student.cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(student.cfg, student.cfg.device, batch_size=n_rates)
+    projections.forward(
+        rate_params,
+        lambda: student(tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), return_type=None),
+    )
+    cache.freeze()
+    return cache
+
+
+def _rows_prefix(prefix_kv, rows_per_rate: int) -> Prefix | None:
+    """A prefix whose row ``r*B + i`` holds rate r's keys/values (the frozen cache repeated per row)."""
+    if prefix_kv is None:
+        return None
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            past_keys=e.past_keys.repeat_interleave(rows_per_rate, dim=0),
+            past_values=e.past_values.repeat_interleave(rows_per_rate, dim=0),
+            frozen=True,
+        )
+        for e in prefix_kv.entries
+    ]
+    mask = prefix_kv.previous_attention_mask.repeat_interleave(rows_per_rate, dim=0)
+    cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask, frozen=True)
+    return Prefix(length=int(mask.shape[1]), cache=cache)
+
+
+def _score_batch(
+    student, projections, rate_params, prefix_kv, queries: list[list[int]], labels: list[list[int]]
+) -> Float[torch.Tensor, "n_rates batch n_classes"]:
+    """One evaluation batch of ``queries`` for every rate of ``rate_params`` (rows rate-major): the
+    class scores :func:`~icl_lens.evaluation.evaluate` computes — class 0's answer appended to each
+    query, single-token classes read at the prediction position, other multi-token classes in a pass
+    of their own."""
+    n_rates, rows = len(rate_params), len(queries)
+    kv = _rows_prefix(prefix_kv, rows)
+    pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(n_rates)
+
+    def label_log_probs(label: list[int]) -> torch.Tensor:
+        tokens, mask = _pad_right([list(q) + label for q in queries], PAD_ID, student.cfg.device)
+        tokens, mask = tokens.repeat(n_rates, 1), mask.repeat(n_rates, 1)
+        resid = projections.forward(rate_params, lambda: final_residual(student, tokens, mask, prefix=kv))
+        return _label_log_probs(student, resid, pred_pos, label)
+
+    answer = labels[0]
+    answer_log_probs = label_log_probs(answer)
+    scores = torch.zeros(n_rates * rows, len(labels), device=answer_log_probs.device)
+    scores[:, 0] = _mean_token_log_prob(answer_log_probs, answer)
+    first = answer_log_probs[:, 0]
+    for class_id, label in enumerate(labels[1:], start=1):
+        if len(label) == 1:
+            scores[:, class_id] = first[:, label[0]]
+        else:
+            scores[:, class_id] = _mean_token_log_prob(label_log_probs(label), label)
+    return scores.float().cpu().view(n_rates, rows, len(labels))
+
+
+def _full_pass_reason(student) -> str | None:
+    """Why a label cannot be scored as a continuation of the query's cached keys/values exactly (None: it can).
+
+    The continuation's keys sit after the query's right padding; positions are counted over the
+    attention mask (absolute and rotary embeddings), but a sliding window, ALiBi or dynamic NTK
+    rotary scaling count the padding too.
+    """
+    c = student.cfg
+    if c.positional_embedding_type not in ("standard", "rotary"):
+        return f"positional embedding {c.positional_embedding_type!r}"
+    if getattr(c, "use_dynamic_ntk_rope", False):
+        return "dynamic NTK rotary scaling"
+    if any(window is not None for window in HOOKED.attention_windows(student)):
+        return "sliding-window attention layers"
+    return None
+
+
+def _score_batch_continued(
+    student, projections, rate_params, prefix_kv, queries: list[list[int]], labels: list[list[int]]
+) -> Float[torch.Tensor, "n_rates batch n_classes"]:
+    """As :func:`_score_batch`, the query run once: its keys/values are cached, and each multi-token
+    label's tokens (all but the last) continue from that cache, so no label re-runs the query."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    n_rates, rows = len(rate_params), len(queries)
+    device = student.cfg.device
+    if prefix_kv is None:
+        cache = TransformerLensKeyValueCache.init_cache(student.cfg, device, batch_size=n_rates * rows)
+    else:
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                past_keys=e.past_keys.repeat_interleave(rows, dim=0),
+                past_values=e.past_values.repeat_interleave(rows, dim=0),
+            )
+            for e in prefix_kv.entries
+        ]
+        mask = prefix_kv.previous_attention_mask.repeat_interleave(rows, dim=0)
+        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask)
+    tokens, mask = _pad_right(queries, PAD_ID, device)
+    tokens, mask = tokens.repeat(n_rates, 1), mask.repeat(n_rates, 1)
+    n_layers = student.cfg.n_layers
+    resid = projections.forward(
+        rate_params, lambda: student(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers)
+    )
+    cache.freeze()  # the continuations read it without appending to it
+    pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(n_rates)
+    first = _label_log_probs(student, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: one position, after the query
+    scores = torch.zeros(n_rates * rows, len(labels), device=first.device)
+    for class_id, label in enumerate(labels):
+        if len(label) == 1:
+            scores[:, class_id] = first[:, label[0]]
+            continue
+        continuation = torch.tensor([label[:-1]], device=device).expand(n_rates * rows, -1)
+        resid = projections.forward(
+            rate_params,
+            lambda tokens=continuation: student(
+                tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=n_layers
+            ),
+        )
+        later = logit_lens(student, resid).float().log_softmax(dim=-1)  # predicts label[1:]
+        log_probs = torch.cat([first[:, None], later], dim=1)
+        scores[:, class_id] = _mean_token_log_prob(log_probs, label)
+    return scores.float().cpu().view(n_rates, rows, len(labels))

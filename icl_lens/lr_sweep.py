@@ -17,12 +17,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from icl_lens.batched_training import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,
     chunk_size,
+    score_rates,
     train_rates,
     trainer_method,
     unsupported_reason,
@@ -122,8 +124,10 @@ def sweep_learning_rate(
 
     ``batched`` (default) trains the grid's rates together, sharing the frozen weights
     (:mod:`icl_lens.batched_training`), in chunks of rates whose estimated memory stays under
-    ``max_batch_bytes`` (:func:`~icl_lens.batched_training.bytes_per_rate`); each trained rate is then
-    scored as the sequential sweep scores it. Where that cannot be exact (a parameter group other than
+    ``max_batch_bytes`` (:func:`~icl_lens.batched_training.bytes_per_rate`), then scores every
+    trained rate of a chunk on the queries together (:func:`~icl_lens.batched_training.score_rates`:
+    the class scores :func:`~icl_lens.evaluation.evaluate` gives each rate's model, in passes of rates
+    under the same bound, one rate per pass on a CPU). Where that cannot be exact (a parameter group other than
     ``kv``/``q``, LCGD's sequential schedule, another trainer, half precision, ...) it logs why and
     trains one rate at a time, as ``batched=False`` does.
     """
@@ -183,20 +187,32 @@ def _batched_scores(
         )
     scores: dict[float, float | None] = {}
     chunks = [rates[i : i + size] for i in range(0, len(rates), size)]
+    labels = torch.tensor(list(score_inputs["score_labels"]))
     for chunk in tqdm(chunks, desc="lr sweep (batched)", disable=not progress or len(chunks) == 1, leave=False):
         trained = train_rates(model, demo_sequences, answer_lengths, base, chunk, method, progress=progress)
+        class_scores = score_rates(
+            trained,
+            score_inputs["score_prefix"],
+            score_inputs["score_queries"],
+            score_inputs["label_tokens"],
+            n_start=score_inputs["n_start"],
+            batch_size=score_inputs["batch_size"],
+            content_free_query=score_inputs["content_free_query"],
+            max_batch_bytes=max_batch_bytes,
+        )
         for lr in chunk:
-            if lr in trained.diverged:
-                scores[lr] = None
-                continue
-            try:
-                scores[lr] = _score_model(trained.load(lr), lr, **score_inputs)
-            except NonFiniteError as exc:
-                logger.info("lr %g diverged: %s", lr, exc)
-                scores[lr] = None
-                continue
-            logger.info("lr %g: accuracy %.3f", lr, scores[lr])
+            rate_scores = class_scores.get(lr)  # absent: diverged in training; None: non-finite weights or scores
+            scores[lr] = None if rate_scores is None else _accuracy(rate_scores, labels)
+            if scores[lr] is not None:
+                logger.info("lr %g: accuracy %.3f", lr, scores[lr])
     return scores
+
+
+def _accuracy(
+    class_scores: Float[torch.Tensor, "n_queries n_classes"], labels: Int[torch.Tensor, " n_queries"]
+) -> float:
+    """The fraction of queries whose highest-scoring class is their label."""
+    return float((class_scores.argmax(-1) == labels).float().mean())
 
 
 def _score_model(
@@ -234,4 +250,4 @@ def _score_model(
         scores_tensor = calibrate(scores_tensor, bias)
     if not bool(torch.isfinite(scores_tensor).all()):
         raise NonFiniteError(f"lr {lr:g}: the trained model's class scores are not finite")
-    return float((scores_tensor.argmax(-1) == torch.tensor(list(score_labels))).float().mean())
+    return _accuracy(scores_tensor, torch.tensor(list(score_labels)))

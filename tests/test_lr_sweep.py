@@ -50,7 +50,8 @@ def test_a_rate_with_non_finite_weights_is_marked_diverged(tiny_gpt, poison, cal
 
 
 def test_non_finite_scores_from_finite_weights_are_marked_diverged(tiny_gpt, monkeypatch):
-    """Scores can go non-finite with finite weights (an overflow in the forward pass): same verdict."""
+    """Scores can go non-finite with finite weights (an overflow in the forward pass): same verdict.
+    (The sequential sweep, which scores through evaluate; the batched one: test_lr_sweep_batched.py.)"""
     import icl_lens.lr_sweep as lr_sweep
 
     real_evaluate = lr_sweep.evaluate
@@ -66,7 +67,7 @@ def test_non_finite_scores_from_finite_weights_are_marked_diverged(tiny_gpt, mon
 
     monkeypatch.setattr(lr_sweep, "evaluate", evaluate)
     choice = sweep_learning_rate(tiny_gpt, base=FinetuneConfig(), grid=(1e-3, 1e-2, 3e-2), progress=False,
-                                 **_inputs(tiny_gpt))
+                                 batched=False, **_inputs(tiny_gpt))
     assert choice.scores[1e-2] is None and len(calls) == 3
     assert choice.scores[1e-3] is not None and choice.scores[3e-2] is not None
 
