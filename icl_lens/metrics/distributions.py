@@ -182,11 +182,11 @@ def order_sensitivity(
         require_finite(distributions, "distributions")
         per_example = _std(distributions.to(torch.float64), 0, unbiased).sum(dim=-1)
         return per_example.mean().item()
-    distributions = list(distributions)
-    if not distributions or not all(isinstance(d, TopKDistribution) for d in distributions):
+    permutations = list(distributions)
+    if not permutations or not all(isinstance(d, TopKDistribution) for d in permutations):
         raise MetricInputError("order_sensitivity needs a dense tensor or a non-empty sequence of TopKDistribution")
-    per_example = [_std(dense, 0, unbiased).sum() for dense in _dense_over_permutations(distributions)]
-    return torch.stack(per_example).mean().item()
+    per_query = [_std(dense, 0, unbiased).sum() for dense in _dense_over_permutations(permutations)]
+    return torch.stack(per_query).mean().item()
 
 
 def accuracy_std(accuracies: Float[torch.Tensor, " n_perm"] | Sequence[float], unbiased: bool = False) -> float:
