@@ -26,7 +26,7 @@ import copy
 import importlib.metadata
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +154,7 @@ class Backend:
         raise NotImplementedError
 
     def in_hooked_layout(
-        self, model: Model, parameters: dict[str, torch.Tensor]
+        self, model: Model, parameters: Mapping[str, torch.Tensor]
     ) -> list[tuple[str, tuple[int, ...], Any]]:
         """The parameters as a HookedTransformer lays them out: ``(name, shape, back)`` in its
         parameter order, ``back(tensor)`` turning a tensor of that shape into the parameter's own
