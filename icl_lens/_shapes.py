@@ -65,7 +65,10 @@ def shape_checked(fn: Callable[P, R]) -> Callable[P, R]:
         nonlocal hints
         if hints is None:  # resolved on first use, when every name the annotations use exists
             hints = typing.get_type_hints(fn, include_extras=True)
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # the call itself is wrong: Python's own error says how
+            return None
         bound.apply_defaults()
         shapes = ", ".join(f"{n}={tuple(v.shape)}" for n, v in bound.arguments.items() if hasattr(v, "shape"))
         with jaxtyped("context"):  # one binding of each named dimension across the whole call
