@@ -158,7 +158,7 @@ def check_token_ids(ids: Any, d_vocab: int, what: str, allow_empty: bool = False
     for position, token in enumerate(values):
         if isinstance(token, bool) or not isinstance(token, numbers.Integral):
             raise PromptError(f"{what}: token {position} is {token!r}, not an integer id")
-        if not 0 <= token < d_vocab:
+        if not 0 <= int(token) < d_vocab:
             raise PromptError(
                 f"{what}: token id {token} at position {position} is outside the vocabulary (0..{d_vocab - 1})"
             )

@@ -187,7 +187,9 @@ class _RateProjections:
         self.student = student
         self.by_layer: dict[int, dict[str, list[str]]] = {}
         for name in trained_names:
-            layer, _, _, kind = _PROJECTION.match(name).groups()
+            match = _PROJECTION.match(name)
+            assert match is not None, f"{name} is not an attention or MLP projection"
+            layer, _, _, kind = match.groups()
             self.by_layer.setdefault(int(layer), {}).setdefault(kind, []).append(name)
         self.inputs: dict[int, dict[str, torch.Tensor]] = {}
         self.rate_params: list[dict[str, torch.Tensor]] = []

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 
+from icl_lens._shapes import shape_checked
 from icl_lens.evaluation import evaluate
 from icl_lens.models.backends import Model
 
@@ -26,6 +27,7 @@ def content_free_row(template_fields: tuple[str, ...], text: str = CONTENT_FREE_
     return {name: text for name in template_fields}
 
 
+@shape_checked
 def calibrate(
     class_scores: Float[torch.Tensor, "n_examples n_classes"],
     content_free_scores: Float[torch.Tensor, "1 n_classes"],
@@ -34,6 +36,7 @@ def calibrate(
     return class_scores.log_softmax(dim=-1) - content_free_scores.log_softmax(dim=-1)
 
 
+@shape_checked
 def content_free_scores(
     model: Model,
     prefix: Sequence[int],

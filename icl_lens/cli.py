@@ -18,7 +18,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,12 @@ def _parser_for(tp: Any):
     """A string -> value converter for a field type (handles Optional, Literal, tuples)."""
     tp, optional = _unwrap_optional(tp)
     origin = typing.get_origin(tp)
+    base: Callable[[str], Any]
     if origin is typing.Literal:
         base = lambda s: s
     elif origin is tuple:
         item = typing.get_args(tp)[0]
-        base = lambda s, item=item: tuple(item(x.strip()) for x in s.split(",") if x.strip())
+        base = lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
     elif tp in (int, float, str):
         base = tp
     else:
@@ -78,7 +79,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str, dest
             continue
         flag = "--" + prefix + f.name.replace("_", "-")
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         help_text = _field_help(doc, f.name)
         dest = dest_prefix + f.name
         if tp is bool:
@@ -183,12 +184,12 @@ def expand_cells(args: argparse.Namespace) -> list[ExperimentConfig]:
     """One config per combination of the comma-separated task/model/k/seed values."""
     import itertools
 
-    lists = {}
+    lists: dict[str, list[str]] = {}
     for name in SWEEPABLE:
-        raw = getattr(args, name)
-        if raw is not None:
-            lists[name] = _split_list(raw)
-    combos = [dict(zip(lists, values)) for values in itertools.product(*lists.values())] or [{}]
+        given = _split_list(getattr(args, name))
+        if given is not None:
+            lists[name] = given
+    combos: list[dict[str, Any]] = [dict(zip(lists, values)) for values in itertools.product(*lists.values())] or [{}]
     cells = []
     for combo in combos:
         for int_field in ("k", "seed"):
@@ -211,7 +212,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become one ``icl-lens: error:`` line (exit 2) in :func:`main`,
     like every other bad input, instead of argparse's usage block."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 

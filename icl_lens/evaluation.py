@@ -392,7 +392,7 @@ def _final_residual(
     prefix_cache: Prefix | None,
     queries: Sequence[Sequence[int]],
     answer: Sequence[int],
-    hooks: list = (),
+    hooks: Sequence = (),
 ) -> tuple[Float[torch.Tensor, "batch pos d_model"], Int[torch.Tensor, " batch"]]:
     """One right-padded batch of ``[prefix +] query + answer`` through every block.
 

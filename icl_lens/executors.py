@@ -261,13 +261,16 @@ def cell_job(
     try:
         if finished_results(cell_path(out_dir, cfg, runtime), cfg, runtime) is None:
             if model_loader is None:
-                from icl_lens.models import load_model as model_loader
+                from icl_lens.models import load_model
+
+                model_loader = load_model
+            init: dict[str, Any] = {"untrained_init": cfg.untrained_init} if cfg.untrained else {}
             model = model_loader(
                 cfg.model,
                 **runtime.loader_options(),
                 untrained=cfg.untrained,
                 seed=cfg.untrained_seed,
-                **({"untrained_init": cfg.untrained_init} if cfg.untrained else {}),
+                **init,
             )
             run_cell(model, cfg, out_dir, runtime)
     except BaseException as exc:

@@ -310,7 +310,7 @@ def comparison_metrics(
         zsl.predictions, icl.predictions, tuned.predictions, labels
     )
     level = cfg.confidence
-    token = {}
+    token: dict[str, Any] = {}
     for name in ("token_overlap", "overlap_cosine"):
         interval = stats.bootstrap_interval(per_example[name], indices=indices, confidence=level)
         token[name], token[f"{name}_ci"] = interval.value, interval.ci

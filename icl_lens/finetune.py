@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -241,7 +241,7 @@ class MasterWeights:
             self.model_params[name].copy_(self.params[name])
 
 
-def make_optimizer(params: Sequence[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Sequence[torch.Tensor], cfg: FinetuneConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -307,7 +307,7 @@ def masked_next_token_loss(
     return masked_next_token_losses(model, [residual], tokens, mask)[0]
 
 
-def layer_grad_norms(trainable: dict[str, torch.nn.Parameter], n_layers: int) -> list[float]:
+def layer_grad_norms(trainable: Mapping[str, torch.Tensor], n_layers: int) -> list[float]:
     """ℓ2 norm of each layer's trainable-parameter gradient (0 where a layer has none)."""
     squared = [0.0] * n_layers
     for name, param in trainable.items():
@@ -327,7 +327,7 @@ def check_finite(step: int, loss: float, norms: Sequence[float], what: str = "lo
             )
 
 
-def check_parameters_finite(step: int, trainable: dict[str, torch.nn.Parameter]) -> None:
+def check_parameters_finite(step: int, trainable: Mapping[str, torch.Tensor]) -> None:
     """After a step: any NaN/inf weight is divergence, named by step and layer."""
     for name, param in trainable.items():
         if not bool(torch.isfinite(param).all()):
@@ -337,7 +337,7 @@ def check_parameters_finite(step: int, trainable: dict[str, torch.nn.Parameter])
             )
 
 
-def clip_layer_gradients(trainable: dict[str, torch.nn.Parameter], cfg: FinetuneConfig, n_layers: int) -> None:
+def clip_layer_gradients(trainable: Mapping[str, torch.Tensor], cfg: FinetuneConfig, n_layers: int) -> None:
     """Per-layer ℓ∞ value clip and/or ℓ2 norm clip, then the global ℓ2 norm clip over every
     parameter in ``trainable`` (Deutch et al. 2024's reference clip), in place."""
     if cfg.clip_value is not None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 
+from icl_lens._shapes import shape_checked
 from icl_lens.models.backends import Model, backend_of
 
 
+@shape_checked
 def logit_lens(
     model: Model, residual: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:

@@ -136,7 +136,7 @@ def sweep_learning_rate(
     if isinstance(max_batch_bytes, bool) or not isinstance(max_batch_bytes, int) or max_batch_bytes < 1:
         raise ConfigError(f"max_batch_bytes must be a positive integer, got {max_batch_bytes!r}")
     rates = sorted(grid)
-    score_inputs = dict(
+    score_inputs: dict[str, Any] = dict(
         score_prefix=score_prefix,
         score_queries=score_queries,
         score_labels=score_labels,
@@ -175,6 +175,7 @@ def _batched_scores(
 ) -> dict[float, float | None]:
     """Every rate's score (None: diverged), training chunks of rates together."""
     method = trainer_method(trainer)
+    assert method is not None, "called only when unsupported_reason() found none"
     per_rate = bytes_per_rate(model, demo_sequences, base, method)
     size = chunk_size(per_rate, max_batch_bytes)
     if size < len(rates):

@@ -51,10 +51,10 @@ def shuffled_pair(
     """
     n = int(icl.stack_activation("attn_out").shape[1])
     permutation = torch.as_tensor(derangement(n, seed))
-    maps = [run.stack_activation(map_name) for run in (zsl, icl, tuned)]
+    zsl_map, icl_map, tuned_map = (run.stack_activation(map_name) for run in (zsl, icl, tuned))
     return {
         "simaou": metrics.simaou_per_example(zsl, icl, tuned, ft_index=permutation),
-        "simam_delta": metrics.simam_delta_per_example(*maps, ft_index=permutation),
+        "simam_delta": metrics.simam_delta_per_example(zsl_map, icl_map, tuned_map, ft_index=permutation),
     }
 
 

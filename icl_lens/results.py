@@ -246,7 +246,7 @@ def remove_stray_temp_files(folder: str | Path) -> list[Path]:
 
     Only for a folder no other process is writing into (one sweep per output folder at a time).
     """
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
@@ -687,6 +687,7 @@ def _problems(value: Any, spec: Spec, where: str) -> list[str]:
         check, expected = _LEAF_CHECKS[spec.kind]
         return [] if check(value) else [f"{where}: expected {expected}, got {type(value).__name__} {value!r:.60}"]
     if spec.kind == "list":
+        assert spec.values is not None, "listing() gives every list spec its values"
         if not isinstance(value, (list, tuple)):
             return [f"{where}: expected a list, got {type(value).__name__}"]
         return [p for i, item in enumerate(value) for p in _problems(item, spec.values, f"{where}[{i}]")]
@@ -694,6 +695,7 @@ def _problems(value: Any, spec: Spec, where: str) -> list[str]:
         return [f"{where}: expected a dict ({spec.meaning}), got {type(value).__name__} {value!r:.60}"]
     out = []
     if spec.kind == "map":
+        assert spec.values is not None, "mapping() gives every map spec its values"
         for key, item in value.items():
             if spec.keys is not None and key not in spec.keys:
                 out.append(f"{where}: unknown {spec.key_name} {key!r} (known: {', '.join(spec.keys)})")
@@ -819,7 +821,7 @@ def per_example(results: dict[str, Any], setting: str | None, metric: str) -> li
     """Per-query values of a metric (``[query][layer]`` for per-layer ones); ``metric="correct"``
     gives the 0/1 correctness of ``setting``."""
     if metric == "correct":
-        return dig(results, "per_example", "correct", setting)
+        return None if setting is None else dig(results, "per_example", "correct", setting)
     return dig(results, "per_example", metric) if setting is None else dig(results, "per_example", setting, metric)
 
 

@@ -50,9 +50,10 @@ def resample_indices(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
     return np.random.default_rng(int(seed)).integers(0, n, size=(int(n_resamples), n))
 
 
-def percentile_interval(samples: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> list[float]:
+def percentile_interval(samples: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> list[Any]:
     """[low, high]: the (1−c)/2 and (1+c)/2 quantiles of bootstrap samples along axis 0, NaN
-    resamples ignored (a ratio undefined on some resamples); [nan, nan] if every one is NaN."""
+    resamples ignored (a ratio undefined on some resamples); [nan, nan] if every one is NaN. For 2-d
+    samples, one [low, high] per column."""
     samples = np.asarray(samples, dtype=np.float64)
     tail = 100 * (1 - confidence) / 2
     if samples.ndim == 1 and np.isnan(samples).all():

@@ -259,7 +259,9 @@ def run_cells(
     :class:`~icl_lens.executors.SweepError` naming it and its logs once the other cells are done.
     """
     if model_loader is None:
-        from icl_lens.models import load_model as model_loader
+        from icl_lens.models import load_model
+
+        model_loader = load_model
     out_dir = Path(out_dir)
     results: list[dict[str, Any] | None] = []
     todo: list[int] = []
@@ -293,9 +295,10 @@ def run_cells(
         for index in indices:
             cfg = cells[index]
             bar.set_postfix_str(cfg.cell_name())
-            results[index] = run_cell(model, cfg, out_dir, runtime, identities[index])
+            cell_results = run_cell(model, cfg, out_dir, runtime, identities[index])
+            results[index] = cell_results
             if on_result is not None:
-                on_result(cfg, results[index])
+                on_result(cfg, cell_results)
             bar.update(1)
         del model
     bar.close()

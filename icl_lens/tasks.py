@@ -18,12 +18,16 @@ import math
 import random
 import re
 import string
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from icl_lens._validation import validate_fields
 from icl_lens.errors import DataFormatError, TaskError
@@ -377,7 +381,7 @@ def _validate_rows(task: Task, rows: list[dict[str, Any]], source: str) -> list[
                 raise DataFormatError(
                     f"{where}: missing field {name!r} (have {sorted(k for k in row if k != '__line__')})"
                 )
-        out = {}
+        out: dict[str, Any] = {}
         for name in task.template_fields:
             value = row[name]
             if (

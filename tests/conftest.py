@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -13,6 +14,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import tiny_model  # noqa: E402
+
+from icl_lens._shapes import enable_shape_checks  # noqa: E402
+
+# The metrics', logit lens' and calibration's jaxtyping shapes are checked in every test
+# (ICL_LENS_CHECK_SHAPES=0 turns it off, e.g. to time something).
+enable_shape_checks(os.environ.get("ICL_LENS_CHECK_SHAPES", "1").strip() != "0")
 
 
 @pytest.fixture(autouse=True)

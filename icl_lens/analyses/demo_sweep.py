@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from icl_lens.errors import ConfigError, IclLensError, PromptError
+from icl_lens.errors import ConfigError, IclLensError, PromptError, ResultsError
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
@@ -157,6 +157,13 @@ class DemoSweepResult:
         return {"analysis": "demo_sweep", **asdict(self)}
 
 
+def _accuracy(results: dict[str, Any], setting: str) -> float:
+    value = accuracy(results, setting)
+    if value is None:
+        raise ResultsError(f"cell {results['config'].get('model')!r} has no {setting} accuracy")
+    return value
+
+
 def cell_row(results: dict[str, Any]) -> dict[str, Any]:
     """The numbers the sweep reports from one cell's results dict."""
     cfg = results["config"]
@@ -168,22 +175,22 @@ def cell_row(results: dict[str, Any]) -> dict[str, Any]:
         "k_used": results["prompts"]["k_used"],
         "lr": results["lr"].get("lr"),
         "accuracy": dict(results["accuracy"]),
-        "gap_accuracy": accuracy(results, "icl") - accuracy(results, "ft"),
+        "gap_accuracy": _accuracy(results, "icl") - _accuracy(results, "ft"),
         "simaou_ft": metric_value(results, "ft", "simaou"),
         "simaou_random": metric_value(results, None, "simaou_random"),
     }
     if metric_summary(results, "lcgd", "simaou") is not None:
         row["simaou_lcgd"] = metric_value(results, "lcgd", "simaou")
-        row["gap_accuracy_lcgd"] = accuracy(results, "icl") - accuracy(results, "lcgd")
+        row["gap_accuracy_lcgd"] = _accuracy(results, "icl") - _accuracy(results, "lcgd")
     return row
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
         return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    mean = sum(finite) / len(finite)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -211,7 +218,9 @@ def run_demo_sweep(
 ) -> DemoSweepResult:
     """Run (or resume) the sweep into ``out_dir`` and summarise it."""
     if model_loader is None:
-        from icl_lens.models import load_model as model_loader
+        from icl_lens.models import load_model
+
+        model_loader = load_model
     out_dir = Path(out_dir)
     all_results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -227,6 +236,7 @@ def run_demo_sweep(
         model = None
         if pending:
             base = cfg.base
+            init: dict[str, Any] = {"untrained_init": base.untrained_init} if base.untrained else {}
             try:
                 model = model_loader(
                     model_name,
@@ -234,7 +244,7 @@ def run_demo_sweep(
                     dtype=runtime.dtype,
                     untrained=base.untrained,
                     seed=base.untrained_seed,
-                    **({"untrained_init": base.untrained_init} if base.untrained else {}),
+                    **init,
                 )
             except IclLensError as exc:
                 logger.warning("skipping model %s: %s", model_name, exc)
@@ -263,10 +273,10 @@ def run_demo_sweep(
                     known_skips[c.cell_name()] = read_results(skip_path(out_dir, c))
         runnable = [c for c in cells if known_skips[c.cell_name()] is None]
         for c in cells:
-            record = known_skips[c.cell_name()]
-            if record is not None:
+            skip = known_skips[c.cell_name()]
+            if skip is not None:
                 skipped.append(
-                    {"model": model_name, "task": c.task, "k": c.k, "seed": c.seed, "reason": record["reason"]}
+                    {"model": model_name, "task": c.task, "k": c.k, "seed": c.seed, "reason": skip["reason"]}
                 )
 
         def loader(name, model=model, **kwargs):  # the model loaded for planning serves run_cells too

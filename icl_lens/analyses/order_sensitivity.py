@@ -30,7 +30,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -333,7 +333,10 @@ def run_order_sensitivity(
             score(model, prompts, prompts.icl_prefix, "icl", p)
             bar.update(1)
         for name, optimizer, batch_size, lr in gd:
-            ft_cfg = replace(cfg.finetune, optimizer=optimizer, batch_size=batch_size, lr=lr)
+            # one of OPTIMIZERS: __post_init__ checked it (and FinetuneConfig checks it again)
+            ft_cfg = replace(
+                cfg.finetune, optimizer=cast(Literal["sgd", "adam"], optimizer), batch_size=batch_size, lr=lr
+            )
             tuned, trace = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, ft_cfg, progress=False)
             losses[name].append(trace.losses[-1])
             score(tuned, prompts, prompts.zsl_prefix, name, p)

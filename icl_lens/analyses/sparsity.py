@@ -174,7 +174,9 @@ def sparsity_all_models(
     :func:`icl_lens.models.list_models`), loaded unprocessed; a model that fails to load is skipped
     with its error recorded."""
     if loader is None:
-        from icl_lens.models import load_model as loader
+        from icl_lens.models import load_model
+
+        loader = load_model
     if models is None:
         from icl_lens.models import list_models
 

@@ -34,7 +34,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 from jaxtyping import Float
@@ -161,11 +161,22 @@ def _parameter(model: Model, layer: int, name: str) -> torch.Tensor | None:
         return None
 
 
-def _kv(model: Model, layer: int, include_bias: bool) -> dict[str, torch.Tensor | None]:
-    out = {name: _parameter(model, layer, name) for name in ("W_K", "W_V")}
-    for name in ("b_K", "b_V"):
-        out[name] = _parameter(model, layer, name) if include_bias else None
-    return out
+class _KeyValue(TypedDict):
+    W_K: torch.Tensor
+    W_V: torch.Tensor
+    b_K: torch.Tensor | None
+    b_V: torch.Tensor | None
+
+
+def _kv(model: Model, layer: int, include_bias: bool) -> _KeyValue:
+    W_K, W_V = _parameter(model, layer, "W_K"), _parameter(model, layer, "W_V")
+    assert W_K is not None and W_V is not None, "every attention layer has key and value weights"
+    return {
+        "W_K": W_K,
+        "W_V": W_V,
+        "b_K": _parameter(model, layer, "b_K") if include_bias else None,
+        "b_V": _parameter(model, layer, "b_V") if include_bias else None,
+    }
 
 
 def demo_token_positions(prompts: EncodedPrompts, which: DemoPositions) -> list[int]:
@@ -233,10 +244,10 @@ def run_weight_space(
         for l in range(n_layers)
     ]
 
-    per_query_cos = [[] for _ in range(n_layers)]  # [layer][query] -> per-head tensor
-    icl_zsl = [[] for _ in range(n_layers)]
-    ft_zsl = [[] for _ in range(n_layers)]
-    ft_norm = [[] for _ in range(n_layers)]
+    per_query_cos: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]  # [layer][query] -> per-head tensor
+    icl_zsl: list[list[float]] = [[] for _ in range(n_layers)]
+    ft_zsl: list[list[float]] = [[] for _ in range(n_layers)]
+    ft_norm: list[list[float]] = [[] for _ in range(n_layers)]
     for query in tqdm(prompts.queries, desc="dual form", disable=not progress, leave=False):
         inputs = attention_inputs(model, prompts.zsl_prefix + query)
         for l in range(n_layers):

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 
+from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 
 #: Norms below this are clamped to it before dividing, so a zero vector has cosine 0 with anything.
 COSINE_EPS = 1e-12
 
 
+@shape_checked
 def cosine(
     vectors_a: Float[torch.Tensor, "... dim"], vectors_b: Float[torch.Tensor, "... dim"]
 ) -> Float[torch.Tensor, "..."]:
@@ -28,6 +30,7 @@ def cosine(
     return dot / (norm_a * norm_b)
 
 
+@shape_checked
 def as_label_tensor(values: Int[torch.Tensor, " batch"] | Sequence[int], what: str) -> Int[torch.Tensor, " batch"]:
     """A 1-d integer tensor from a tensor or a sequence of ints (class ids)."""
     tensor = torch.as_tensor(values)

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens import ActivationCache
 
+from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import COSINE_EPS, cosine, require_finite, require_nonempty, require_same_shape
 
@@ -48,6 +49,7 @@ AttnOutInput = ActivationCache | Float[torch.Tensor, "n_layers batch d_model"]
 AttnMapInput = ActivationCache | Float[torch.Tensor, "n_layers batch n_heads query_len"]
 
 
+@shape_checked
 def _stacked_activation(
     activations: ActivationCache | torch.Tensor, short_name: str, hook_template: str, expected_ndim: int, what: str
 ) -> Float[torch.Tensor, "n_layers batch *rest"]:
@@ -78,10 +80,12 @@ def _stacked_activation(
     return stacked.detach().cpu()
 
 
+@shape_checked
 def _attn_out(activations: AttnOutInput, what: str) -> Float[torch.Tensor, "n_layers batch d_model"]:
     return _stacked_activation(activations, _ATTN_OUT, "blocks.{layer}.hook_attn_out", 3, f"{what} attention output")
 
 
+@shape_checked
 def _attn_map(
     activations: AttnMapInput, kind: MapKind, what: str
 ) -> Float[torch.Tensor, "n_layers batch n_heads query_len"]:
@@ -90,11 +94,13 @@ def _attn_map(
     return _stacked_activation(activations, _MAP_NAMES[kind], _MAP_HOOKS[kind], 4, f"{what} attention {kind}")
 
 
+@shape_checked
 def _unit(vectors: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]:
     vectors = vectors.to(torch.float64)
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
 
 
+@shape_checked
 def layer_mean(per_layer: Float[torch.Tensor, " n_layers"]) -> float:
     """The overall value of a per-layer metric: the mean over layers, (1/L) Σ_l m_l."""
     if per_layer.ndim != 1 or per_layer.numel() == 0:
@@ -104,6 +110,7 @@ def layer_mean(per_layer: Float[torch.Tensor, " n_layers"]) -> float:
     return per_layer.to(torch.float64).mean().item()
 
 
+@shape_checked
 def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torch.Tensor, " n_layers"]:
     """SimAOU: similarity of the attention-output updates of ICL and FT, per layer.
 
@@ -118,6 +125,7 @@ def simaou(zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput) -> Float[torc
     return simaou_per_example(zsl, icl, ft).mean(dim=0)
 
 
+@shape_checked
 def simaou_per_example(
     zsl: AttnOutInput, icl: AttnOutInput, ft: AttnOutInput, ft_index: torch.Tensor | None = None
 ) -> Float[torch.Tensor, "batch n_layers"]:
@@ -148,6 +156,7 @@ def _pair_index(index: torch.Tensor, batch: int) -> torch.Tensor:
     return index
 
 
+@shape_checked
 def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, " n_layers"]:
     """Random baseline of SimAOU: the ICL update against a random direction, per layer.
 
@@ -159,6 +168,7 @@ def simaou_random_baseline(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> F
     return simaou_random_per_example(zsl, icl, seed).mean(dim=0)
 
 
+@shape_checked
 def simaou_random_per_example(zsl: AttnOutInput, icl: AttnOutInput, seed: int) -> Float[torch.Tensor, "batch n_layers"]:
     """The per-example terms of :func:`simaou_random_baseline`, examples first."""
     zsl_out, icl_out = _attn_out(zsl, "ZSL"), _attn_out(icl, "ICL")
@@ -175,11 +185,13 @@ def _log_zero_updates(update: torch.Tensor, what: str) -> None:
         logger.debug("%s: %d of %d update vectors are zero and score cosine 0", what, n_zero, update.shape[:-1].numel())
 
 
+@shape_checked
 def _head_cosine_mean(map_a: torch.Tensor, map_b: torch.Tensor) -> Float[torch.Tensor, "batch n_layers"]:
     per_head = cosine(map_a, map_b)  # [n_layers, batch, n_heads]
     return per_head.mean(dim=2).T
 
 
+@shape_checked
 def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") -> Float[torch.Tensor, " n_layers"]:
     """SimAM: similarity of two settings' attention maps at the recorded position, per layer.
 
@@ -196,6 +208,7 @@ def simam(map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores") ->
     return simam_per_example(map_a, map_b, kind).mean(dim=0)
 
 
+@shape_checked
 def simam_per_example(
     map_a: AttnMapInput, map_b: AttnMapInput, kind: MapKind = "scores"
 ) -> Float[torch.Tensor, "batch n_layers"]:
@@ -205,6 +218,7 @@ def simam_per_example(
     return _head_cosine_mean(a, b)
 
 
+@shape_checked
 def simam_delta(
     zsl: AttnMapInput, icl: AttnMapInput, ft: AttnMapInput, kind: MapKind = "scores"
 ) -> Float[torch.Tensor, " n_layers"]:
@@ -218,6 +232,7 @@ def simam_delta(
     return simam_delta_per_example(zsl, icl, ft, kind).mean(dim=0)
 
 
+@shape_checked
 def simam_delta_per_example(
     zsl: AttnMapInput,
     icl: AttnMapInput,
@@ -244,6 +259,7 @@ def simam_delta_per_example(
     return _head_cosine_mean(icl_update, ft_update)
 
 
+@shape_checked
 def alpha(
     demo_mass: Float[torch.Tensor, "batch n_layers n_heads"],
     sink_mass: Float[torch.Tensor, "batch n_layers n_heads"] | None = None,
@@ -264,6 +280,7 @@ def alpha(
     return alpha_per_example(demo_mass, sink_mass, include_sink).mean(dim=0)
 
 
+@shape_checked
 def alpha_per_example(
     demo_mass: Float[torch.Tensor, "batch n_layers n_heads"],
     sink_mass: Float[torch.Tensor, "batch n_layers n_heads"] | None = None,

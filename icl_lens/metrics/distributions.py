@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
+from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import cosine, require_finite, require_nonempty
 
@@ -89,9 +90,10 @@ def _as_top_k(distribution: DistributionInput, k: int, what: str) -> TopKDistrib
     )
 
 
+@shape_checked
 def _overlap(
     p_a: DistributionInput, p_b: DistributionInput, k: int
-) -> tuple[TopKDistribution, TopKDistribution, Float[torch.Tensor, "batch k k"]]:
+) -> tuple[TopKDistribution, TopKDistribution, Bool[torch.Tensor, "batch k k"]]:
     """Both top-k's and ``match[i, s, t]`` = (slot s of a and slot t of b hold the same token)."""
     top_a, top_b = _as_top_k(p_a, k, "p_a"), _as_top_k(p_b, k, "p_b")
     if top_a.batch_size != top_b.batch_size:
@@ -100,6 +102,7 @@ def _overlap(
     return top_a, top_b, match
 
 
+@shape_checked
 def token_overlap(
     p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
 ) -> Float[torch.Tensor, " batch"]:
@@ -113,6 +116,7 @@ def token_overlap(
     return match.any(dim=2).sum(dim=1).to(torch.float64) / k
 
 
+@shape_checked
 def overlap_cosine(
     p_a: DistributionInput, p_b: DistributionInput, k: int = DEFAULT_TOP_K
 ) -> Float[torch.Tensor, " batch"]:
@@ -136,11 +140,13 @@ def _std(values: torch.Tensor, dim: int, unbiased: bool) -> torch.Tensor:
     return values.std(dim=dim, correction=1 if unbiased else 0)
 
 
+@shape_checked
 def _dense_over_permutations(
     distributions: Sequence[TopKDistribution],
-) -> list[Float[torch.Tensor, "n_perm n_tokens"]]:
+) -> list[Float[torch.Tensor, "n_perm _n_tokens"]]:
     """Per example, the permutations' probabilities over the union of their stored tokens
-    (a token missing from a permutation's top k counts as probability 0)."""
+    (a token missing from a permutation's top k counts as probability 0); the union's size
+    ``n_tokens`` differs from example to example."""
     batch_sizes = {d.batch_size for d in distributions}
     if len(batch_sizes) != 1:
         raise MetricInputError(f"every permutation must cover the same examples, got batch sizes {sorted(batch_sizes)}")
@@ -155,6 +161,7 @@ def _dense_over_permutations(
     return per_example
 
 
+@shape_checked
 def order_sensitivity(
     distributions: Float[torch.Tensor, "n_perm batch d_vocab"] | Sequence[TopKDistribution],
     unbiased: bool = False,
@@ -182,13 +189,14 @@ def order_sensitivity(
         require_finite(distributions, "distributions")
         per_example = _std(distributions.to(torch.float64), 0, unbiased).sum(dim=-1)
         return per_example.mean().item()
-    distributions = list(distributions)
-    if not distributions or not all(isinstance(d, TopKDistribution) for d in distributions):
+    permutations = list(distributions)
+    if not permutations or not all(isinstance(d, TopKDistribution) for d in permutations):
         raise MetricInputError("order_sensitivity needs a dense tensor or a non-empty sequence of TopKDistribution")
-    per_example = [_std(dense, 0, unbiased).sum() for dense in _dense_over_permutations(distributions)]
-    return torch.stack(per_example).mean().item()
+    per_query = [_std(dense, 0, unbiased).sum() for dense in _dense_over_permutations(permutations)]
+    return torch.stack(per_query).mean().item()
 
 
+@shape_checked
 def accuracy_std(accuracies: Float[torch.Tensor, " n_perm"] | Sequence[float], unbiased: bool = False) -> float:
     """Std of accuracy across demonstration permutations: std_p(acc_p).
 

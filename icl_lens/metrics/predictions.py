@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
+from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import as_label_tensor
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 ClassIds = Int[torch.Tensor, " batch"] | Sequence[int]
 
 
+@shape_checked
 def _aligned(named: dict[str, ClassIds]) -> dict[str, Int[torch.Tensor, " batch"]]:
     tensors = {name: as_label_tensor(values, name) for name, values in named.items()}
     sizes = {name: int(t.shape[0]) for name, t in tensors.items()}
@@ -37,6 +39,7 @@ def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
+@shape_checked
 def accuracy(predictions: ClassIds, labels: ClassIds) -> float:
     """Fraction of examples predicted right, in [0, 1] (not a percentage).
 
@@ -46,6 +49,7 @@ def accuracy(predictions: ClassIds, labels: ClassIds) -> float:
     return (tensors["predictions"] == tensors["labels"]).double().mean().item()
 
 
+@shape_checked
 def rec2ftp(zsl_pred: ClassIds, icl_pred: ClassIds, ft_pred: ClassIds, labels: ClassIds) -> float:
     """Recall to finetuning predictions: of the examples that finetuning fixes, the percentage ICL
     fixes too (a percentage in [0, 100]).
@@ -132,6 +136,7 @@ def _jaccard(icl_changed: torch.Tensor, ft_changed: torch.Tensor, same_change: t
     return _ratio(n_same, int(icl_changed.sum()) + int(ft_changed.sum()) - n_same)
 
 
+@shape_checked
 def prediction_change_overlap(
     zsl_pred: ClassIds, icl_pred: ClassIds, ft_pred: ClassIds, labels: ClassIds
 ) -> PredictionChangeOverlap:

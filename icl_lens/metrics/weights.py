@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import cosine, require_finite, require_nonempty
 from icl_lens.models.backends import Model, backend_of
@@ -80,6 +81,7 @@ def _checked_thresholds(thresholds: Sequence[float]) -> list[float]:
     return values
 
 
+@shape_checked
 def weight_sparsity(weight: Float[torch.Tensor, "..."], thresholds: Sequence[float]) -> dict[float, float]:
     """Fraction of near-zero entries of a weight, for each threshold t:
 
@@ -127,6 +129,7 @@ def attention_parameter(source: WeightSource, layer: int, name: str) -> torch.Te
     raise MetricInputError(f"expected a TransformerLens model or a state dict, got {type(source).__name__}")
 
 
+@shape_checked
 def model_weight_sparsity(
     model: Model, thresholds: Sequence[float], parameters: Sequence[str] = SPARSITY_PARAMETERS
 ) -> dict[int, dict[str, dict[float, float]]]:
@@ -146,6 +149,7 @@ def model_weight_sparsity(
 # Size of the finetuning update
 
 
+@shape_checked
 def weight_update_norms(
     before: WeightSource, after: WeightSource, parameters: Sequence[str] = ("W_K", "W_V")
 ) -> dict[str, Float[torch.Tensor, " n_layers"]]:
@@ -192,6 +196,7 @@ def _expand_heads(tensor: torch.Tensor, n_heads: int, what: str) -> torch.Tensor
     return torch.repeat_interleave(tensor, n_heads // n_stored, dim=0)
 
 
+@shape_checked
 def _projected(
     inputs: Float[torch.Tensor, "pos d_model"],
     weight: Float[torch.Tensor, "kv_heads d_model d_head"],
@@ -224,6 +229,7 @@ def _n_heads(n_heads: int | None, W_K: torch.Tensor, W_V: torch.Tensor) -> int:
     return int(n_heads) if n_heads is not None else max(int(W_K.shape[0]), int(W_V.shape[0]))
 
 
+@shape_checked
 def dual_form_icl_update(
     demo_inputs: Float[torch.Tensor, "n_demo_tokens d_model"],
     W_K: Float[torch.Tensor, "kv_heads d_model d_head"],
@@ -255,6 +261,7 @@ def dual_form_icl_update(
     return torch.einsum("phv,phk->hvk", values, keys)
 
 
+@shape_checked
 def dual_form_ft_update(
     query_inputs: Float[torch.Tensor, "n_query_tokens d_model"],
     W_K_before: Float[torch.Tensor, "kv_heads d_model d_head"],
@@ -317,6 +324,7 @@ class DualFormCosine:
         return {"per_head": self.per_head.tolist(), "mean": self.mean}
 
 
+@shape_checked
 def dual_form_cosine(
     update_a: Float[torch.Tensor, "n_heads d_head d_head"], update_b: Float[torch.Tensor, "n_heads d_head d_head"]
 ) -> DualFormCosine:

@@ -26,7 +26,7 @@ import copy
 import importlib.metadata
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +154,7 @@ class Backend:
         raise NotImplementedError
 
     def in_hooked_layout(
-        self, model: Model, parameters: dict[str, torch.Tensor]
+        self, model: Model, parameters: Mapping[str, torch.Tensor]
     ) -> list[tuple[str, tuple[int, ...], Any]]:
         """The parameters as a HookedTransformer lays them out: ``(name, shape, back)`` in its
         parameter order, ``back(tensor)`` turning a tensor of that shape into the parameter's own
@@ -356,7 +356,7 @@ class BridgeBackend(Backend):
     _HOOKED_ATTENTION_ORDER = ("W_Q", "W_O", "b_Q", "b_O", "W_K", "W_V", "b_K", "b_V")
 
     def in_hooked_layout(self, model, parameters):
-        laid_out = []
+        laid_out: list[tuple[tuple[int, ...], tuple[str, tuple[int, ...], Callable]]] = []
         for name, param in parameters.items():
             match = re.match(r"^blocks\.(\d+)\.attn\.([qkvo])\.(weight|bias)$", name)
             if match is None:

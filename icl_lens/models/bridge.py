@@ -152,7 +152,7 @@ def reinitialize_untrained_bridge(bridge: TransformerBridge, seed: int, init: st
                     fresh_b = _uniform(bias.shape, bias_bound, generator)
             weight.copy_(fresh_w.to(device=weight.device, dtype=weight.dtype))
             n_weights += 1
-            if bias is not None:
+            if bias is not None and fresh_b is not None:  # fresh_b is drawn whenever there is a bias
                 bias.copy_(fresh_b.to(device=bias.device, dtype=bias.dtype))
                 n_biases += 1
     bridge.cfg.untrained_init = init

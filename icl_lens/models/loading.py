@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitiali
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def load_model(
     started = time.perf_counter()
     spec = get_offline_model(key)
     path = Path(key).expanduser()
+    from_hf_dir: Callable[..., Model]
+    model: Model
     if backend == "bridge":
         from icl_lens.models.bridge import bridge_from_hf_dir as from_hf_dir
     else:
@@ -149,7 +152,7 @@ def load_model(
         model = bridge_from_hub(key)
     else:
         model = _load_from_hub(key)
-    finish = _finish_bridge if backend == "bridge" else _finish
+    finish: Callable[..., Model] = _finish_bridge if backend == "bridge" else _finish
     model = finish(
         model,
         processed=processed,
@@ -221,7 +224,7 @@ def _finish(
 
 
 def _finish_bridge(
-    model: Model,
+    model: TransformerBridge,
     *,
     processed: bool,
     untrained: bool,
@@ -347,7 +350,7 @@ def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: 
     return model
 
 
-def attach_tokenizer(model: HookedTransformer, tokenizer) -> None:
+def attach_tokenizer(model: Model, tokenizer) -> None:
     """Give ``model`` this tokenizer as it is (``HookedTransformer.set_tokenizer`` would swap in a
     re-loaded add-BOS copy); like TransformerLens, fall back to EOS for a missing PAD or BOS token."""
     if tokenizer.padding_side is None:

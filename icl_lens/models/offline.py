@@ -250,7 +250,7 @@ def convert_gguf(
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
         if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # not declared: typed as a submodule
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra is not None:

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from jaxtyping import Float
 
 from icl_lens.errors import ConfigError, ModelLoadError
 from icl_lens.models.backends import BRIDGE, Model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformer_lens.model_bridge import TransformerBridge
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def reinitialize_untrained(model: Model, seed: int, init: UntrainedInit = "refer
     if BRIDGE.owns(model):
         from icl_lens.models.bridge import reinitialize_untrained_bridge
 
-        return reinitialize_untrained_bridge(model, seed, init)
+        return reinitialize_untrained_bridge(cast("TransformerBridge", model), seed, init)  # owns() checked it
     from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
     norms = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
@@ -162,7 +165,7 @@ def reinitialize_untrained(model: Model, seed: int, init: UntrainedInit = "refer
                             n_weights += 1
                         else:
                             n_biases += 1
-    model.cfg.untrained_init = init
+    model.cfg.untrained_init = init  # type: ignore[union-attr]  # not a config field: set on this instance
     setattr(model, UNTRAINED_SEED_ATTR, int(seed))
     logger.info(
         "re-initialised %d attention/MLP weight and %d bias tensors (%s init, seed %d)", n_weights, n_biases, init, seed

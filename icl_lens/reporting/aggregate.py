@@ -18,6 +18,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,9 +43,9 @@ DEFAULT_CONFIDENCE = 0.95
 
 # Scalar summaries pulled out of one cell's results: name -> getter.
 SCALARS: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    **{f"acc_{s}": (lambda r, s=s: accuracy(r, s)) for s in SETTINGS},
-    **{name: (lambda r, name=name: metric_value(r, "ft", name)) for name in ("rec2ftp", "jaccard")},
-    **{name: (lambda r, name=name: metric_value(r, "ft", name)) for name in ("jaccard_correct", "jaccard_incorrect")},
+    **{f"acc_{s}": partial(accuracy, setting=s) for s in SETTINGS},
+    **{name: partial(metric_value, setting="ft", metric=name) for name in ("rec2ftp", "jaccard")},
+    **{name: partial(metric_value, setting="ft", metric=name) for name in ("jaccard_correct", "jaccard_incorrect")},
     "simaou_ft": lambda r: metric_value(r, "ft", "simaou"),
     "simaou_lcgd": lambda r: metric_value(r, "lcgd", "simaou"),
     "simaou_random": lambda r: metric_value(r, None, "simaou_random"),
@@ -117,7 +118,7 @@ class Quantity:
         needs: what is missing when neither gives a value (said as "missing: <needs>").
     """
 
-    per_example: Callable[[dict[str, Any]], np.ndarray | None]
+    per_example: Callable[[dict[str, Any]], np.ndarray | Sequence[Any] | None]
     value: Callable[[dict[str, Any]], float | None]
     statistic: Callable[[np.ndarray], np.ndarray] = column_mean
     interval: Callable[[dict[str, Any]], Sequence[float] | None] = lambda r: None
@@ -216,9 +217,10 @@ def two_level_bootstrap(
     seeds resampled, then queries within each seed."""
     if not per_seed or any(len(v) == 0 for v in per_seed):
         raise ConfigError(f"two_level_bootstrap needs at least one seed with queries, got {len(per_seed)} seed(s)")
-    quantity = Quantity(per_example=lambda r: r, value=lambda r: None)
+    quantity = Quantity(per_example=lambda r: r["values"], value=lambda r: None)
     rng = np.random.default_rng(seed)
-    cells = [cell_draws(np.asarray(v, dtype=float), quantity, n_resamples, rng) for v in per_seed]
+    drawn = [cell_draws({"values": np.asarray(v, dtype=float)}, quantity, n_resamples, rng) for v in per_seed]
+    cells = [d for d in drawn if d is not None]  # none is: every seed has per-query values
     return percentile_interval(two_level_draws(cells, n_resamples, rng), confidence)  # type: ignore[return-value]
 
 
@@ -398,7 +400,7 @@ def aggregate(
         groups[group_key(r)].append(r)
     out = {}
     for key, members in groups.items():
-        stats = {}
+        stats: dict[str, dict[str, Any]] = {}
         for name, getter in SCALARS.items():
             values = [
                 v

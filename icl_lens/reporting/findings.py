@@ -376,7 +376,7 @@ def _jaccard_minus_expected() -> Quantity:
         interval=lambda r: (
             None
             if expected(r) is None or not dig(jaccard_independence(r, "ft"), "observed_ci")
-            else [v - expected(r) for v in jaccard_independence(r, "ft")["observed_ci"]]
+            else [v - expected(r) for v in dig(jaccard_independence(r, "ft"), "observed_ci")]
         ),
         needs="nulls.ft.jaccard_independence",
     )
@@ -499,8 +499,9 @@ def estimate(
     if any(d is None for d in draws):
         lacking = [str(r["config"].get("seed")) for r, d in zip(cells, draws) if d is None]
         return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} (seed {', '.join(lacking)})")
-    undefined = [str(r["config"].get("seed")) for r, d in zip(cells, draws) if d.method == UNDEFINED]  # type: ignore
-    got: list[CellDraws] = [d for d in draws if d.method != UNDEFINED]  # type: ignore[union-attr]
+    present = [d for d in draws if d is not None]  # all of them (returned above otherwise)
+    undefined = [str(r["config"].get("seed")) for r, d in zip(cells, present) if d.method == UNDEFINED]
+    got: list[CellDraws] = [d for d in present if d.method != UNDEFINED]
     if not got:
         return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} undefined in every seed")
     values = [d.value for d in got]

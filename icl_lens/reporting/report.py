@@ -400,11 +400,11 @@ def nulls_tables(results: dict[str, Any]) -> str:
             columns = [(f"{name} {_label(setting)}", observed)] + [
                 (header, null_of(setting, key, metric)) for key, header in NULL_COLUMNS
             ]
-            columns = [(h, c) for h, c in columns if isinstance(c, dict) and c.get("per_layer")]
-            if len(columns) > 1:
+            with_layers = [(h, c) for h, c in columns if isinstance(c, dict) and c.get("per_layer")]
+            if len(with_layers) > 1:
                 per_layer.append(
                     f"<h4>{html.escape(name)} of {_label(setting)} against its nulls, per layer</h4>"
-                    + _per_layer_table(columns)
+                    + _per_layer_table(with_layers)
                 )
     parts = [
         '<h3 id="nulls">Nulls</h3><p>Each similarity of the finetuned model beside the same similarity '
@@ -431,7 +431,7 @@ def nulls_tables(results: dict[str, Any]) -> str:
                 ],
             ).html()
         )
-    independence = [(s, jaccard_independence(results, s)) for s in FINETUNED if jaccard_independence(results, s)]
+    independence = [(s, j) for s in FINETUNED if (j := jaccard_independence(results, s))]
     if independence:
         parts.append(
             Table(
@@ -469,7 +469,7 @@ def tests_table(results: dict[str, Any]) -> str:
         if not t:
             continue
         name = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}.get(
-            t.get("test"), str(t.get("test"))
+            str(t.get("test")), str(t.get("test"))
         )
         discordant = f"b={t['b']}, c={t['c']}" if "b" in t and "c" in t else "–"
         rows.append(

@@ -297,6 +297,8 @@ def record_experiment_maps(
         setting: record_attention_maps(m, prefix, queries, answer, n_start=prompts.n_start)
         for setting, (m, prefix) in setups.items()
     }
+    if model.tokenizer is None:
+        raise ResultsError("the model has no tokenizer: the attention maps' tokens cannot be shown")
     tokens = [token_strings(model.tokenizer, list(q) + list(answer)) for q in queries]
     rows = output.results.get("examples", [])
     examples = []
