@@ -439,7 +439,7 @@ def score_rates(
         student, len(prefix), max(map(len, queries)) + longest_label, longest_label, len(batches[0])
     )
     if max_rates_per_pass is None:
-        max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(student.cfg.device).type == "cpu" else len(rates)
+        max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(str(student.cfg.device)).type == "cpu" else len(rates)
     size = min(chunk_size(per_rate, max_batch_bytes), max_rates_per_pass)
     projections = _RateProjections(student, list(trained.params[rates[0]]))
     full_reason = _full_pass_reason(student) if any(len(label) > 1 for label in labels) else None

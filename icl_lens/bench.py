@@ -366,9 +366,9 @@ class PhaseInputs:
         lr: FT's and LCGD's rate (None: the sweep's choice).
     """
 
-    dev_queries: tuple[tuple[int, ...], ...]
-    dev_labels: tuple[int, ...]
-    content_free_query: tuple[int, ...] | None = None
+    dev_queries: Sequence[Sequence[int]]
+    dev_labels: Sequence[int]
+    content_free_query: Sequence[int] | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
     lr: float | None = None
@@ -615,7 +615,8 @@ def run_benchmark(
     seq = tokens.shape[1]
     flops = forward_flops(model, len(queries), seq, seq / 2)  # causal: each query sees half the keys on average
     achieved = flops / best
-    phase_times, setup = {}, None
+    phase_times: dict[str, Any] = {}
+    setup = None
     if phases is not None:
         cell_prompts = replace(prompts, queries=prompts.queries[:n_fast])
         phase_times, setup = run_phases(model, cell_prompts, phases, batch_size)

@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float
 
 from icl_lens._shapes import shape_checked
+from icl_lens.errors import MetricInputError
 from icl_lens.evaluation import evaluate
 from icl_lens.models.backends import Model
 
@@ -33,6 +34,11 @@ def calibrate(
     content_free_scores: Float[torch.Tensor, "1 n_classes"],
 ) -> Float[torch.Tensor, "n_examples n_classes"]:
     """Class log-probabilities (normalised over classes) minus the content-free ones."""
+    if class_scores.ndim != 2 or content_free_scores.shape != (1, class_scores.shape[-1]):
+        raise MetricInputError(
+            f"calibrate needs class scores [n_examples, n_classes] and one content-free row [1, n_classes], "
+            f"got {tuple(class_scores.shape)} and {tuple(content_free_scores.shape)}"
+        )
     return class_scores.log_softmax(dim=-1) - content_free_scores.log_softmax(dim=-1)
 
 

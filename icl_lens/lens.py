@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 
 from icl_lens._shapes import shape_checked
+from icl_lens.errors import MetricInputError
 from icl_lens.models.backends import Model, backend_of
 
 
@@ -28,7 +29,7 @@ def logit_lens(
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
     """Logits the model would output if ``residual`` were its final residual stream."""
     if residual.ndim != 3:
-        raise ValueError(f"logit_lens expects [batch, pos, d_model], got shape {tuple(residual.shape)}")
+        raise MetricInputError(f"logit_lens expects [batch, pos, d_model], got shape {tuple(residual.shape)}")
     backend = backend_of(model)
     W_U, b_U = backend.unembedding(model)
     logits = torch.nn.functional.linear(backend.final_norm(model, residual), W_U.T, b_U)
