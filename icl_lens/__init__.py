@@ -39,10 +39,10 @@ _LAZY = {
     "ExperimentConfig": "experiment",
     "ExperimentOutput": "experiment",
     "run_experiment": "experiment",
-    "FinetuneConfig": "finetune",
-    "TrainingTrace": "finetune",
-    "finetune": "finetune",
-    "layer_causal_finetune": "lcgd",
+    "FinetuneConfig": "training.finetune",
+    "TrainingTrace": "training.finetune",
+    "finetune": "training.finetune",
+    "layer_causal_finetune": "training.lcgd",
     "logit_lens": "lens",
     "list_models": "models",
     "load_model": "models",
@@ -76,18 +76,18 @@ _SUBMODULES = (
     "prompts",
     "reporting",
     "results",
+    "runs",
     "stats",
     "sweep",
     "tasks",
+    "training",
     "viz",
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
-    from icl_lens import analyses, findings, metrics, models, nulls, reporting, stats, viz  # noqa: F401
+    from icl_lens import analyses, findings, metrics, models, nulls, reporting, runs, stats, training, viz  # noqa: F401
     from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
     from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
-    from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune  # noqa: F401
-    from icl_lens.lcgd import layer_causal_finetune  # noqa: F401
     from icl_lens.lens import logit_lens  # noqa: F401
     from icl_lens.models import list_models, load_model  # noqa: F401
     from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts  # noqa: F401
@@ -99,6 +99,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on 
         sample_demonstrations,
         sample_queries,
     )
+    from icl_lens.training.finetune import FinetuneConfig, TrainingTrace, finetune  # noqa: F401
+    from icl_lens.training.lcgd import layer_causal_finetune  # noqa: F401
 
 __all__ = [
     "__version__",

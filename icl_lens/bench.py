@@ -79,11 +79,11 @@ from icl_lens.evaluation import (
     evaluate,
     zero_unattended,
 )
-from icl_lens.finetune import FinetuneConfig, demo_batches, finetune, layer_of, trained_parameters
-from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, sweep_learning_rate
 from icl_lens.models.backends import Model, block_parameters, final_residual
 from icl_lens.prompts import EncodedPrompts
+from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, layer_of, trained_parameters
+from icl_lens.training.lcgd import layer_causal_finetune
+from icl_lens.training.lr_sweep import DEFAULT_LR_GRID, sweep_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class FlopCount:
 def training_batches(
     demo_sequences: Sequence[Sequence[int]], answer_lengths: Sequence[int], cfg: FinetuneConfig
 ) -> list[tuple[list[int], int]]:
-    """The steps of :func:`icl_lens.finetune.demo_batches` as (real sequence lengths, counted positions)."""
+    """The steps of :func:`icl_lens.training.finetune.demo_batches` as (real sequence lengths, counted positions)."""
     return [
         ([int(n) for n in mask.sum(dim=1)], int((loss_mask > 0).sum()))
         for _, mask, loss_mask in demo_batches(demo_sequences, answer_lengths, cfg, "cpu")

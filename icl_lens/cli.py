@@ -25,10 +25,10 @@ from typing import Any
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
-from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.reporting.findings import add_findings_command, cmd_findings
 from icl_lens.reporting.report import add_report_command, cmd_report
+from icl_lens.training.finetune import FinetuneConfig
 
 logger = logging.getLogger("icl_lens")
 
@@ -273,7 +273,7 @@ def add_executor_flags(run: argparse.ArgumentParser) -> None:
 
 def executor_options(args: argparse.Namespace):
     """ExecutorOptions from the --executor/--workers/--slurm-* flags."""
-    from icl_lens.executors import ExecutorOptions, SlurmOptions
+    from icl_lens.runs.executors import ExecutorOptions, SlurmOptions
 
     extra = []
     for flag in args.slurm_flag:
@@ -419,7 +419,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from icl_lens.reporting.summary import summary
-    from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
+    from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
 
     if args.attention_examples < 0:
         raise ConfigError(f"--attention-examples must be >= 0, got {args.attention_examples}")
@@ -471,9 +471,9 @@ def _bench_phase_inputs(args: argparse.Namespace, model, task, demos, queries):
     experiment draws it), the content-free query and the rates for ``bench --phases``."""
     from icl_lens.bench import PhaseInputs
     from icl_lens.calibration import content_free_row
-    from icl_lens.lr_sweep import DEFAULT_LR_GRID, dev_slice
     from icl_lens.prompts import encode_prompts, encode_text
     from icl_lens.tasks import load_split
+    from icl_lens.training.lr_sweep import DEFAULT_LR_GRID, dev_slice
 
     if args.lr_dev_size < 1:
         raise ConfigError(f"--lr-dev-size must be >= 1, got {args.lr_dev_size}")
@@ -497,7 +497,7 @@ def _bench_phase_inputs(args: argparse.Namespace, model, task, demos, queries):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from icl_lens.executors import sweep_status
+    from icl_lens.runs.executors import sweep_status
 
     rows = sweep_status(args.results_dir)
     order = ("done", "running", "queued", "failed", "not started")

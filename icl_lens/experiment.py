@@ -31,9 +31,6 @@ from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
-from icl_lens.finetune import FinetuneConfig, TrainingTrace, finetune
-from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
 from icl_lens.models.backends import Model, backend_of
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
@@ -48,6 +45,9 @@ from icl_lens.tasks import (
     get_task,
     load_split,
 )
+from icl_lens.training.finetune import FinetuneConfig, TrainingTrace, finetune
+from icl_lens.training.lcgd import layer_causal_finetune
+from icl_lens.training.lr_sweep import DEFAULT_LR_GRID, REFERENCE_LRS, dev_slice, sweep_learning_rate
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ logit soft-cap), applied to any layer's residual stream; the backend
 (:mod:`icl_lens.models.backends`) supplies the norm and the unembedding of a ``HookedTransformer``
 or a ``TransformerBridge``.
 Evaluation uses it to unembed only the positions it scores (cheap for large vocabularies), and
-layer-causal GD (:mod:`icl_lens.lcgd`) uses it as every layer's prediction head.
+layer-causal GD (:mod:`icl_lens.training.lcgd`) uses it as every layer's prediction head.
 
 The unembedding is applied as ``residual @ W_U + b_U`` (one fused ``addmm``) on the model's own
 parameters rather than through ``model.unembed``: TransformerLens 3.x's ``Unembed.forward`` makes a

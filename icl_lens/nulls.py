@@ -28,9 +28,9 @@ from transformer_lens import ActivationCache
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
-from icl_lens.finetune import layer_of, trainable_copy, trained_parameters
 from icl_lens.models.backends import Model, backend_of
 from icl_lens.stats import derangement
+from icl_lens.training.finetune import layer_of, trainable_copy, trained_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
-from icl_lens.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
+from icl_lens.training.finetune import FinetuneConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -1,7 +1,7 @@
 """The ICL–GD gap as the number of demonstrations grows, across models (Shen et al. 2023).
 
 A resumable sweep of :class:`~icl_lens.experiment.ExperimentConfig` cells (model × task × k × seed)
-on :func:`icl_lens.sweep.run_cells`, then a summary per (model, task, k):
+on :func:`icl_lens.runs.sweep.run_cells`, then a summary per (model, task, k):
 
     gap_acc = accuracy_ICL − accuracy_FT
     SimAOU  = mean over layers and examples of cos(h_ICL − h_ZSL, h_FT − h_ZSL)   (see the README's definitions)
@@ -28,7 +28,7 @@ from icl_lens.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
 from icl_lens.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
-from icl_lens.sweep import RuntimeOptions, cell_path, finished_results, run_cells
+from icl_lens.runs.sweep import RuntimeOptions, cell_path, finished_results, run_cells
 from icl_lens.tasks import get_task, load_split, sample_demonstrations, sample_queries
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, PromptError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
-from icl_lens.finetune import FinetuneConfig, finetune
 from icl_lens.models.backends import Model
 from icl_lens.prompts import (
     EncodedPrompts,
@@ -51,6 +50,7 @@ from icl_lens.tasks import (
     Task,
     get_task,
 )
+from icl_lens.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
 

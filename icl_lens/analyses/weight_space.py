@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
-from icl_lens.finetune import FinetuneConfig, finetune
 from icl_lens.metrics.weights import attention_parameter
 from icl_lens.models.backends import Model, final_residual
 from icl_lens.prompts import (
@@ -54,6 +53,7 @@ from icl_lens.tasks import (
     Task,
     get_task,
 )
+from icl_lens.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Three executors, chosen with ``run_cells(..., executor=...)`` or ``icl-lens run --executor``:
 
-* ``inline`` -- one cell after another in the calling process (the default; see :mod:`icl_lens.sweep`).
+* ``inline`` -- one cell after another in the calling process (the default; see :mod:`icl_lens.runs.sweep`).
 * ``local`` -- each cell in its own worker process (``submitit.LocalExecutor``), ``workers`` at a
   time. On CUDA every worker gets one GPU of its own (``CUDA_VISIBLE_DEVICES``); on CPU every worker
   gets ``cores // workers`` threads, so the machine is never oversubscribed.
@@ -11,7 +11,7 @@ Three executors, chosen with ``run_cells(..., executor=...)`` or ``icl-lens run 
   :class:`SlurmOptions`.
 
 Every worker runs the same single-cell function as an inline sweep
-(:func:`icl_lens.sweep.run_cell`), so results are written the same way: atomically, with a checksum,
+(:func:`icl_lens.runs.sweep.run_cell`), so results are written the same way: atomically, with a checksum,
 skipped on rerun. A worker also keeps ``<cell>/job_state.json`` up to date (queued / running with
 its pid, job id and host / failed with its log paths / finished); ``icl-lens status`` reads it. A
 cell whose job failed, was killed or was preempted has no verified ``results.json``, so submitting
@@ -40,7 +40,7 @@ from icl_lens.results import atomic_write_text, is_complete
 
 if TYPE_CHECKING:
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.sweep import RuntimeOptions
+    from icl_lens.runs.sweep import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def cell_job(
     import submitit
     import torch
 
-    from icl_lens.sweep import cell_path, finished_results, run_cell
+    from icl_lens.runs.sweep import cell_path, finished_results, run_cell
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -360,7 +360,7 @@ def run_with_executor(
     """
     from tqdm.auto import tqdm
 
-    from icl_lens.sweep import cell_dir_name, cell_path, finished_results
+    from icl_lens.runs.sweep import cell_dir_name, cell_path, finished_results
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ from icl_lens.tasks import _resolve as resolve_data_file  # the loader's own pat
 from icl_lens.viz import save_experiment_attention_maps
 
 if TYPE_CHECKING:
-    from icl_lens.executors import ExecutorOptions
+    from icl_lens.runs.executors import ExecutorOptions
 
 logger = logging.getLogger(__name__)
 
@@ -254,9 +254,9 @@ def run_cells(
 
     ``executor``: ``"inline"`` (default: one cell after another in this process), ``"local"``
     (worker processes on this machine) or ``"slurm"`` (one SLURM job per cell), or an
-    :class:`~icl_lens.executors.ExecutorOptions`. Every executor writes the same files; a cell that
+    :class:`~icl_lens.runs.executors.ExecutorOptions`. Every executor writes the same files; a cell that
     fails under ``local``/``slurm`` stays unfinished, and the call raises
-    :class:`~icl_lens.executors.SweepError` naming it and its logs once the other cells are done.
+    :class:`~icl_lens.runs.executors.SweepError` naming it and its logs once the other cells are done.
     """
     if model_loader is None:
         from icl_lens.models import load_model
@@ -277,7 +277,7 @@ def run_cells(
             logger.info("cell %s already finished; skipping", cfg.cell_name())
     check_cells([cells[index] for index in todo])  # fail fast: before any model is loaded
 
-    from icl_lens.executors import ExecutorOptions, run_with_executor
+    from icl_lens.runs.executors import ExecutorOptions, run_with_executor
 
     options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
     if options.kind != "inline":
@@ -313,8 +313,8 @@ def check_cells(cells: Sequence[ExperimentConfig]) -> None:
     files are parsed in full (each task once); hub datasets (``hf_dataset``) are loaded by the run.
     """
     from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides
-    from icl_lens.lr_sweep import REFERENCE_LRS
     from icl_lens.tasks import load_split, sample_demonstrations
+    from icl_lens.training.lr_sweep import REFERENCE_LRS
 
     train_splits: dict[tuple, Any] = {}
     for cfg in cells:

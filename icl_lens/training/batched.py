@@ -11,13 +11,13 @@ the same :func:`~transformer_lens.utilities.attention.simple_attn_linear` the mo
 
 Rows never mix (attention, norms and the loss act within a row), so the gradient of the summed
 per-rate losses gives every rate exactly its own gradient; each rate then takes its own optimizer step
-(:func:`icl_lens.finetune.make_optimizer`, :func:`~icl_lens.finetune.clip_layer_gradients`, the same
-finiteness checks as :func:`~icl_lens.finetune.finetune`). A rate that diverges is dropped from the
+(:func:`icl_lens.training.finetune.make_optimizer`, :func:`~icl_lens.training.finetune.clip_layer_gradients`, the same
+finiteness checks as :func:`~icl_lens.training.finetune.finetune`). A rate that diverges is dropped from the
 batch and recorded; the others go on. The first step is run once: every rate starts from the same
 weights, so its loss and gradient are the same for all of them.
 
-Plain GD (:func:`icl_lens.finetune.finetune`) and LCGD's ``simultaneous`` schedule
-(:func:`icl_lens.lcgd.layer_causal_finetune`: every block's input detached, one logit-lens loss per
+Plain GD (:func:`icl_lens.training.finetune.finetune`) and LCGD's ``simultaneous`` schedule
+(:func:`icl_lens.training.lcgd.layer_causal_finetune`: every block's input detached, one logit-lens loss per
 layer) are batched. :func:`unsupported_reason` names what is not (other parameter groups, LCGD's
 ``sequential`` schedule, half precision, attention variants whose input is not one shared tensor), for
 which the sweep falls back to training one rate at a time.
@@ -50,7 +50,9 @@ from transformer_lens.utilities.attention import simple_attn_linear
 from icl_lens.calibration import calibrate
 from icl_lens.errors import ConfigError, TrainingDivergedError
 from icl_lens.evaluation import PAD_ID, _label_log_probs, _mean_token_log_prob, _pad_right, check_evaluation_inputs
-from icl_lens.finetune import (
+from icl_lens.lens import logit_lens
+from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
+from icl_lens.training.finetune import (
     PARAM_GROUPS,
     FinetuneConfig,
     check_demonstrations,
@@ -64,9 +66,7 @@ from icl_lens.finetune import (
     masked_next_token_losses,
     trainable_copy,
 )
-from icl_lens.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
-from icl_lens.lens import logit_lens
-from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
+from icl_lens.training.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ _INPUT_OF = {"Q": "query_input", "K": "key_input", "V": "value_input"}
 
 
 def trainer_method(trainer: Callable) -> Method | None:
-    """``"gd"`` for :func:`~icl_lens.finetune.finetune`, ``"lcgd"`` for LCGD's simultaneous schedule
+    """``"gd"`` for :func:`~icl_lens.training.finetune.finetune`, ``"lcgd"`` for LCGD's simultaneous schedule
     (``layer_causal_finetune`` itself or a ``functools.partial`` of it fixing only ``schedule``), else None."""
     if trainer is finetune:
         return "gd"
@@ -163,7 +163,7 @@ class BatchedTraining:
     ``student`` is a frozen copy of the model (its own parameters untouched); ``params[lr]`` the
     trained parameters of each rate that finished (names as in ``student.named_parameters()``);
     ``diverged[lr]`` the reason of each that did not; ``losses[lr]`` each rate's per-step loss (the
-    sum over layers for LCGD), as in :class:`icl_lens.finetune.TrainingTrace`.
+    sum over layers for LCGD), as in :class:`icl_lens.training.finetune.TrainingTrace`.
     """
 
     student: Model
@@ -254,7 +254,7 @@ def train_rates(
     """Train a copy of ``model`` at every rate of ``lrs`` together (see the module docstring).
 
     Check first with :func:`unsupported_reason`; the result at each rate is the one
-    :func:`~icl_lens.finetune.finetune` (``method="gd"``) or LCGD's simultaneous schedule
+    :func:`~icl_lens.training.finetune.finetune` (``method="gd"``) or LCGD's simultaneous schedule
     (``"lcgd"``) gives at that rate, up to float32 summation order.
     """
     check_demonstrations(model, demo_sequences, answer_lengths)

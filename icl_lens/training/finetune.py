@@ -7,7 +7,7 @@ gradient ℓ2 norm is recorded (the heatmaps of Deutch et al. Fig. 4).
 
 The helpers here (parameter groups, batching, masked next-token loss, clipping, the NaN guard, and
 the float32 master weights that make half-precision finetuning update at all) are shared with
-layer-causal GD in :mod:`icl_lens.lcgd`.
+layer-causal GD in :mod:`icl_lens.training.lcgd`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_lens.errors import ConfigError
-from icl_lens.finetune import (
+from icl_lens.models.backends import Model, final_residual
+from icl_lens.training.finetune import (
     FinetuneConfig,
     MasterWeights,
     TrainingTrace,
@@ -41,7 +42,6 @@ from icl_lens.finetune import (
     masked_next_token_losses,
     trainable_copy,
 )
-from icl_lens.models.backends import Model, final_residual
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,11 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from icl_lens.batched_training import (
+from icl_lens.calibration import calibrate, content_free_scores
+from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
+from icl_lens.evaluation import RecordSpec, evaluate
+from icl_lens.models.backends import Model, block_parameters
+from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,
     chunk_size,
@@ -29,11 +33,7 @@ from icl_lens.batched_training import (
     trainer_method,
     unsupported_reason,
 )
-from icl_lens.calibration import calibrate, content_free_scores
-from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
-from icl_lens.evaluation import RecordSpec, evaluate
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.models.backends import Model, block_parameters
+from icl_lens.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ def dev_slice(
 
 Trainer = Callable[..., tuple[Model, Any]]
 """``trainer(model, demo_sequences, answer_lengths, cfg, progress=...) -> (tuned copy, trace)``:
-:func:`icl_lens.finetune.finetune` or a layer-causal schedule of :func:`icl_lens.lcgd.layer_causal_finetune`."""
+:func:`icl_lens.training.finetune.finetune` or a layer-causal schedule of
+:func:`icl_lens.training.lcgd.layer_causal_finetune`."""
 
 
 @dataclass
@@ -123,9 +124,9 @@ def sweep_learning_rate(
     GD's rate is not LCGD's).
 
     ``batched`` (default) trains the grid's rates together, sharing the frozen weights
-    (:mod:`icl_lens.batched_training`), in chunks of rates whose estimated memory stays under
-    ``max_batch_bytes`` (:func:`~icl_lens.batched_training.bytes_per_rate`), then scores every
-    trained rate of a chunk on the queries together (:func:`~icl_lens.batched_training.score_rates`:
+    (:mod:`icl_lens.training.batched`), in chunks of rates whose estimated memory stays under
+    ``max_batch_bytes`` (:func:`~icl_lens.training.batched.bytes_per_rate`), then scores every
+    trained rate of a chunk on the queries together (:func:`~icl_lens.training.batched.score_rates`:
     the class scores :func:`~icl_lens.evaluation.evaluate` gives each rate's model, in passes of rates
     under the same bound, one rate per pass on a CPU). Where that cannot be exact (a parameter group other than
     ``kv``/``q``, LCGD's sequential schedule, another trainer, half precision, ...) it logs why and

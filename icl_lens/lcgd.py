@@ -1,0 +1,3 @@
+"""Moved to :mod:`icl_lens.training.lcgd`; this path stays importable for existing code."""
+
+from icl_lens.training.lcgd import *  # noqa: F403

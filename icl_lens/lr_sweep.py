@@ -1,0 +1,3 @@
+"""Moved to :mod:`icl_lens.training.lr_sweep`; this path stays importable for existing code."""
+
+from icl_lens.training.lr_sweep import *  # noqa: F403
