@@ -58,14 +58,14 @@ _LAZY = {
 }
 
 # Subpackages and modules reachable as attributes (``icl_lens.metrics.simaou``) without importing
-# torch-heavy code at ``import icl_lens`` time.
+# torch-heavy code at ``import icl_lens`` time. ``icl_lens.finetune`` is the function (the module is
+# ``icl_lens.training.finetune``).
 _SUBMODULES = (
     "analyses",
     "calibration",
     "evaluation",
     "executors",
     "experiment",
-    "finetune",
     "findings",
     "lcgd",
     "lens",

@@ -3,7 +3,8 @@
 Deutch et al. 2024 (1.3B fairseq GPT, k = 32, mean of 3 seeds): SimAOU and SimAM_Δ for GD and
 LCGD, the untrained-model baseline, and Table 1 (accuracy ZSL / FT / ICL and the Jaccard index, %).
 Small models give other numbers; the *directions* are what a small-model run is compared with.
-Also the sparsity the hand-built ICL = GD constructions need (Shen et al. 2023). This module
+Also the per-task learning rates of the reference code, and the sparsity the hand-built ICL = GD
+constructions need (Shen et al. 2023). This module
 imports nothing, so any layer of icl_lens (the metrics included) may take its numbers from here.
 """
 
@@ -74,3 +75,13 @@ REFERENCE_RANDOM_SIMAOU = (0.001, 0.004)
 HANDBUILT_ICL_GD_SPARSITY = 0.75
 """Fraction of (near-)zero entries of W_Q, W_K, W_V that the hand-built ICL = GD constructions need
 (Shen et al. 2023, "~75 %"; *unverified* exact figure)."""
+
+REFERENCE_LRS: dict[str, float] = {
+    "sst2": 5e-4,
+    "sst5": 1.6e-4,
+    "mr": 3e-3,
+    "subj": 3e-3,
+    "agnews": 0.2,
+    "cb": 0.08,
+}
+"""Per-task reference learning rates of Dai et al. 2023 / Deutch et al. 2024 for a 1.3B GPT."""

@@ -24,6 +24,7 @@ from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.models.backends import Model, block_parameters
+from icl_lens.reporting.reference import REFERENCE_LRS
 from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,
@@ -36,16 +37,6 @@ from icl_lens.training.batched import (
 from icl_lens.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_LRS: dict[str, float] = {
-    "sst2": 5e-4,
-    "sst5": 1.6e-4,
-    "mr": 3e-3,
-    "subj": 3e-3,
-    "agnews": 0.2,
-    "cb": 0.08,
-}
-"""Per-task reference learning rates of Dai et al. 2023 / Deutch et al. 2024 for a 1.3B GPT."""
 
 DEFAULT_LR_GRID: tuple[float, ...] = tuple(sorted({*REFERENCE_LRS.values(), 1e-4, 1e-3, 1e-2, 3e-2}))
 
