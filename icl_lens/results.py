@@ -185,14 +185,15 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 VOLATILE_KEYS = ("meta", "timing_seconds", "checksum")
 
-RESULTS_FORMAT_VERSION = 2
+RESULTS_FORMAT_VERSION = 3
 """Version of what a cell's results file holds; part of every cell's identity (``"identity"``).
 
 Bump it whenever a file written before the change would be wrong to reuse: a metric added, removed
 or computed differently, a change in what runs (prompts, sampling, training, scoring), in the
 payload's layout, or in the identity's own fields. A sweep recomputes every cell whose file carries
 another version. History: 1 = files without an identity; 2 = identity recorded (task, data hashes,
-dtype, device kind)."""
+dtype, device kind); 3 = finetuning on a HookedTransformer trains only the biases the architecture has
+(no longer the zero b_K / b_V TransformerLens adds to Llama, Gemma, SmolLM2), bridge backend."""
 
 TEMP_SUFFIX = ".tmp"
 

@@ -21,8 +21,6 @@ from helpers import save_tiny_hf
 
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import evaluate
-from icl_lens.finetune import FinetuneConfig, demo_batches, finetune, select_trainable, trained_parameters
-from icl_lens.lcgd import layer_causal_finetune, layer_causal_losses
 from icl_lens.lens import logit_lens
 from icl_lens.metrics.weights import attention_parameter
 from icl_lens.models import backends as backends_module
@@ -37,6 +35,8 @@ from icl_lens.models.backends import (
     has_hooked_transformer,
 )
 from icl_lens.results import validate_results
+from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, select_trainable, trained_parameters
+from icl_lens.training.lcgd import layer_causal_finetune, layer_causal_losses
 
 FAMILIES = ["llama", "gemma3", "gpt2"]
 HOOKED_LOADABLE = ["llama", "gpt2"]  # TransformerLens configures Gemma-3 by hub name, not from a directory
@@ -61,12 +61,6 @@ def hf_dirs(tmp_path_factory):
 
 def _load(hf_dirs, family, backend, **kwargs):
     return load_model(str(hf_dirs[family]), backend=backend, **kwargs)
-
-
-def _weights_only_kv(monkeypatch):
-    """Train only W_K / W_V on the hooked backend: TransformerLens adds zero b_K / b_V to models without
-    attention biases (Llama, Gemma), which its ``kv`` group also trains; a bridge has no such tensors."""
-    monkeypatch.setitem(HOOKED.param_groups, "kv", r"^blocks\.\d+\.attn\._?W_[KV]$")
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,9 +111,7 @@ TRAINERS = {
 @needs_hooked
 @pytest.mark.parametrize("trainer", sorted(TRAINERS))
 @pytest.mark.parametrize("family", HOOKED_LOADABLE)
-def test_backends_train_the_same_update(hf_dirs, family, trainer, monkeypatch):
-    if family == "llama":
-        _weights_only_kv(monkeypatch)
+def test_backends_train_the_same_update(hf_dirs, family, trainer):
     hooked, bridge = _load(hf_dirs, family, "hooked"), _load(hf_dirs, family, "bridge")
     cfg = FinetuneConfig(lr=1e-2, momentum=0.9)
     tuned = {name: TRAINERS[trainer](model, cfg) for name, model in (("hooked", hooked), ("bridge", bridge))}
@@ -137,14 +129,20 @@ def test_backends_train_the_same_update(hf_dirs, family, trainer, monkeypatch):
 
 
 @needs_hooked
-def test_hooked_kv_group_trains_the_zero_biases_transformer_lens_adds(hf_dirs):
-    """The one difference of the backends' numbers: on an architecture without attention biases,
-    HookedTransformer's b_K / b_V (zeros) are trained with W_K / W_V; the bridge has none."""
-    hooked, bridge = _load(hf_dirs, "llama", "hooked"), _load(hf_dirs, "llama", "bridge")
-    assert any("_b_K" in name for name in trained_parameters(hooked, "kv"))
-    assert all(name.endswith(".weight") for name in trained_parameters(bridge, "kv"))
+@pytest.mark.parametrize("family", HOOKED_LOADABLE)
+def test_both_backends_train_the_parameters_the_architecture_has(hf_dirs, family):
+    """TransformerLens adds zero b_Q/b_K/b_V/b_O and MLP biases to a model without biases (Llama); they
+    are not the model's parameters, so the hooked ``kv`` group leaves them out, as the bridge (which has
+    no such tensors) does. GPT-2 has real biases: both train them."""
+    hooked, bridge = _load(hf_dirs, family, "hooked"), _load(hf_dirs, family, "bridge")
+    names_h, names_b = trained_parameters(hooked, "kv"), trained_parameters(bridge, "kv")
+    assert len(names_h) == len(names_b)
+    has_bias = family == "gpt2"
+    assert any("b_K" in name for name in names_h) == has_bias
+    assert any(name.endswith(".bias") for name in names_b) == has_bias
     tuned = finetune(hooked, DEMOS, ANSWERS, FinetuneConfig(lr=1e-2), progress=False)[0]
-    assert float(tuned.blocks[0].attn._b_V.abs().max()) > 0
+    bias = tuned.blocks[0].attn._b_V if family == "llama" else tuned.blocks[0].attn.b_V
+    assert (float(bias.abs().max()) > 0) == has_bias
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -274,7 +272,7 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
     """``run_cells`` on the bridge: every setting and metric, the backend recorded, the cell in a
     folder and identity of its own (a hooked cell of the same config is another cell)."""
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.sweep import RuntimeOptions, cell_identity, cell_path, run_cells
+    from icl_lens.runs.sweep import RuntimeOptions, cell_identity, cell_path, run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["gemma3"]), k=2, limit=4, lr=1e-2, batch_size=4)
     runtime = RuntimeOptions(progress=False, attention_examples=1, backend="bridge")
@@ -295,7 +293,7 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
 @needs_hooked
 def test_a_hooked_model_is_refused_for_a_bridge_cell(hf_dirs, tmp_path):
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.sweep import RuntimeOptions, run_cells
+    from icl_lens.runs.sweep import RuntimeOptions, run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["llama"]), k=2, limit=4, lr=1e-2, batch_size=4)
     runtime = RuntimeOptions(progress=False, attention_examples=0, backend="bridge")
@@ -304,14 +302,13 @@ def test_a_hooked_model_is_refused_for_a_bridge_cell(hf_dirs, tmp_path):
 
 
 @needs_hooked
-def test_backends_give_the_same_experiment_results(hf_dirs, monkeypatch):
+def test_backends_give_the_same_experiment_results(hf_dirs):
     """The whole pipeline (prompts, four settings, every metric, nulls, tests) agrees across backends."""
     from helpers import assert_same_results
 
     from icl_lens.experiment import ExperimentConfig, run_experiment
     from icl_lens.tasks import get_task
 
-    _weights_only_kv(monkeypatch)
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["llama"]), k=3, limit=6, lr=1e-2, batch_size=3)
     runs = {}
     for backend in ("hooked", "bridge"):

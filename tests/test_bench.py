@@ -10,7 +10,7 @@ import icl_lens.errors
 import icl_lens.models
 from helpers import tiny_model
 from icl_lens.cli import main
-from icl_lens.finetune import FinetuneConfig
+from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 

@@ -13,11 +13,11 @@ from sweep_worker import cells, loader
 
 from icl_lens.cli import main
 from icl_lens.errors import ConfigError
-from icl_lens.executors import (
+from icl_lens.runs.executors import (
     ExecutorOptions, SlurmOptions, SweepError, local_threads, read_state, sweep_status, write_state,
 )
 from icl_lens.results import read_results, stable_payload
-from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
 
 TESTS = Path(__file__).resolve().parent
 QUIET = RuntimeOptions(progress=False, attention_examples=1)

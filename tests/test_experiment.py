@@ -9,7 +9,7 @@ import pytest
 
 from icl_lens.errors import ConfigError
 from icl_lens.experiment import ExperimentConfig, run_experiment
-from icl_lens.finetune import FinetuneConfig
+from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.tasks import get_task
 
 CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3)

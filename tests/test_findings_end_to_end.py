@@ -1,4 +1,4 @@
-"""End to end on tiny random models: a real sweep (icl_lens.sweep.run_cells) of 2 tasks × 2 seeds,
+"""End to end on tiny random models: a real sweep (icl_lens.runs.sweep.run_cells) of 2 tasks × 2 seeds,
 trained and untrained, then ``icl-lens findings`` and ``icl-lens report`` on its folder.
 
 The findings and the report were written against a contract and tested on synthetic cells; this
@@ -19,7 +19,7 @@ from icl_lens.reporting.findings import CLAIM_IDS, FINDINGS_JSON, FINDINGS_MD, P
 from icl_lens.results import read_results
 from icl_lens.models.untrained import reinitialize_untrained
 from icl_lens.reporting.report import INDEX_FILE, REPORT_FILE, build_cell_report
-from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
 
 TASKS = ("sst2", "subj")
 SEEDS = (0, 1)

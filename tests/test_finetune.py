@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from icl_lens.errors import ConfigError, TrainingDivergedError
-from icl_lens.finetune import FinetuneConfig, demo_batches, finetune, masked_next_token_loss, select_trainable
-from icl_lens.lcgd import layer_causal_finetune, layer_causal_losses
+from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, masked_next_token_loss, select_trainable
+from icl_lens.training.lcgd import layer_causal_finetune, layer_causal_losses
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
@@ -136,7 +136,7 @@ def test_lcgd_gradient_is_causal(tiny_llama, layer):
 
 def test_lcgd_layer_grouping_does_not_change_losses_or_gradients(tiny_llama, monkeypatch):
     """Unembedding all layers in one matrix product == one layer at a time (LOGIT_BUDGET)."""
-    import icl_lens.lcgd as lcgd
+    import icl_lens.training.lcgd as lcgd
 
     seqs, answers = _demos(tiny_llama, k=2)
     tokens, attn, mask = next(demo_batches(seqs, answers, FinetuneConfig(batch_size=2), "cpu"))

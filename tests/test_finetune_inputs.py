@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from icl_lens.errors import ConfigError, PromptError
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.lcgd import layer_causal_finetune
+from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.training.lcgd import layer_causal_finetune
 
 TRAINERS = [finetune, layer_causal_finetune]
 

@@ -1,4 +1,4 @@
-"""Finetuning a bfloat16/float16 model trains float32 master weights (icl_lens.finetune.MasterWeights).
+"""Finetuning a bfloat16/float16 model trains float32 master weights (icl_lens.training.finetune.MasterWeights).
 
 Reference for every check: the same training run in float32 from the same (half-representable)
 starting weights, its result rounded to the half dtype.
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import tiny_model
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.lcgd import layer_causal_finetune
+from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.training.lcgd import layer_causal_finetune
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
@@ -117,10 +117,10 @@ def test_an_update_the_half_model_cannot_hold_is_reported(trainer, caplog):
     """No silent no-op: one step far below half an ulp leaves the bf16 model as it was, and says so."""
     half, _ = _half_and_reference(True, torch.bfloat16)
     seqs, answers = _demos(half, k=1)
-    with caplog.at_level("WARNING", logger="icl_lens.finetune"):
+    with caplog.at_level("WARNING", logger="icl_lens.training.finetune"):
         _train(trainer, half, seqs, answers, FinetuneConfig(lr=1e-6))
     assert any("below the resolution of bfloat16" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="icl_lens.finetune"):
+    with caplog.at_level("WARNING", logger="icl_lens.training.finetune"):
         _train(trainer, half, seqs, answers, FinetuneConfig(lr=0.1))
     assert not any("below the resolution" in r.getMessage() for r in caplog.records)

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.lcgd import layer_causal_finetune
+from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.training.lcgd import layer_causal_finetune
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, load_split, sample_demonstrations, sample_queries
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import load_experiment_script, tiny_model
-from icl_lens.lr_sweep import dev_slice
+from icl_lens.training.lr_sweep import dev_slice
 from icl_lens.tasks import get_task, load_split, sample_demonstrations
 
 

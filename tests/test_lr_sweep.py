@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from icl_lens.errors import ConfigError, TrainingDivergedError
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.lr_sweep import sweep_learning_rate
+from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.training.lr_sweep import sweep_learning_rate
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
@@ -52,7 +52,7 @@ def test_a_rate_with_non_finite_weights_is_marked_diverged(tiny_gpt, poison, cal
 def test_non_finite_scores_from_finite_weights_are_marked_diverged(tiny_gpt, monkeypatch):
     """Scores can go non-finite with finite weights (an overflow in the forward pass): same verdict.
     (The sequential sweep, which scores through evaluate; the batched one: test_lr_sweep_batched.py.)"""
-    import icl_lens.lr_sweep as lr_sweep
+    import icl_lens.training.lr_sweep as lr_sweep
 
     real_evaluate = lr_sweep.evaluate
     calls = []

@@ -11,9 +11,9 @@ from functools import partial
 import pytest
 import torch
 
-import icl_lens.batched_training as batched_training
-import icl_lens.lr_sweep as lr_sweep
-from icl_lens.batched_training import (
+import icl_lens.training.batched as batched_training
+import icl_lens.training.lr_sweep as lr_sweep
+from icl_lens.training.batched import (
     BatchedTraining,
     bytes_per_rate,
     chunk_size,
@@ -24,9 +24,9 @@ from icl_lens.batched_training import (
 )
 from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.evaluation import evaluate
-from icl_lens.finetune import FinetuneConfig, finetune
-from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import sweep_learning_rate
+from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.training.lcgd import layer_causal_finetune
+from icl_lens.training.lr_sweep import sweep_learning_rate
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
@@ -187,7 +187,7 @@ def test_unsupported_configurations_fall_back_with_a_logged_reason(tiny_gpt, mon
     inputs = _inputs(tiny_gpt, n_queries=4)
     grid = (1e-3, 1.0)
     sizes = _count_batched_trainings(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="icl_lens.lr_sweep"):
+    with caplog.at_level(logging.INFO, logger="icl_lens.training.lr_sweep"):
         fallback = sweep_learning_rate(tiny_gpt, base=cfg, grid=grid, trainer=trainer, **inputs)
     assert sizes == []
     assert any("one rate at a time" in r.message and reason in r.message for r in caplog.records)
@@ -397,7 +397,7 @@ def test_sliding_window_models_score_multi_token_labels_in_full_passes(monkeypat
     prefix = inputs["score_prefix"] + inputs["demo_sequences"][0]
     labels = inputs["label_tokens"]
     passes = _count_scoring_passes(monkeypatch)
-    with caplog.at_level(logging.DEBUG, logger="icl_lens.batched_training"):
+    with caplog.at_level(logging.DEBUG, logger="icl_lens.training.batched"):
         got = score_rates(
             trained,
             prefix,

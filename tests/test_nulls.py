@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformer_lens import ActivationCache
 
-from icl_lens.finetune import FinetuneConfig, finetune
+from icl_lens.training.finetune import FinetuneConfig, finetune
 from icl_lens.nulls import (
     jaccard_independence,
     random_direction_model,

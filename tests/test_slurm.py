@@ -23,9 +23,9 @@ from executor_loaders import hanging_loader, start_hanging_sweep
 from helpers import assert_same_results
 from sweep_worker import cells, loader
 
-from icl_lens.executors import ExecutorOptions, SlurmOptions, SweepError, read_state, sweep_status
+from icl_lens.runs.executors import ExecutorOptions, SlurmOptions, SweepError, read_state, sweep_status
 from icl_lens.results import read_results, stable_payload
-from icl_lens.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
 
 pytestmark = pytest.mark.slurm
 

@@ -221,9 +221,18 @@ class HookedBackend(Backend):
         return model.unembed.W_U, model.unembed.b_U
 
     def block_parameters(self, model):
+        """The block parameters, less the zero biases TransformerLens adds to a part (``attn``,
+        ``mlp``) the loaded architecture has no bias in (``cfg.icl_lens_absent_biases``, set when
+        loading from a Hugging Face directory): they are not the model's parameters, so nothing
+        trains or perturbs them (the bridge has no such tensors)."""
+        absent = set(getattr(model.cfg, "icl_lens_absent_biases", ()) or ())
         for name, param in model.named_parameters():
-            if name.startswith("blocks."):
-                yield name, param
+            if not name.startswith("blocks."):
+                continue
+            parts = name.split(".")
+            if absent and parts[2] in absent and parts[-1].lstrip("_").startswith("b_"):
+                continue
+            yield name, param
 
     def attention_parameter(self, model, layer, name):
         attn = model.blocks[layer].attn

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -216,6 +217,7 @@ def _finish(
         reinitialize_untrained(model, seed, init=untrained_init)
     if processed:
         process_weights(model)
+        model.cfg.icl_lens_absent_biases = ()  # processing may fold values into the biases
     if dtype != model.cfg.dtype:
         model.to(dtype, print_details=False)
     model.to(device, print_details=False)
@@ -331,6 +333,7 @@ def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: 
         raise ModelLoadError(
             f"TransformerLens cannot convert {hf_dir} (architecture {arch}): {type(exc).__name__}: {exc}"
         ) from exc
+    absent_biases = absent_bias_parts(hf_model)
     del hf_model
     cfg.model_name = model_name or hf_dir.name
     init_range = getattr(hf_config, "initializer_range", None)
@@ -347,7 +350,27 @@ def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: 
     model.cfg.tokenizer_name = str(hf_dir)  # TransformerLens re-opens tokenizers by this name: keep it local
     attach_tokenizer(model, tokenizer)
     _load_unprocessed(model, state_dict)
+    model.cfg.icl_lens_absent_biases = absent_biases
     return model
+
+
+def absent_bias_parts(hf_model) -> tuple[str, ...]:
+    """Which block parts (``attn``, ``mlp``) of a Hugging Face model have no bias at all.
+
+    TransformerLens gives every converted model zero ``b_Q``/``b_K``/``b_V``/``b_O`` (and MLP
+    biases); for an architecture without them (Llama, Gemma, SmolLM2) they are not the model's
+    parameters, so the backend leaves them out of the block parameters: finetuning trains what the
+    model has, as on the bridge (:meth:`icl_lens.models.backends.HookedBackend.block_parameters`).
+    """
+    has = {"attn": False, "mlp": False}
+    for name, _ in hf_model.named_parameters():
+        if not name.endswith("bias") or "norm" in name or re.search(r"(^|\.)ln_?\w*\.", name):
+            continue
+        if re.search(r"(^|\.)(self_attn|attn|attention)\.", name):
+            has["attn"] = True
+        elif re.search(r"(^|\.)mlp\.", name):
+            has["mlp"] = True
+    return tuple(part for part, present in has.items() if not present)
 
 
 def attach_tokenizer(model: Model, tokenizer) -> None:
