@@ -44,9 +44,10 @@ CONFIGS = {
 }
 GRID = (1e-3, 0.1, 1.0, 10.0)
 
-MAX_ABS_TO_SCALE = 1e-6
+MAX_ABS_TO_SCALE = 4e-6
 """Bound on max |batched − sequential| over a rate's trained tensors, relative to their largest entry
-(measured ≤ 7.6e-7 on these configs, GPT-like and GQA models)."""
+(measured ≤ 7.6e-7 on these configs, GPT-like and GQA models, at 1 torch thread and 1.1e-6 at 2: the
+summation order follows the thread count; 4e-6 is ~30 float32 ulps of the largest entry)."""
 MAX_UPDATE_REL = 1e-5
 """Bound on ‖batched − sequential‖ / ‖sequential update‖ over a rate's trained tensors (measured ≤ 3.7e-6)."""
 MAX_SCORE_DIFF = 5e-6

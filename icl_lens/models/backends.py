@@ -84,6 +84,10 @@ def check_backend(name: str | None) -> str:
     return name
 
 
+ABSENT_BIASES_ATTR = "icl_lens_absent_biases"
+"""Config attribute naming the block parts (``attn``, ``mlp``) a loaded architecture has no bias in."""
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a bridge forward pass after the last block it needs."""
 
@@ -225,7 +229,7 @@ class HookedBackend(Backend):
         ``mlp``) the loaded architecture has no bias in (``cfg.icl_lens_absent_biases``, set when
         loading from a Hugging Face directory): they are not the model's parameters, so nothing
         trains or perturbs them (the bridge has no such tensors)."""
-        absent = set(getattr(model.cfg, "icl_lens_absent_biases", ()) or ())
+        absent = set(getattr(model.cfg, ABSENT_BIASES_ATTR, ()) or ())
         for name, param in model.named_parameters():
             if not name.startswith("blocks."):
                 continue

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from icl_lens.errors import ModelLoadError
-from icl_lens.models.backends import Model, check_backend
+from icl_lens.models.backends import ABSENT_BIASES_ATTR, Model, check_backend
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, get_offline_model
 from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitialize_untrained
@@ -217,7 +217,7 @@ def _finish(
         reinitialize_untrained(model, seed, init=untrained_init)
     if processed:
         process_weights(model)
-        model.cfg.icl_lens_absent_biases = ()  # processing may fold values into the biases
+        setattr(model.cfg, ABSENT_BIASES_ATTR, ())  # processing may fold values into the biases
     if dtype != model.cfg.dtype:
         model.to(dtype, print_details=False)
     model.to(device, print_details=False)
@@ -350,7 +350,7 @@ def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: 
     model.cfg.tokenizer_name = str(hf_dir)  # TransformerLens re-opens tokenizers by this name: keep it local
     attach_tokenizer(model, tokenizer)
     _load_unprocessed(model, state_dict)
-    model.cfg.icl_lens_absent_biases = absent_biases
+    setattr(model.cfg, ABSENT_BIASES_ATTR, absent_biases)
     return model
 
 
