@@ -373,3 +373,19 @@ def test_bfloat16_bridge_trains_through_float32_master_weights(hf_dirs):
         got = attention_parameter(tuned_half, layer, "W_K").float()
         assert got.dtype == torch.float32 and attention_parameter(tuned_half, layer, "W_K").dtype == torch.bfloat16
         assert (got - expected).abs().max() <= 4 * 2**-8 * expected.abs().max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bridge_attention_scores_are_taken_before_the_softmax(hf_dirs, family):
+    """``hook_attn_scores`` must hold pre-softmax scores (a generic attention path could pass it the
+    pattern): softmax of the recorded scores over the keys is the recorded pattern, on every layer."""
+    model = _load(hf_dirs, family, "bridge")
+    tokens = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 50, 51]])
+    names = lambda name: name.endswith(("hook_attn_scores", "hook_pattern"))  # noqa: E731
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    for layer in range(model.cfg.n_layers):
+        scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
+        assert not torch.allclose(scores.nan_to_num(neginf=0.0), pattern)  # not the pattern itself
+        assert torch.allclose(scores.float().softmax(dim=-1), pattern.float(), atol=1e-6), layer
