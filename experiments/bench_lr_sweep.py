@@ -20,9 +20,9 @@ import time
 import torch
 
 from icl_lens.calibration import content_free_row
-from icl_lens.finetune import FinetuneConfig
-from icl_lens.lcgd import layer_causal_finetune
-from icl_lens.lr_sweep import DEFAULT_LR_GRID, dev_slice, sweep_learning_rate
+from icl_lens.training.finetune import FinetuneConfig
+from icl_lens.training.lcgd import layer_causal_finetune
+from icl_lens.training.lr_sweep import DEFAULT_LR_GRID, dev_slice, sweep_learning_rate
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, load_split, sample_demonstrations
 

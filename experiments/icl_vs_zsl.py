@@ -32,7 +32,7 @@ import torch
 from icl_lens.calibration import calibrate, content_free_row
 from icl_lens.errors import IclLensError
 from icl_lens.evaluation import evaluate
-from icl_lens.lr_sweep import dev_slice
+from icl_lens.training.lr_sweep import dev_slice
 from icl_lens.metrics import accuracy
 from icl_lens.models import load_model
 from icl_lens.prompts import PromptFormat, encode_prompts, encode_text

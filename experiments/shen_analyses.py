@@ -47,9 +47,9 @@ from icl_lens.reporting.figures import (
     plot_weight_space,
 )
 from icl_lens.experiment import ExperimentConfig, run_experiment
-from icl_lens.finetune import FinetuneConfig
+from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.results import is_complete, read_results, write_results
-from icl_lens.sweep import RuntimeOptions
+from icl_lens.runs.sweep import RuntimeOptions
 from icl_lens.tasks import get_task
 
 logger = logging.getLogger("shen_analyses")
