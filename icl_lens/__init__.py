@@ -14,9 +14,9 @@ Quick start (notebook)::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from icl_lens._lazy import lazy_attributes
 from icl_lens._version import __version__
 from icl_lens.errors import (
     ConfigError,
@@ -119,17 +119,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"icl_lens.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"icl_lens.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'icl_lens' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULES, _LAZY)

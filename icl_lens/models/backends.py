@@ -23,6 +23,7 @@ a bridge trains the Hugging Face projection weight itself, named here ``blocks.{
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import logging
 import re
@@ -56,8 +57,10 @@ def transformer_lens_version() -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", raw)[:3])
 
 
+@functools.cache
 def has_hooked_transformer() -> bool:
-    """Whether this TransformerLens still ships ``HookedTransformer`` (removed in 4.0)."""
+    """Whether this TransformerLens still ships ``HookedTransformer`` (removed in 4.0); asked on every
+    :func:`backend_of`, so the import is tried once per process."""
     try:
         from transformer_lens import HookedTransformer  # noqa: F401
     except (ImportError, AttributeError):

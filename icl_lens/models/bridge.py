@@ -12,7 +12,6 @@ is rewritten, so the bridge computes exactly the Hugging Face model's logits.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,11 +117,11 @@ def reinitialize_untrained_bridge(bridge: TransformerBridge, seed: int, init: st
     seed gives a different sample than on a HookedTransformer, from the same distribution).
     Embeddings, every norm and the unembedding keep their trained values."""
     from icl_lens.models.untrained import (
-        _QKV_GAIN,
         FALLBACK_INIT_STD,
         UNTRAINED_INITS,
         UNTRAINED_SEED_ATTR,
         _uniform,
+        reference_bound,
     )
 
     if init not in UNTRAINED_INITS:
@@ -132,23 +131,20 @@ def reinitialize_untrained_bridge(bridge: TransformerBridge, seed: int, init: st
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     n_weights = n_biases = 0
     with torch.no_grad():
-        for _layer, _part, role, module in _linear_parts(bridge):
+        for _layer, part, role, module in _linear_parts(bridge):
             fan_in, fan_out = _fans(module)
             weight, bias = module.weight, getattr(module, "bias", None)
             if init == "normal":
                 fresh_w = torch.randn(weight.shape, generator=generator, dtype=torch.float32) * std
                 fresh_b = torch.zeros(bias.shape) if bias is not None else None
             else:
-                if role in ("q", "k", "v"):
-                    bound = _QKV_GAIN * math.sqrt(6.0 / (fan_in + fan_out))
-                elif role == "o":
-                    bound = math.sqrt(6.0 / (fan_in + fan_out))
-                else:
-                    bound = 1.0 / math.sqrt(fan_in)
-                fresh_w = _uniform(weight.shape, bound, generator)
+                letter = role.upper() if part == "attn" else "in"  # the recipe by HookedTransformer name
+                fresh_w = _uniform(weight.shape, reference_bound(part, f"W_{letter}", fan_in, fan_out), generator)
                 fresh_b = None
                 if bias is not None:
-                    bias_bound = 0.0 if role == "o" or not bool(bias.ne(0).any()) else 1.0 / math.sqrt(fan_in)
+                    bias_bound = reference_bound(part, f"b_{letter}", fan_in, fan_out)
+                    if not bool(bias.ne(0).any()):
+                        bias_bound = 0.0  # the architecture has no such bias
                     fresh_b = _uniform(bias.shape, bias_bound, generator)
             weight.copy_(fresh_w.to(device=weight.device, dtype=weight.dtype))
             n_weights += 1

@@ -18,8 +18,9 @@ first access (``icl_lens.reporting.findings``), so importing the package stays l
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icl_lens._lazy import lazy_attributes
 
 _SUBMODULES = ("aggregate", "figures", "findings", "reference", "report", "summary", "tables")
 
@@ -29,13 +30,4 @@ if TYPE_CHECKING:
 __all__ = list(_SUBMODULES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"icl_lens.reporting.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'icl_lens.reporting' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULES)

@@ -9,8 +9,9 @@ A cell's results file and its layout are :mod:`icl_lens.results`. Submodules loa
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from icl_lens._lazy import lazy_attributes
 
 _SUBMODULES = ("executors", "sweep")
 
@@ -20,13 +21,4 @@ if TYPE_CHECKING:
 __all__ = list(_SUBMODULES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"icl_lens.runs.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'icl_lens.runs' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _SUBMODULES)
