@@ -154,6 +154,20 @@ def test_lcgd_layer_grouping_does_not_change_losses_or_gradients(tiny_llama, mon
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6), name
 
 
+def test_lcgd_layer_groups_are_the_fewest_balanced_groups_under_the_budget(monkeypatch):
+    import icl_lens.training.lcgd as lcgd
+
+    monkeypatch.setattr(lcgd, "LOGIT_BUDGET", 2**27)
+    # Gemma-3-270M's 18 layers, 35 counted rows, 262144-token vocabulary: 14 layers fit, so 2 groups of 9
+    groups = lcgd.layer_groups(range(18), 35, 262144)
+    assert groups == [list(range(9)), list(range(9, 18))]
+    assert lcgd.layer_groups(range(18), 600, 262144) == [[layer] for layer in range(18)]  # not even one fits
+    assert lcgd.layer_groups(range(4), 1, 10) == [[0, 1, 2, 3]]
+    assert lcgd.layer_groups([5, 6, 7], 2**26, 2) == [[5], [6], [7]]  # each layer alone is at the budget
+    assert lcgd.layer_groups(range(7), 2**24, 2) == [[0, 1, 2, 3], [4, 5, 6]]  # 4 fit: 2 groups, sizes 4 and 3
+    assert lcgd.layer_groups([], 10, 10) == []
+
+
 def test_plain_gd_gradient_is_not_causal(tiny_llama):
     seqs, answers = _demos(tiny_llama, k=2)
     grads = _layer_grads(copy.deepcopy(tiny_llama), 0, seqs, answers, layer_causal=False)

@@ -295,6 +295,45 @@ def test_untrained_then_processed_reinitialises_before_processing(tiny_llama_dir
     assert not torch.equal(untrained.blocks[0].attn._W_K, trained.blocks[0].attn._W_K)
 
 
+def test_gated_mlp_weights_are_stored_as_linear_layers_without_changing_any_number(tiny_llama_dir):
+    """load_model lays each gated MLP matrix out as nn.Linear does, so TransformerLens's per-forward
+    ``W.T.contiguous()`` is no copy; logits, recorded activations and a GD update stay bit-identical
+    to the default layout's, and the layout survives copying and finetuning."""
+    from icl_lens.evaluation import evaluate
+    from icl_lens.models.loading import store_mlp_weights_transposed
+    from icl_lens.training.finetune import FinetuneConfig, finetune
+
+    path, _ = tiny_llama_dir
+    model = load_model(str(path))
+    mlp = model.blocks[1].mlp
+    assert type(mlp).__name__ == "GatedMLP"
+    for name in ("W_gate", "W_in", "W_out"):
+        weight = getattr(mlp, name)
+        assert weight.T.is_contiguous() and not weight.is_contiguous(), name
+        assert weight.T.contiguous().data_ptr() == weight.data_ptr(), name  # what GatedMLP.forward does: no copy
+    assert store_mlp_weights_transposed(model) == 0  # already laid out
+    default = copy.deepcopy(model)
+    for block in default.blocks:
+        for name in ("W_gate", "W_in", "W_out"):
+            getattr(block.mlp, name).data = getattr(block.mlp, name).data.contiguous()
+    assert default.blocks[0].mlp.W_in.is_contiguous()
+    assert store_mlp_weights_transposed(copy.deepcopy(default)) == 3 * default.cfg.n_layers
+
+    tokens = torch.tensor([[5, 40, 77, 120, 9, 200, 31]])
+    with torch.no_grad():
+        assert torch.equal(model(tokens), default(tokens))
+    runs = [evaluate(m, [1, 40, 41], [[50, 51], [60, 61, 62]], [[80], [81, 82]], progress=False) for m in (model, default)]
+    assert torch.equal(runs[0].class_scores, runs[1].class_scores)
+    for name in runs[1].activations.keys():
+        assert torch.equal(runs[0].activations[name], runs[1].activations[name]), name
+    demos, answers = [[5, 6, 7, 8, 9], [11, 12, 13, 14]], [1, 2]
+    tuned = [finetune(m, demos, answers, FinetuneConfig(lr=0.5, params="kv+mlp"), progress=False)[0] for m in (model, default)]
+    for name, param in tuned[1].named_parameters():
+        assert torch.equal(dict(tuned[0].named_parameters())[name], param), name
+    assert not torch.equal(tuned[0].blocks[0].mlp.W_in, model.blocks[0].mlp.W_in)  # the MLP group did train
+    assert tuned[0].blocks[0].mlp.W_in.T.is_contiguous()  # the copy keeps the layout
+
+
 def test_dtype_and_device_are_honoured(tiny_llama_dir):
     path, _ = tiny_llama_dir
     model = load_model(str(path), dtype="bfloat16", device="cpu")

@@ -221,8 +221,32 @@ def _finish(
     if dtype != model.cfg.dtype:
         model.to(dtype, print_details=False)
     model.to(device, print_details=False)
+    store_mlp_weights_transposed(model)
     model.eval()
     return model
+
+
+def store_mlp_weights_transposed(model: HookedTransformer) -> int:
+    """Lay each gated MLP's ``W_gate``/``W_in``/``W_out`` out in memory as ``nn.Linear`` does
+    (``[d_out, d_in]`` contiguous, seen through a transposed view); returns how many were re-laid.
+
+    TransformerLens's ``GatedMLP.forward`` multiplies by ``W.T.contiguous()`` (to match the Hugging
+    Face layout), which copies all three matrices in every forward pass: on Gemma-3-270M about 12 %
+    of an evaluation's time and 20 % of a GD step's (profiled). Stored this way, ``W.T`` already is
+    contiguous, ``.contiguous()`` returns it without a copy, and the product is the same ``F.linear``
+    on the same memory layout, so every value is unchanged bit for bit. The parameters' values and
+    shapes stay as they were; only their strides change.
+    """
+    relaid = 0
+    for module in model.modules():
+        if type(module).__name__ != "GatedMLP":
+            continue
+        for name in ("W_gate", "W_in", "W_out"):
+            param = getattr(module, name, None)
+            if isinstance(param, torch.nn.Parameter) and param.ndim == 2 and not param.T.is_contiguous():
+                param.data = param.data.T.contiguous().T
+                relaid += 1
+    return relaid
 
 
 def _finish_bridge(

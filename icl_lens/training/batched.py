@@ -66,7 +66,7 @@ from icl_lens.training.finetune import (
     masked_next_token_losses,
     trainable_copy,
 )
-from icl_lens.training.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune
+from icl_lens.training.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune, layer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -344,10 +344,8 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
     # As layer_causal_losses: groups of whole layers (all rates of a layer together, since a layer's
     # graph is freed by its backward) whose fp32 logits stay under LOGIT_BUDGET.
     rows_per_layer = n_rates * max(1, int((loss_mask > 0).sum()))
-    group_size = max(1, LOGIT_BUDGET // (rows_per_layer * student.cfg.d_vocab_out))
     layer_losses = torch.zeros(n_layers, n_rates)
-    for start in range(0, n_layers, group_size):
-        group = list(range(start, min(n_layers, start + group_size)))
+    for group in layer_groups(range(n_layers), rows_per_layer, student.cfg.d_vocab_out):
         residuals = [part for layer in group for part in split(block_outputs.pop(layer))]
         group_losses = masked_next_token_losses(student, residuals, tokens, loss_mask)
         group_losses.sum().backward()
