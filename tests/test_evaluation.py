@@ -85,6 +85,27 @@ def test_multi_token_labels_are_scored_per_class(tiny_llama):
     assert abs(float(expected) - float(run.class_scores[1, 3])) < 1e-4
 
 
+@pytest.mark.parametrize("rows", [1, 5, 512])
+def test_unembedding_in_chunks_of_queries_changes_no_score(tiny_llama, monkeypatch, rows):
+    """The answers of all queries are unembedded together after the forward passes, in chunks of
+    UNEMBED_ROWS rows across batch boundaries: every score, top token and probability is the one a
+    full forward pass gives (multi-token labels: the byte tokenizer makes every label several tokens)."""
+    import icl_lens.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "UNEMBED_ROWS", rows)
+    p = _prompts(tiny_llama, k=1, n=7, task="sst5")
+    run = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=3, progress=False)
+    for i, query in enumerate(p.queries):
+        for c, label in enumerate(p.labels):
+            log_probs = tiny_llama(torch.tensor([p.icl_prefix + query + label])).log_softmax(-1)[0]
+            first = len(p.icl_prefix) + len(query) - 1
+            expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+            assert abs(float(expected) - float(run.class_scores[i, c])) < 1e-4, (i, c)
+        top = log_probs[first].exp().topk(run.next_token_ids.shape[1])
+        assert torch.equal(run.next_token_ids[i], top.indices)
+        assert torch.allclose(run.next_token_probs[i], top.values, atol=1e-5)
+
+
 def test_final_layer_logit_lens_equals_model_logits(any_tiny):
     tokens = torch.tensor([[1, 5, 9, 30, 2]])
     logits, cache = any_tiny.run_with_cache(tokens)
