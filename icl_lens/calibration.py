@@ -18,7 +18,7 @@ from jaxtyping import Float
 from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.evaluation import evaluate
-from icl_lens.models.backends import Model
+from icl_lens.models.backends import Model, Prefix
 
 CONTENT_FREE_TEXT = "N/A"
 
@@ -49,7 +49,12 @@ def content_free_scores(
     content_free_query: Sequence[int],
     labels: Sequence[Sequence[int]],
     n_start: int = 1,
+    encoded_prefix: Prefix | None = None,
 ) -> Float[torch.Tensor, "1 n_classes"]:
     """Class scores of the content-free query under ``prefix`` and ``model``: the bias that
-    :func:`calibrate` removes from every real query scored the same way."""
-    return evaluate(model, prefix, [content_free_query], labels, n_start=n_start, progress=False).class_scores
+    :func:`calibrate` removes from every real query scored the same way. ``encoded_prefix``: the
+    prefix's cache from :func:`~icl_lens.evaluation.encode_prefix`, so an in-context prefix is not
+    encoded a second time."""
+    return evaluate(
+        model, prefix, [content_free_query], labels, n_start=n_start, progress=False, encoded_prefix=encoded_prefix
+    ).class_scores

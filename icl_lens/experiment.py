@@ -30,7 +30,7 @@ from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, Ran
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
 from icl_lens.errors import ConfigError, IclLensError
-from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
+from icl_lens.evaluation import RecordSpec, SettingRun, encode_prefix, evaluate
 from icl_lens.models.backends import Model, backend_of
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
@@ -427,6 +427,7 @@ class CellState:
         metrics need), calibrated against the content-free query when the cell asks for it."""
         cfg, prompts = self.cfg, self.prompts
         t0 = time.perf_counter()
+        encoded = encode_prefix(setting_model, prefix) if cfg.reuse_prefix else None  # shared with calibration
         result = evaluate(
             setting_model,
             prefix,
@@ -438,9 +439,12 @@ class CellState:
             batch_size=cfg.batch_size,
             reuse_prefix=cfg.reuse_prefix,
             progress=self.progress,
+            encoded_prefix=encoded,
         )
         if cfg.calibration == "content_free":
-            bias = content_free_scores(setting_model, prefix, self.content_free_query, prompts.labels, prompts.n_start)
+            bias = content_free_scores(
+                setting_model, prefix, self.content_free_query, prompts.labels, prompts.n_start, encoded_prefix=encoded
+            )
             self.content_free_record[name] = [float(v) for v in bias[0]]
             result.class_scores = calibrate(result.class_scores, bias)
         self.timings[f"eval_{name}"] = time.perf_counter() - t0

@@ -106,6 +106,49 @@ def test_unembedding_in_chunks_of_queries_changes_no_score(tiny_llama, monkeypat
         assert torch.allclose(run.next_token_probs[i], top.values, atol=1e-5)
 
 
+def test_rows_per_batch_caps_long_prefixes_on_cpu_only():
+    from icl_lens.evaluation import CPU_KEY_ROWS, rows_per_batch
+
+    assert rows_per_batch(16, 30, "cpu") == 16  # zero-shot: the batch size as given
+    assert rows_per_batch(16, 600, "cpu") == CPU_KEY_ROWS // 600 == 8  # a k = 16 prefix on Gemma-3
+    assert rows_per_batch(16, 10 * CPU_KEY_ROWS, "cpu") == 1
+    assert rows_per_batch(16, 600, "cuda") == 16  # accelerators gain from wide batches
+
+
+def test_capped_batches_change_no_score(tiny_llama, monkeypatch):
+    import icl_lens.evaluation as evaluation
+
+    p = _prompts(tiny_llama, k=3, n=6)
+    wide = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=6, progress=False)
+    monkeypatch.setattr(evaluation, "CPU_KEY_ROWS", 1)  # one query per batch
+    assert evaluation.rows_per_batch(6, len(p.icl_prefix) + 10, "cpu") == 1
+    narrow = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=6, progress=False)
+    assert (wide.class_scores - narrow.class_scores).abs().max() <= 1e-5
+    for name in wide.activations.keys():
+        assert (wide.activations[name] - narrow.activations[name]).abs().max() <= 1e-5, name
+    assert torch.equal(wide.next_token_ids, narrow.next_token_ids)
+
+
+def test_a_shared_prefix_encoding_gives_the_same_numbers(tiny_llama):
+    """Calibration's content-free query reuses the queries' prefix encoding (encoded_prefix)."""
+    from icl_lens.calibration import content_free_scores
+    from icl_lens.errors import ConfigError
+    from icl_lens.evaluation import encode_prefix
+
+    p = _prompts(tiny_llama, k=3, n=4)
+    encoded = encode_prefix(tiny_llama, p.icl_prefix)
+    own = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, progress=False)
+    shared = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, progress=False, encoded_prefix=encoded)
+    assert torch.equal(own.class_scores, shared.class_scores)
+    cf = p.queries[0][:3]
+    assert torch.equal(
+        content_free_scores(tiny_llama, p.icl_prefix, cf, p.labels, encoded_prefix=encoded),
+        content_free_scores(tiny_llama, p.icl_prefix, cf, p.labels),
+    )
+    with pytest.raises(ConfigError, match="holds"):  # an encoding of another prefix is refused
+        evaluate(tiny_llama, p.icl_prefix[:-1], p.queries, p.labels, progress=False, encoded_prefix=encoded)
+
+
 def test_final_layer_logit_lens_equals_model_logits(any_tiny):
     tokens = torch.tensor([[1, 5, 9, 30, 2]])
     logits, cache = any_tiny.run_with_cache(tokens)
