@@ -384,7 +384,8 @@ def evaluate(
         for class_id in range(1, n_classes):
             label = list(labels[class_id])
             if len(label) > 1:
-                scores[index, class_id] = _score_other_answer(model, prefix, prefix_cache, batch_queries, label).float().cpu()
+                other = _score_other_answer(model, prefix, prefix_cache, batch_queries, label)
+                scores[index, class_id] = other.float().cpu()
         key_lengths[index] = n_keys
         demo_mass[index] = torch.stack(recorder.demo_mass, dim=1)
         sink_mass[index] = torch.stack(recorder.sink_mass, dim=1)
@@ -395,16 +396,16 @@ def evaluate(
     # UNEMBED_ROWS rows: one batch's few rows would each re-read the whole unembedding matrix.
     step = max(1, UNEMBED_ROWS // len(answer))
     for start in range(0, n, step):
-        rows = slice(start, start + step)
-        log_probs = logit_lens(model, answer_resid[rows]).float().log_softmax(dim=-1)  # [rows, answer, vocab]
-        scores[rows, 0] = _mean_token_log_prob(log_probs, answer).cpu()
+        chunk = slice(start, start + step)
+        log_probs = logit_lens(model, answer_resid[chunk]).float().log_softmax(dim=-1)  # [rows, answer, vocab]
+        scores[chunk, 0] = _mean_token_log_prob(log_probs, answer).cpu()
         first = log_probs[:, 0]  # [rows, vocab]: next-token distribution after the prompt
         for class_id in range(1, n_classes):
             if len(labels[class_id]) == 1:
-                scores[rows, class_id] = first[:, labels[class_id][0]].cpu()
+                scores[chunk, class_id] = first[:, labels[class_id][0]].cpu()
         top = first.exp().topk(record.top_k, dim=-1)
-        top_ids[rows] = top.indices.cpu()
-        top_probs[rows] = top.values.float().cpu()
+        top_ids[chunk] = top.indices.cpu()
+        top_probs[chunk] = top.values.float().cpu()
         del log_probs, first
 
     if not bool(torch.isfinite(scores).all()):

@@ -290,7 +290,8 @@ def masked_next_token_losses(
     if n_counted == 0:
         raise ConfigError("no token counts in the finetuning loss (empty loss mask)")
     picked = torch.cat([residual[:, :-1][counted] for residual in residuals])  # [n_res * n_counted, d]
-    logits = logit_lens(model, picked[None]).squeeze(0).float()  # squeeze: its backward is a view, [0]'s a zero-filled copy
+    # squeeze, not [0]: its backward is a view, where indexing's fills a zero tensor of all the logits
+    logits = logit_lens(model, picked[None]).squeeze(0).float()
     targets = tokens[:, 1:][counted].repeat(len(residuals))
     token_losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return token_losses.view(len(residuals), n_counted).mean(dim=1)
