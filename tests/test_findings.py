@@ -134,6 +134,37 @@ def test_findings_cli_writes_json_and_markdown(tmp_path, capsys):
     assert err.count("\n") == 1 and "no finished cell" in err
 
 
+def test_matrix_puts_each_claim_on_a_row_and_each_task_in_a_column():
+    from icl_lens.reporting.findings import findings_markdown, matrix_tables
+
+    def row(claim, task, effect, interval, verdict, study="m · k=4"):
+        return {"study": study, "claim": claim, "statement": claim, "task": task, "verdict": verdict,
+                "effect": effect, "interval": interval, "null": 0.0, "side": ">", "test": "t",
+                "n_seeds": 2, "std": None, "note": ""}
+
+    findings = {
+        "settings": {"confidence": 0.95, "n_resamples": 10, "seed": 0},
+        "verdicts": "holds: ...",
+        "rows": [
+            row("A", "sst2", 0.1, [0.05, 0.15], "holds"),
+            row("A", "all tasks (pooled)", 0.1, [0.05, 0.15], "holds"),
+            row("A", "cb", -0.2, [-0.3, -0.1], "fails"),
+            row("B", "sst2", None, None, "missing: no untrained cell"),
+            row("A", "sst2", 0.5, [0.0, 1.0], "inconclusive", study="other · k=8"),
+        ],
+    }
+    first, second = matrix_tables(findings)
+    assert first.caption == "m · k=4" and list(first.header) == ["claim", "cb", "sst2", "pooled"]
+    assert [list(r) for r in first.rows] == [
+        ["A", "-0.200 [-0.300, -0.100] **fails**", "0.100 [0.050, 0.150] **holds**", "0.100 [0.050, 0.150] **holds**"],
+        ["B", "–", "**missing: no untrained cell**", "–"],
+    ]
+    assert list(second.header) == ["claim", "sst2"] and second.rows[0][1] == "0.500 [0.000, 1.000] **inconclusive**"
+    assert matrix_tables(findings, bold=False)[0].rows[0][1] == "-0.200 [-0.300, -0.100] fails"
+    markdown = findings_markdown(findings)
+    assert markdown.index("#### m · k=4") < markdown.index("#### other · k=8") < markdown.index("| study | claim |")
+
+
 def test_report_index_is_a_dashboard_with_the_findings(tmp_path):
     from icl_lens.reporting.report import build_report
 

@@ -72,7 +72,7 @@ from icl_lens.reporting.aggregate import (
     two_level_draws,
 )
 from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY
-from icl_lens.reporting.tables import Table, format_interval
+from icl_lens.reporting.tables import MISSING, Table, format_interval
 from icl_lens.results import (
     NULL_KINDS,
     RESULTS_FILE,
@@ -870,16 +870,48 @@ def table_rows(findings: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+def matrix_tables(findings: dict[str, Any], bold: bool = True) -> list[Table]:
+    """The findings at a glance, one table per study: a row per claim, a column per task and one
+    for the pooled row, each cell ``effect [interval] verdict`` (``–`` where the claim has no row for
+    that task). Claims keep their order; tasks are sorted, the pooled column last."""
+    tables = []
+    studies = list(dict.fromkeys(r["study"] for r in findings["rows"]))
+    for study in studies:
+        rows = [r for r in findings["rows"] if r["study"] == study]
+        tasks = sorted({r["task"] for r in rows} - {POOLED})
+        columns = tasks + ([POOLED] if any(r["task"] == POOLED for r in rows) else [])
+        claims = list(dict.fromkeys(r["statement"] for r in rows))
+        cells = {(r["statement"], r["task"]): r for r in rows}
+        body = []
+        for claim in claims:
+            line = [claim]
+            for task in columns:
+                r = cells.get((claim, task))
+                if r is None:
+                    line.append(MISSING)
+                    continue
+                mark = f"**{r['verdict']}**" if bold else r["verdict"]
+                effect = format_interval(r["effect"], r["interval"])
+                line.append(mark if effect == MISSING else f"{effect} {mark}")
+            body.append(line)
+        header = ["claim", *("pooled" if t == POOLED else t for t in columns)]
+        tables.append(Table(header, body, caption=study))
+    return tables
+
+
 def findings_markdown(findings: dict[str, Any]) -> str:
-    """The findings table as markdown, with the interval settings and the verdict rule."""
+    """The findings as markdown: the interval settings and the verdict rule, each study's claim ×
+    task matrix (:func:`matrix_tables`), then every row with its test."""
     s = findings["settings"]
     lines = [
         f"### Findings ({100 * s['confidence']:g} % intervals, {s['n_resamples']} resamples, seed {s['seed']})",
         "",
         findings["verdicts"] + ".",
         "",
-        Table(FINDINGS_HEADER, table_rows(findings)).markdown(),
     ]
+    for matrix in matrix_tables(findings):
+        lines += [f"#### {matrix.caption}", "", matrix.markdown(), ""]
+    lines += ["#### Every row, with its test", "", Table(FINDINGS_HEADER, table_rows(findings)).markdown()]
     return "\n".join(lines) + "\n"
 
 

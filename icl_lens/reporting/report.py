@@ -821,7 +821,13 @@ def build_index(
     """Write ``results_dir/index.html``: a dashboard of every cell — the findings (a verdict per
     claim, :mod:`icl_lens.reporting.findings`), cross-cell tables with intervals, per-layer figures across
     tasks — and a table linking every cell's report."""
-    from icl_lens.reporting.findings import FINDINGS_HEADER, evaluate_findings, find_analyses, table_rows
+    from icl_lens.reporting.findings import (
+        FINDINGS_HEADER,
+        evaluate_findings,
+        find_analyses,
+        matrix_tables,
+        table_rows,
+    )
     from icl_lens.viz.html import page
 
     results_dir = Path(results_dir)
@@ -851,6 +857,8 @@ def build_index(
         f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
         f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
         "pooled). The same table: <code>icl-lens findings</code>.</p>"
+        + "".join(matrix.html() for matrix in matrix_tables(findings, bold=False))
+        + "<p>Every row, with its test:</p>"
         + Table(list(FINDINGS_HEADER), table_rows(findings)).html()
     )
     figures_html = "\n".join(_img(path, caption) for caption, path in dashboard_figures(all_results, results_dir))
