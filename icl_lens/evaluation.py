@@ -6,6 +6,9 @@ learning). The prefix is encoded once; its key/value cache is reused for every b
 Queries are right-padded (causal attention makes padding after a token invisible to it), sorted by
 length to waste little compute on padding, and run with hooks that keep only the recorded position
 of the few hook points the metrics need (see the README's definitions) — never a full activation cache.
+The answer positions of all queries are unembedded together after the forward passes (the unembedding
+matrix is read once per few hundred rows, not once per batch), and on a CPU a long prefix runs fewer
+queries per batch (:func:`rows_per_batch`).
 
 Prediction (Dai et al. 2023; Deutch et al. 2024): the score of class j is the mean log-softmax (over the
 full vocabulary) of label j's tokens after the prompt; the prediction is the argmax.
