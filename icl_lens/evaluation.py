@@ -366,6 +366,12 @@ def evaluate(
     store_chunks: dict[str, list[tuple[list[int], torch.Tensor]]] = {}
     answer_resid = torch.zeros(n, len(answer), cfg.d_model, dtype=cfg.dtype, device=cfg.device)
 
+    # Multi-token answers of classes 1.. : each costs a full pass of its own, unless two or more of
+    # them continue from one cached pass of the query (exact only where continuation_unsupported allows).
+    multi = [j for j in range(1, n_classes) if len(labels[j]) > 1]
+    can_continue = len(multi) > 1 and (prefix_cache is not None or not prefix)
+    continued = multi if can_continue and continuation_unsupported(model) is None else []
+    separate = [j for j in multi if j not in continued]
     longest = key_start + max(len(q) for q in queries) + max(len(answer), 1)
     rows = rows_per_batch(batch_size, longest, str(cfg.device))
     batches = [order[i : i + rows] for i in range(0, n, rows)]
@@ -384,11 +390,12 @@ def evaluate(
 
         index = torch.tensor(batch)
         answer_resid[index.to(answer_resid.device)] = _label_residuals(final_resid, pred_pos, len(answer))
-        for class_id in range(1, n_classes):
-            label = list(labels[class_id])
-            if len(label) > 1:
-                other = _score_other_answer(model, prefix, prefix_cache, batch_queries, label)
-                scores[index, class_id] = other.float().cpu()
+        if continued:
+            other = _score_continued(model, prefix_cache, batch_queries, [labels[j] for j in continued])
+            scores[index[:, None], torch.tensor(continued)] = other.float().cpu()
+        for class_id in separate:
+            other = _score_other_answer(model, prefix, prefix_cache, batch_queries, list(labels[class_id]))
+            scores[index, class_id] = other.float().cpu()
         key_lengths[index] = n_keys
         demo_mass[index] = torch.stack(recorder.demo_mass, dim=1)
         sink_mass[index] = torch.stack(recorder.sink_mass, dim=1)
@@ -468,3 +475,59 @@ def _score_other_answer(model, prefix, prefix_cache, queries, label) -> torch.Te
     """Mean log-prob of a multi-token answer that is not class 0 (an extra, unhooked pass)."""
     resid, pred_pos = _final_residual(model, prefix, prefix_cache, queries, label)
     return _mean_token_log_prob(_label_log_probs(model, resid, pred_pos, label), label)
+
+
+def continuation_unsupported(model: Model) -> str | None:
+    """Why a label cannot be scored exactly as a continuation of its query's cached keys and values
+    (None: it can). Only a HookedTransformer's cache is continued; the continuation's keys sit after
+    the query's right padding, and positions are counted over the attention mask (absolute and rotary
+    embeddings), but a sliding window, ALiBi or dynamic NTK rotary scaling count the padding too."""
+    backend = backend_of(model)
+    if backend.name != "hooked":
+        return f"the {backend.name} backend"
+    c = model.cfg
+    if c.positional_embedding_type not in ("standard", "rotary"):
+        return f"positional embedding {c.positional_embedding_type!r}"
+    if getattr(c, "use_dynamic_ntk_rope", False):
+        return "dynamic NTK rotary scaling"
+    if any(window is not None for window in backend.attention_windows(model)):
+        return "sliding-window attention layers"
+    return None
+
+
+def _score_continued(
+    model: Model, prefix_cache: Prefix | None, queries: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
+) -> Float[torch.Tensor, "batch n_labels"]:
+    """Mean log-prob of each multi-token ``label`` after each query, the query run once: its keys and
+    values are cached (after the shared prefix's), and every label's tokens but the last continue from
+    that cache, so no label re-runs the query (HookedTransformer only: :func:`continuation_unsupported`)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    rows, device, n_layers = len(queries), model.cfg.device, model.cfg.n_layers
+    if prefix_cache is None:
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=rows)
+    else:
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                past_keys=e.past_keys.expand(rows, -1, -1, -1), past_values=e.past_values.expand(rows, -1, -1, -1)
+            )
+            for e in prefix_cache.cache.entries
+        ]
+        mask = prefix_cache.cache.previous_attention_mask.expand(rows, -1)
+        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask)
+    tokens, mask = _pad_right(queries, PAD_ID, device)
+    resid = model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers)
+    cache.freeze()  # the continuations read it without appending to it
+    last = torch.tensor([len(q) - 1 for q in queries], device=resid.device)
+    first = logit_lens(model, resid[torch.arange(rows, device=resid.device), last][:, None]).float()
+    first = first.log_softmax(dim=-1)[:, 0]  # [rows, vocab]: the distribution after each query
+    scores = torch.zeros(rows, len(labels), device=first.device)
+    for j, label in enumerate(labels):
+        continuation = torch.tensor([list(label[:-1])], device=device).expand(rows, -1)
+        resid = model(
+            continuation, past_kv_cache=cache, attention_mask=torch.ones_like(continuation), stop_at_layer=n_layers
+        )
+        later = logit_lens(model, resid).float().log_softmax(dim=-1)  # predicts label[1:]
+        scores[:, j] = _mean_token_log_prob(torch.cat([first[:, None], later], dim=1), label)
+    return scores

@@ -149,6 +149,32 @@ def test_a_shared_prefix_encoding_gives_the_same_numbers(tiny_llama):
         evaluate(tiny_llama, p.icl_prefix[:-1], p.queries, p.labels, progress=False, encoded_prefix=encoded)
 
 
+@pytest.mark.parametrize("family", ["gpt", "llama", "gemma"])
+def test_multi_token_classes_continue_from_the_cached_query_where_exact(family, monkeypatch):
+    """Two or more multi-token answers besides class 0 are scored by continuing the query's cached
+    keys/values (absolute and rotary positions: exact) instead of a full pass each; a sliding-window
+    model keeps the full passes. Either way every score is that of a full forward pass."""
+    import icl_lens.evaluation as evaluation
+    from helpers import tiny_model
+
+    model = tiny_model(family=family, n_layers=2, window=3)
+    p = _prompts(model, k=2, n=5, task="sst5")  # byte tokens: five multi-token answers
+    assert sum(len(label) > 1 for label in p.labels[1:]) == 4
+    full_passes = []
+    original = evaluation._score_other_answer
+    monkeypatch.setattr(evaluation, "_score_other_answer", lambda *a: full_passes.append(1) or original(*a))
+    run = evaluate(model, p.icl_prefix, p.queries, p.labels, batch_size=2, progress=False)
+    windowed = family == "gemma"
+    assert (evaluation.continuation_unsupported(model) is not None) == windowed
+    assert len(full_passes) == (4 * 3 if windowed else 0)  # 3 batches of the 5 queries
+    for i, query in enumerate(p.queries):
+        for c, label in enumerate(p.labels):
+            log_probs = model(torch.tensor([p.icl_prefix + query + label])).log_softmax(-1)[0]
+            first = len(p.icl_prefix) + len(query) - 1
+            expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+            assert abs(float(expected) - float(run.class_scores[i, c])) < 1e-4, (i, c)
+
+
 def test_final_layer_logit_lens_equals_model_logits(any_tiny):
     tokens = torch.tensor([[1, 5, 9, 30, 2]])
     logits, cache = any_tiny.run_with_cache(tokens)

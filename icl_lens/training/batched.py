@@ -29,7 +29,7 @@ rate's prefix keys/values). It computes only the class scores (and, for contextu
 content-free query's), the numbers :func:`icl_lens.evaluation.evaluate` and
 :func:`icl_lens.calibration.content_free_scores` give for each rate's model alone, without recording
 activations. A multi-token label continues from the query's cached keys/values rather than re-running
-the query (:func:`_full_pass_reason` names the models where that would not be exact).
+the query (:func:`~icl_lens.evaluation.continuation_unsupported` names the models where that would not be exact).
 """
 
 from __future__ import annotations
@@ -49,7 +49,14 @@ from transformer_lens.utilities.attention import simple_attn_linear
 
 from icl_lens.calibration import calibrate
 from icl_lens.errors import ConfigError, TrainingDivergedError
-from icl_lens.evaluation import PAD_ID, _label_log_probs, _mean_token_log_prob, _pad_right, check_evaluation_inputs
+from icl_lens.evaluation import (
+    PAD_ID,
+    _label_log_probs,
+    _mean_token_log_prob,
+    _pad_right,
+    check_evaluation_inputs,
+    continuation_unsupported,
+)
 from icl_lens.lens import logit_lens
 from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
 from icl_lens.training.finetune import (
@@ -440,7 +447,7 @@ def score_rates(
         max_rates_per_pass = CPU_RATES_PER_PASS if torch.device(str(student.cfg.device)).type == "cpu" else len(rates)
     size = min(chunk_size(per_rate, max_batch_bytes), max_rates_per_pass)
     projections = _RateProjections(student, list(trained.params[rates[0]]))
-    full_reason = _full_pass_reason(student) if any(len(label) > 1 for label in labels) else None
+    full_reason = continuation_unsupported(student) if any(len(label) > 1 for label in labels) else None
     if full_reason is not None:
         logger.info("scoring multi-token labels in full passes of query + label: %s", full_reason)
     score_batch = _score_batch if full_reason is not None else _score_batch_continued
@@ -533,23 +540,6 @@ def _score_batch(
         else:
             scores[:, class_id] = _mean_token_log_prob(label_log_probs(label), label)
     return scores.float().cpu().view(n_rates, rows, len(labels))
-
-
-def _full_pass_reason(student) -> str | None:
-    """Why a label cannot be scored as a continuation of the query's cached keys/values exactly (None: it can).
-
-    The continuation's keys sit after the query's right padding; positions are counted over the
-    attention mask (absolute and rotary embeddings), but a sliding window, ALiBi or dynamic NTK
-    rotary scaling count the padding too.
-    """
-    c = student.cfg
-    if c.positional_embedding_type not in ("standard", "rotary"):
-        return f"positional embedding {c.positional_embedding_type!r}"
-    if getattr(c, "use_dynamic_ntk_rope", False):
-        return "dynamic NTK rotary scaling"
-    if any(window is not None for window in HOOKED.attention_windows(student)):
-        return "sliding-window attention layers"
-    return None
 
 
 def _score_batch_continued(
