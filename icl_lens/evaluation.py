@@ -16,6 +16,7 @@ full vocabulary) of label j's tokens after the prompt; the prediction is the arg
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -391,7 +392,8 @@ def evaluate(
         index = torch.tensor(batch)
         answer_resid[index.to(answer_resid.device)] = _label_residuals(final_resid, pred_pos, len(answer))
         if continued:
-            other = _score_continued(model, prefix_cache, batch_queries, [labels[j] for j in continued])
+            prefix_kv = None if prefix_cache is None else prefix_cache.cache
+            other = continued_scores(model, prefix_kv, batch_queries, [labels[j] for j in continued])
             scores[index[:, None], torch.tensor(continued)] = other.float().cpu()
         for class_id in separate:
             other = _score_other_answer(model, prefix, prefix_cache, batch_queries, list(labels[class_id]))
@@ -495,38 +497,56 @@ def continuation_unsupported(model: Model) -> str | None:
     return None
 
 
-def _score_continued(
-    model: Model, prefix_cache: Prefix | None, queries: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
-) -> Float[torch.Tensor, "batch n_labels"]:
-    """Mean log-prob of each multi-token ``label`` after each query, the query run once: its keys and
-    values are cached (after the shared prefix's), and every label's tokens but the last continue from
-    that cache, so no label re-runs the query (HookedTransformer only: :func:`continuation_unsupported`)."""
+def continued_scores(
+    model: Model,
+    prefix_kv,
+    queries: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    copies: int = 1,
+    run: Callable[[Callable[[], torch.Tensor]], torch.Tensor] = lambda forward: forward(),
+) -> Float[torch.Tensor, "rows n_labels"]:
+    """Mean log-prob of each label after each query, the query run once: its keys and values are
+    cached after the prefix's, and every multi-token label's tokens but the last continue from that
+    cache, so no label re-runs the query (exact only where :func:`continuation_unsupported` is None).
+
+    ``prefix_kv``: a TransformerLens key/value cache of the prefix with ``copies`` rows (None: no
+    prefix); every copy runs all ``queries`` (rows copy-major: ``c * len(queries) + i``). ``run``
+    wraps each forward pass (the batched sweep swaps in each copy's trained weights there).
+    """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-    rows, device, n_layers = len(queries), model.cfg.device, model.cfg.n_layers
-    if prefix_cache is None:
+    n_queries, device, n_layers = len(queries), model.cfg.device, model.cfg.n_layers
+    rows = copies * n_queries
+    if prefix_kv is None:
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=rows)
     else:
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:  # each copy's prefix for each of its queries
+            return t.expand(rows, *t.shape[1:]) if copies == 1 else t.repeat_interleave(n_queries, 0)
+
         entries = [
-            TransformerLensKeyValueCacheEntry(
-                past_keys=e.past_keys.expand(rows, -1, -1, -1), past_values=e.past_values.expand(rows, -1, -1, -1)
-            )
-            for e in prefix_cache.cache.entries
+            TransformerLensKeyValueCacheEntry(past_keys=per_row(e.past_keys), past_values=per_row(e.past_values))
+            for e in prefix_kv.entries
         ]
-        mask = prefix_cache.cache.previous_attention_mask.expand(rows, -1)
-        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask)
+        cache = TransformerLensKeyValueCache(
+            entries=entries, previous_attention_mask=per_row(prefix_kv.previous_attention_mask)
+        )
     tokens, mask = _pad_right(queries, PAD_ID, device)
-    resid = model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers)
+    tokens, mask = tokens.repeat(copies, 1), mask.repeat(copies, 1)
+    resid = run(lambda: model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers))
     cache.freeze()  # the continuations read it without appending to it
-    last = torch.tensor([len(q) - 1 for q in queries], device=resid.device)
-    first = logit_lens(model, resid[torch.arange(rows, device=resid.device), last][:, None]).float()
-    first = first.log_softmax(dim=-1)[:, 0]  # [rows, vocab]: the distribution after each query
+    pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(copies)
+    first = _label_log_probs(model, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: the distribution after each query
     scores = torch.zeros(rows, len(labels), device=first.device)
     for j, label in enumerate(labels):
+        if len(label) == 1:
+            scores[:, j] = first[:, label[0]]
+            continue
         continuation = torch.tensor([list(label[:-1])], device=device).expand(rows, -1)
-        resid = model(
-            continuation, past_kv_cache=cache, attention_mask=torch.ones_like(continuation), stop_at_layer=n_layers
+        ones = torch.ones_like(continuation)
+        resid = run(
+            functools.partial(model, continuation, past_kv_cache=cache, attention_mask=ones, stop_at_layer=n_layers)
         )
         later = logit_lens(model, resid).float().log_softmax(dim=-1)  # predicts label[1:]
         scores[:, j] = _mean_token_log_prob(torch.cat([first[:, None], later], dim=1), label)

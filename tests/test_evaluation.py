@@ -15,6 +15,14 @@ def _prompts(model, k=3, n=6, task="sst2", fmt=PromptFormat()):
                           model.cfg.n_ctx)
 
 
+def _full_pass_score(model, prefix, query, label):
+    """Mean log-prob of ``label`` after ``prefix + query`` from one full forward pass, and the
+    next-token log-probs after the query."""
+    log_probs = model(torch.tensor([prefix + query + label])).log_softmax(-1)[0]
+    first = len(prefix) + len(query) - 1
+    return torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean(), log_probs[first]
+
+
 @pytest.mark.parametrize("position", ["answer", "prompt_end"])
 def test_fast_path_equals_straightforward_path(any_tiny, position):
     p = _prompts(any_tiny)
@@ -77,11 +85,7 @@ def test_multi_token_labels_are_scored_per_class(tiny_llama):
     p = _prompts(tiny_llama, k=1, n=2, task="sst5")
     run = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=2, progress=False)
     assert run.class_scores.shape == (2, 5)
-    label = p.labels[3]
-    seq = torch.tensor([p.icl_prefix + p.queries[1] + label])
-    log_probs = tiny_llama(seq).log_softmax(-1)[0]
-    first = len(p.icl_prefix) + len(p.queries[1]) - 1
-    expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+    expected, _ = _full_pass_score(tiny_llama, p.icl_prefix, p.queries[1], p.labels[3])
     assert abs(float(expected) - float(run.class_scores[1, 3])) < 1e-4
 
 
@@ -97,11 +101,9 @@ def test_unembedding_in_chunks_of_queries_changes_no_score(tiny_llama, monkeypat
     run = evaluate(tiny_llama, p.icl_prefix, p.queries, p.labels, batch_size=3, progress=False)
     for i, query in enumerate(p.queries):
         for c, label in enumerate(p.labels):
-            log_probs = tiny_llama(torch.tensor([p.icl_prefix + query + label])).log_softmax(-1)[0]
-            first = len(p.icl_prefix) + len(query) - 1
-            expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+            expected, after_query = _full_pass_score(tiny_llama, p.icl_prefix, query, label)
             assert abs(float(expected) - float(run.class_scores[i, c])) < 1e-4, (i, c)
-        top = log_probs[first].exp().topk(run.next_token_ids.shape[1])
+        top = after_query.exp().topk(run.next_token_ids.shape[1])
         assert torch.equal(run.next_token_ids[i], top.indices)
         assert torch.allclose(run.next_token_probs[i], top.values, atol=1e-5)
 
@@ -169,9 +171,7 @@ def test_multi_token_classes_continue_from_the_cached_query_where_exact(family, 
     assert len(full_passes) == (4 * 3 if windowed else 0)  # 3 batches of the 5 queries
     for i, query in enumerate(p.queries):
         for c, label in enumerate(p.labels):
-            log_probs = model(torch.tensor([p.icl_prefix + query + label])).log_softmax(-1)[0]
-            first = len(p.icl_prefix) + len(query) - 1
-            expected = torch.stack([log_probs[first + j, t] for j, t in enumerate(label)]).mean()
+            expected, _ = _full_pass_score(model, p.icl_prefix, query, label)
             assert abs(float(expected) - float(run.class_scores[i, c])) < 1e-4, (i, c)
 
 

@@ -56,8 +56,8 @@ from icl_lens.evaluation import (
     _pad_right,
     check_evaluation_inputs,
     continuation_unsupported,
+    continued_scores,
 )
-from icl_lens.lens import logit_lens
 from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
 from icl_lens.training.finetune import (
     PARAM_GROUPS,
@@ -546,46 +546,15 @@ def _score_batch_continued(
     student, projections, rate_params, prefix_kv, queries: list[list[int]], labels: list[list[int]]
 ) -> Float[torch.Tensor, "n_rates batch n_classes"]:
     """As :func:`_score_batch`, the query run once: its keys/values are cached, and each multi-token
-    label's tokens (all but the last) continue from that cache, so no label re-runs the query."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-
+    label's tokens (all but the last) continue from that cache, so no label re-runs the query
+    (:func:`~icl_lens.evaluation.continued_scores`, one copy of the queries per rate)."""
     n_rates, rows = len(rate_params), len(queries)
-    device = student.cfg.device
-    if prefix_kv is None:
-        cache = TransformerLensKeyValueCache.init_cache(student.cfg, device, batch_size=n_rates * rows)
-    else:
-        entries = [
-            TransformerLensKeyValueCacheEntry(
-                past_keys=e.past_keys.repeat_interleave(rows, dim=0),
-                past_values=e.past_values.repeat_interleave(rows, dim=0),
-            )
-            for e in prefix_kv.entries
-        ]
-        mask = prefix_kv.previous_attention_mask.repeat_interleave(rows, dim=0)
-        cache = TransformerLensKeyValueCache(entries=entries, previous_attention_mask=mask)
-    tokens, mask = _pad_right(queries, PAD_ID, device)
-    tokens, mask = tokens.repeat(n_rates, 1), mask.repeat(n_rates, 1)
-    n_layers = student.cfg.n_layers
-    resid = projections.forward(
-        rate_params, lambda: student(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers)
+    scores = continued_scores(
+        student,
+        prefix_kv,
+        queries,
+        labels,
+        copies=n_rates,
+        run=lambda forward: projections.forward(rate_params, forward),
     )
-    cache.freeze()  # the continuations read it without appending to it
-    pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(n_rates)
-    first = _label_log_probs(student, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: one position, after the query
-    scores = torch.zeros(n_rates * rows, len(labels), device=first.device)
-    for class_id, label in enumerate(labels):
-        if len(label) == 1:
-            scores[:, class_id] = first[:, label[0]]
-            continue
-        continuation = torch.tensor([label[:-1]], device=device).expand(n_rates * rows, -1)
-        resid = projections.forward(
-            rate_params,
-            lambda tokens=continuation: student(
-                tokens, past_kv_cache=cache, attention_mask=torch.ones_like(tokens), stop_at_layer=n_layers
-            ),
-        )
-        later = logit_lens(student, resid).float().log_softmax(dim=-1)  # predicts label[1:]
-        log_probs = torch.cat([first[:, None], later], dim=1)
-        scores[:, class_id] = _mean_token_log_prob(log_probs, label)
     return scores.float().cpu().view(n_rates, rows, len(labels))
