@@ -58,6 +58,7 @@ from icl_lens.evaluation import (
     continuation_unsupported,
     continued_scores,
 )
+from icl_lens.lens import lens_loss_floats_per_row
 from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
 from icl_lens.training.finetune import (
     PARAM_GROUPS,
@@ -136,7 +137,9 @@ def bytes_per_rate(model: Model, demo_sequences: Sequence[Sequence[int]], cfg: F
     1 more copy, Adam: 2); the activations autograd keeps for the backward of one training batch
     (per token and layer about 16·d_model + 3·d_mlp floats plus 2·n_heads·pos attention scores and
     pattern); and the float32 logits of the counted tokens with their log-softmax and gradient (3
-    copies of ``n_tokens × d_vocab``; LCGD unembeds ``LOGIT_BUDGET``-bounded groups of layers).
+    copies of ``n_tokens × d_vocab``, or of a vocabulary chunk where the loss is chunked:
+    :func:`icl_lens.lens.lens_loss_floats_per_row`; LCGD unembeds ``LOGIT_BUDGET``-bounded groups of
+    layers).
     """
     c = model.cfg
     n_trained = sum(p.numel() for n, p in model.named_parameters() if _PROJECTION.match(n) and _in_group(n, cfg))
@@ -147,10 +150,11 @@ def bytes_per_rate(model: Model, demo_sequences: Sequence[Sequence[int]], cfg: F
     per_layer_token = 16 * c.d_model + 3 * d_mlp + 2 * c.n_heads * longest
     activations = tokens * c.n_layers * per_layer_token
     logit_rows = tokens
+    floats_per_row = lens_loss_floats_per_row(model)
     if method == "lcgd":
-        layers_at_once = max(1, min(c.n_layers, LOGIT_BUDGET // max(1, tokens * c.d_vocab_out)))
+        layers_at_once = max(1, min(c.n_layers, LOGIT_BUDGET // max(1, tokens * floats_per_row)))
         logit_rows *= layers_at_once
-    logits = 3 * logit_rows * c.d_vocab_out
+    logits = 3 * logit_rows * floats_per_row
     return 4 * (n_trained * states + activations + logits)
 
 
@@ -352,7 +356,7 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
     # graph is freed by its backward) whose fp32 logits stay under LOGIT_BUDGET.
     rows_per_layer = n_rates * max(1, int((loss_mask > 0).sum()))
     layer_losses = torch.zeros(n_layers, n_rates)
-    for group in layer_groups(range(n_layers), rows_per_layer, student.cfg.d_vocab_out):
+    for group in layer_groups(range(n_layers), rows_per_layer, lens_loss_floats_per_row(student)):
         residuals = [part for layer in group for part in split(block_outputs.pop(layer))]
         group_losses = masked_next_token_losses(student, residuals, tokens, loss_mask)
         group_losses.sum().backward()

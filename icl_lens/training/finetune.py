@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_token_ids, validate_fields
 from icl_lens.errors import ConfigError, PromptError, TrainingDivergedError
-from icl_lens.lens import logit_lens
+from icl_lens.lens import lens_token_losses
 from icl_lens.models.backends import HOOKED, Model, block_parameters, copy_model, final_residual, parameter_groups
 
 logger = logging.getLogger(__name__)
@@ -282,18 +282,17 @@ def masked_next_token_losses(
 
     Each residual stream is read through the logit lens (for the final one that is the model's
     own output). Only counted positions are unembedded, and the streams are stacked into one
-    matrix product: the unembedding (671 MB for a 262k vocabulary) is then read once per call
-    instead of once per layer, which is what makes LCGD's 18 per-layer losses affordable on CPU.
+    loss (:func:`icl_lens.lens.lens_token_losses`): the unembedding (671 MB for a 262k vocabulary)
+    is then read once per call instead of once per layer, which is what makes LCGD's 18 per-layer
+    losses affordable on CPU.
     """
     counted = mask > 0
     n_counted = int(counted.sum())
     if n_counted == 0:
         raise ConfigError("no token counts in the finetuning loss (empty loss mask)")
     picked = torch.cat([residual[:, :-1][counted] for residual in residuals])  # [n_res * n_counted, d]
-    # squeeze, not [0]: its backward is a view, where indexing's fills a zero tensor of all the logits
-    logits = logit_lens(model, picked[None]).squeeze(0).float()
     targets = tokens[:, 1:][counted].repeat(len(residuals))
-    token_losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    token_losses = lens_token_losses(model, picked, targets)
     return token_losses.view(len(residuals), n_counted).mean(dim=1)
 
 
@@ -406,7 +405,8 @@ def finetune(
         optimizer.step()
         check_parameters_finite(step, masters.params)
         masters.masters_to_model()
-        check_parameters_finite(step, masters.model_params)  # a float16 cast can overflow to inf
+        if masters.separate:
+            check_parameters_finite(step, masters.model_params)  # a float16 cast can overflow to inf
         trace.losses.append(float(loss.detach()))
         trace.grad_norms.append(norms)
     masters.warn_if_update_lost()

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_lens.errors import ConfigError
+from icl_lens.lens import lens_loss_floats_per_row
 from icl_lens.models.backends import Model, final_residual
 from icl_lens.training.finetune import (
     FinetuneConfig,
@@ -49,19 +50,21 @@ Schedule = Literal["simultaneous", "sequential"]
 
 LOGIT_BUDGET = 2**27
 """Most fp32 logits (512 MiB) one group of layers may hold at a time in :func:`layer_causal_losses`.
-The lens is one [rows, d_model] @ [d_model, d_vocab] product per group: on Gemma-3's 262k vocabulary
-it runs at 120 GFLOP/s with 252 rows and 158 with 504 (2 CPU cores), so groups are made as large as
-this budget allows and then balanced."""
+The lens loss of a group is one sweep over the vocabulary, faster per row with more rows (on
+Gemma-3's 262k vocabulary and 2 CPU cores the plain product runs at 120 GFLOP/s with 252 rows and 158
+with 504), so groups are made as large as this budget allows and then balanced. The chunked loss of
+:func:`icl_lens.lens.lens_token_losses` holds a chunk of logits per row only: there every layer fits
+in one group."""
 
 
-def layer_groups(layers: Sequence[int], rows_per_layer: int, d_vocab: int) -> list[list[int]]:
+def layer_groups(layers: Sequence[int], rows_per_layer: int, floats_per_row: int) -> list[list[int]]:
     """``layers`` split, in order, into the fewest groups whose fp32 logits (``rows_per_layer ×
-    d_vocab`` per layer) stay under :data:`LOGIT_BUDGET`, balanced in size (each group's lens is one
-    matrix product; a group of one layer always fits)."""
+    floats_per_row`` per layer; :func:`icl_lens.lens.lens_loss_floats_per_row`) stay under
+    :data:`LOGIT_BUDGET`, balanced in size (a group of one layer always fits)."""
     layers = list(layers)
     if not layers:
         return []
-    most = max(1, LOGIT_BUDGET // max(1, rows_per_layer * d_vocab))
+    most = max(1, LOGIT_BUDGET // max(1, rows_per_layer * floats_per_row))
     n_groups = -(-len(layers) // most)
     size = -(-len(layers) // n_groups)
     return [layers[start : start + size] for start in range(0, len(layers), size)]
@@ -85,9 +88,10 @@ def layer_causal_losses(
 
     Every block's input is detached, so loss_l depends on block l's parameters only through
     block l. Layers are unembedded together in groups that keep the fp32 logits under
-    ``LOGIT_BUDGET`` elements (:func:`layer_groups`). With ``backward=True`` each group's summed loss is back-propagated
-    as soon as it is computed (the same gradients as ``sum(losses).backward()``, with one group's
-    logits alive at a time); the returned losses are then detached.
+    ``LOGIT_BUDGET`` elements (:func:`layer_groups`; one group where the loss is chunked). With
+    ``backward=True`` each group's summed loss is back-propagated as soon as it is computed (the same
+    gradients as ``sum(losses).backward()``, with one group's logits alive at a time where they are
+    held); the returned losses are then detached.
     """
     n_layers = model.cfg.n_layers if n_layers is None else n_layers
     block_outputs: dict[int, torch.Tensor] = {}
@@ -104,7 +108,7 @@ def layer_causal_losses(
     layers = list(range(n_layers - 1 if only_last else 0, n_layers))
     rows_per_layer = max(1, int((loss_mask > 0).sum()))
     losses: list[torch.Tensor] = []
-    for group in layer_groups(layers, rows_per_layer, model.cfg.d_vocab_out):
+    for group in layer_groups(layers, rows_per_layer, lens_loss_floats_per_row(model)):
         group_losses = masked_next_token_losses(model, [block_outputs.pop(l) for l in group], tokens, loss_mask)
         if backward:
             group_losses.sum().backward()
@@ -149,7 +153,8 @@ def layer_causal_finetune(
             optimizer.step()
             check_parameters_finite(step, masters.params)
             masters.masters_to_model()
-            check_parameters_finite(step, masters.model_params)
+            if masters.separate:
+                check_parameters_finite(step, masters.model_params)
             trace.losses.append(sum(losses))
             trace.layer_losses.append(losses)
             trace.grad_norms.append(norms)
@@ -172,7 +177,8 @@ def layer_causal_finetune(
                 optimizer.step()
                 check_parameters_finite(step, layer_params[layer])
                 masters.masters_to_model(list(layer_params[layer]))
-                check_parameters_finite(step, {n: masters.model_params[n] for n in layer_params[layer]})
+                if masters.separate:
+                    check_parameters_finite(step, {n: masters.model_params[n] for n in layer_params[layer]})
                 norm_rows[step][layer] = norms[layer]
                 loss_rows[step][layer] = float(loss.detach())
         trace.grad_norms = norm_rows
