@@ -11,8 +11,10 @@ layer-causal GD (:mod:`icl_lens.training.lcgd`) uses it as every layer's predict
 it. It never holds the logits: the vocabulary is swept in chunks with a running log-sum-exp, and the
 gradient with respect to the residual is formed in the same sweep, so each chunk of ``W_U`` is read
 from memory once for the forward and the backward together (the "fused linear cross-entropy" of
-large-vocabulary training). On Gemma-3's 262k vocabulary and 2 CPU cores this made LCGD's lens loss
-(700 rows) 1.4x faster and GD's (40 rows) 1.2x, with the same losses and gradients to float rounding.
+large-vocabulary training). On Gemma-3's 262k vocabulary and 2 CPU cores, with ``W_U`` stored
+vocabulary-major as :func:`icl_lens.models.loading.load_model` lays it out, the loss and its gradient
+took 1.17 s instead of 1.65 s for 320 rows (LCGD's lenses) and 200 ms instead of 294 ms for 40 rows
+(a GD step), with the same losses and gradients to float rounding (2e-6).
 
 The unembedding is applied as ``residual @ W_U + b_U`` (one fused ``addmm``) on the model's own
 parameters rather than through ``model.unembed``: TransformerLens 3.x's ``Unembed.forward`` makes a
@@ -127,13 +129,21 @@ def _chunked_lens_cross_entropy(
     target is likely (``1 - p_t`` is ``s / (s + e)``, not one minus a rounded probability)."""
     x = x.float()
     rows, d_vocab = x.shape[0], W_U.shape[-1]
+    # W_U stored [d_vocab, d_model]-contiguous (as load_model lays it out): a chunk is contiguous
+    # rows, multiplied as chunk @ xᵀ, the faster product for few rows (40 rows: 1.3x on 2 cores)
+    vocab_rows = W_U.T.is_contiguous()
+    x_t = x.T.contiguous() if vocab_rows else None
     running_max = torch.full((rows,), -torch.inf, device=x.device)
     others = torch.zeros(rows, device=x.device)
     acc = torch.zeros_like(x) if want_grad else None
     target_chunk = torch.div(targets, LENS_LOSS_CHUNK, rounding_mode="floor")
     for index, start in enumerate(range(0, d_vocab, LENS_LOSS_CHUNK)):
         W_chunk = W_U[:, start : start + LENS_LOSS_CHUNK]
-        z = x @ W_chunk if b_U is None else torch.addmm(b_U[start : start + LENS_LOSS_CHUNK], x, W_chunk)
+        b_chunk = None if b_U is None else b_U[start : start + LENS_LOSS_CHUNK]
+        if vocab_rows:  # [rows, chunk] seen through a transposed view of the [chunk, rows] product
+            z = (W_chunk.T @ x_t if b_chunk is None else torch.addmm(b_chunk[:, None], W_chunk.T, x_t)).T
+        else:
+            z = x @ W_chunk if b_chunk is None else torch.addmm(b_chunk, x, W_chunk)
         if cap is not None:
             z = torch.tanh(z.div_(cap))
             slope = 1 - z.square() if want_grad else None  # d(cap·tanh(u/cap))/du

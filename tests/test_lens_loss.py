@@ -10,13 +10,17 @@ import torch
 import icl_lens.lens as lens
 from icl_lens.errors import MetricInputError
 from icl_lens.lens import lens_loss_floats_per_row, lens_token_losses, logit_lens
+from icl_lens.models.loading import store_unembedding_transposed
 
 
-def _frozen(model):
-    """A copy with every parameter frozen, as GD's student has its unembedding (the chunked path)."""
+def _frozen(model, vocab_rows: bool = False):
+    """A copy with every parameter frozen, as GD's student has its unembedding (the chunked path);
+    ``vocab_rows``: W_U stored [d_vocab, d_model]-contiguous, as load_model lays it out."""
     model = copy.deepcopy(model)
     for param in model.parameters():
         param.requires_grad_(False)
+    if vocab_rows:
+        assert store_unembedding_transposed(model)
     return model
 
 
@@ -31,10 +35,11 @@ def _rows(model, n=11, seed=1):
     return residual, targets
 
 
+@pytest.mark.parametrize("vocab_rows", [False, True], ids=["W_U d_model-major", "W_U vocab-major"])
 @pytest.mark.parametrize("chunk", [7, 64, 2048])  # several chunks (one ragged), one chunk
-def test_chunked_losses_and_gradients_equal_the_plain_logits(any_tiny, chunk, monkeypatch):
+def test_chunked_losses_and_gradients_equal_the_plain_logits(any_tiny, chunk, vocab_rows, monkeypatch):
     monkeypatch.setattr(lens, "LENS_LOSS_CHUNK", chunk)
-    any_tiny = _frozen(any_tiny)
+    any_tiny = _frozen(any_tiny, vocab_rows)
     assert lens_loss_floats_per_row(any_tiny) == chunk  # the chunked path runs
     residual, targets = _rows(any_tiny)
     weights = torch.rand(len(targets)) + 0.5  # a different incoming gradient per row
@@ -65,10 +70,11 @@ def test_gradient_reaches_the_block_parameters_as_with_the_plain_logits(tiny_lla
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
-def test_a_zero_unembedding_gives_log_vocabulary(tiny_gpt, monkeypatch):
+@pytest.mark.parametrize("vocab_rows", [False, True], ids=["W_U d_model-major", "W_U vocab-major"])
+def test_a_zero_unembedding_gives_log_vocabulary(tiny_gpt, vocab_rows, monkeypatch):
     """All logits equal: every row's loss is log(d_vocab) exactly as a closed form, gradient zero."""
     monkeypatch.setattr(lens, "LENS_LOSS_CHUNK", 13)
-    model = _frozen(tiny_gpt)
+    model = _frozen(tiny_gpt, vocab_rows)
     with torch.no_grad():
         model.unembed.W_U.zero_()
         model.unembed.b_U.zero_()
@@ -80,9 +86,10 @@ def test_a_zero_unembedding_gives_log_vocabulary(tiny_gpt, monkeypatch):
     assert residual.grad.abs().max() < 1e-6
 
 
-def test_the_soft_cap_is_applied_and_differentiated(tiny_llama, monkeypatch):
+@pytest.mark.parametrize("vocab_rows", [False, True], ids=["W_U d_model-major", "W_U vocab-major"])
+def test_the_soft_cap_is_applied_and_differentiated(tiny_llama, vocab_rows, monkeypatch):
     monkeypatch.setattr(lens, "LENS_LOSS_CHUNK", 9)
-    model = _frozen(tiny_llama)
+    model = _frozen(tiny_llama, vocab_rows)
     model.cfg.output_logits_soft_cap = 0.5  # small enough to bend every logit
     residual, targets = _rows(model)
     got_in, want_in = residual.clone().requires_grad_(True), residual.clone().requires_grad_(True)
@@ -133,7 +140,7 @@ def test_a_confident_row_keeps_its_small_gradient_accurate(tiny_llama, monkeypat
     """Where the target is the likely token, d loss/dx is small: it is formed without cancelling two
     near-equal vectors, so it matches a float64 computation to float32 precision."""
     monkeypatch.setattr(lens, "LENS_LOSS_CHUNK", 16)
-    model = _frozen(tiny_llama)
+    model = _frozen(tiny_llama, vocab_rows=True)
     residual, _ = _rows(model, n=6)
     residual = residual * 20
     with torch.no_grad():

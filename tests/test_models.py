@@ -334,6 +334,31 @@ def test_gated_mlp_weights_are_stored_as_linear_layers_without_changing_any_numb
     assert tuned[0].blocks[0].mlp.W_in.T.is_contiguous()  # the copy keeps the layout
 
 
+def test_unembedding_is_stored_vocab_major_without_changing_the_logits(tiny_llama_dir):
+    """load_model lays W_U out [d_vocab, d_model]-contiguous: TransformerLens's per-forward
+    ``W_U.T.contiguous()`` is no copy, the logits equal the default layout's bit for bit, the logit
+    lens of the final residual is the model's own output bit for bit, and copies keep the layout."""
+    from icl_lens.lens import logit_lens
+    from icl_lens.models.loading import store_unembedding_transposed
+
+    path, _ = tiny_llama_dir
+    model = load_model(str(path))
+    W_U = model.unembed.W_U
+    assert W_U.shape == (model.cfg.d_model, model.cfg.d_vocab)
+    assert W_U.T.is_contiguous() and W_U.T.contiguous().data_ptr() == W_U.data_ptr()
+    assert not store_unembedding_transposed(model)  # already laid out
+    default = copy.deepcopy(model)
+    default.unembed.W_U.data = default.unembed.W_U.data.contiguous()
+    assert store_unembedding_transposed(copy.deepcopy(default))
+    tokens = torch.tensor([[5, 40, 77, 120, 9, 200, 31]])
+    with torch.no_grad():
+        logits = model(tokens)
+        assert torch.equal(logits, default(tokens))
+        final = model(tokens, stop_at_layer=model.cfg.n_layers)
+        assert torch.equal(logit_lens(model, final), logits)
+    assert copy.deepcopy(model).unembed.W_U.T.is_contiguous()
+
+
 def test_dtype_and_device_are_honoured(tiny_llama_dir):
     path, _ = tiny_llama_dir
     model = load_model(str(path), dtype="bfloat16", device="cpu")
