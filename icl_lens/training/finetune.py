@@ -233,12 +233,15 @@ class MasterWeights:
             )
 
     @torch.no_grad()
-    def masters_to_model(self, names: Sequence[str] | None = None) -> None:
-        """Cast the masters (all, or ``names``) into the model's parameters."""
+    def masters_to_model(self, step: int, names: Sequence[str] | None = None) -> None:
+        """Cast the masters (all, or ``names``) into the model's parameters; a cast that overflows
+        (float16's range ends at 65504) is divergence at ``step``."""
         if not self.separate:
             return
-        for name in self.params if names is None else names:
+        names = list(self.params if names is None else names)
+        for name in names:
             self.model_params[name].copy_(self.params[name])
+        check_parameters_finite(step, {name: self.model_params[name] for name in names})
 
 
 def make_optimizer(params: Sequence[torch.Tensor], cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -404,9 +407,7 @@ def finetune(
         clip_layer_gradients(masters.params, cfg, n_layers)
         optimizer.step()
         check_parameters_finite(step, masters.params)
-        masters.masters_to_model()
-        if masters.separate:
-            check_parameters_finite(step, masters.model_params)  # a float16 cast can overflow to inf
+        masters.masters_to_model(step)
         trace.losses.append(float(loss.detach()))
         trace.grad_norms.append(norms)
     masters.warn_if_update_lost()

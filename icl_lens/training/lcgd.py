@@ -152,9 +152,7 @@ def layer_causal_finetune(
             clip_layer_gradients(masters.params, cfg, n_layers)
             optimizer.step()
             check_parameters_finite(step, masters.params)
-            masters.masters_to_model()
-            if masters.separate:
-                check_parameters_finite(step, masters.model_params)
+            masters.masters_to_model(step)
             trace.losses.append(sum(losses))
             trace.layer_losses.append(losses)
             trace.grad_norms.append(norms)
@@ -176,9 +174,7 @@ def layer_causal_finetune(
                 clip_layer_gradients(layer_params[layer], cfg, n_layers)
                 optimizer.step()
                 check_parameters_finite(step, layer_params[layer])
-                masters.masters_to_model(list(layer_params[layer]))
-                if masters.separate:
-                    check_parameters_finite(step, {n: masters.model_params[n] for n in layer_params[layer]})
+                masters.masters_to_model(step, list(layer_params[layer]))
                 norm_rows[step][layer] = norms[layer]
                 loss_rows[step][layer] = float(loss.detach())
         trace.grad_norms = norm_rows
