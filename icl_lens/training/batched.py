@@ -355,10 +355,11 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
         lambda: student(stacked_tokens, attention_mask=stacked_mask, stop_at_layer=n_layers),
         extra_hooks=extra,
     )
-    # As layer_causal_losses: groups of whole layers (all rates of a layer together, since a layer's
-    # graph is freed by its backward) whose fp32 logits stay under LOGIT_BUDGET.
-    # Each rate's layers are unembedded as layer_causal_losses groups them for one rate (the same products
-    # and rounding as the sequential sweep); a group's backward covers every rate.
+    # Groups of whole layers, all rates of a layer in one group (a layer's graph is freed by its
+    # backward), each rate's layers unembedded in a loss of their own: the same products, and so the same
+    # rounding, as the sequential sweep's layer_causal_losses. Groups are sized for one rate, as the
+    # sequential sweep sizes them: the batched sweep runs only on float32 models (unsupported_reason), whose
+    # frozen unembedding the loss always sweeps in chunks, so no rate's logits outlive its own loss call.
     rows_per_layer = max(1, int((loss_mask > 0).sum()))
     layer_losses = torch.zeros(n_layers, n_rates)
     for group in layer_groups(range(n_layers), rows_per_layer, lens_loss_floats_per_row(student)):
