@@ -41,6 +41,9 @@ def tiny_random_model():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument(
+        "--backend", default=None, help="hooked or bridge (default: HookedTransformer where TransformerLens has it)"
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of --model (no download)")
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--k", type=int, default=16)
@@ -59,7 +62,7 @@ def main() -> None:
     else:
         from icl_lens.models import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model, backend=args.backend)
     task = get_task(args.task)
     demos = sample_demonstrations(task, args.k, args.seed)
     train = load_split(task, task.train_split)

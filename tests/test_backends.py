@@ -13,6 +13,8 @@ the bridge checks remain) through tests/test_transformer_lens_4.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 
 import pytest
 import torch
@@ -29,6 +31,7 @@ from icl_lens.models.backends import (
     BRIDGE,
     HOOKED,
     backend_of,
+    block_parameters,
     bridge_prefix_cache_works,
     check_backend,
     final_residual,
@@ -389,3 +392,91 @@ def test_bridge_attention_scores_are_taken_before_the_softmax(hf_dirs, family):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
         assert not torch.allclose(scores.nan_to_num(neginf=0.0), pattern)  # not the pattern itself
         assert torch.allclose(scores.float().softmax(dim=-1), pattern.float(), atol=1e-6), layer
+
+
+BATCHED_SWEEPS = {
+    "gd, kv+q, adam": (FinetuneConfig(params="kv+q", optimizer="adam", weight_decay=0.01), finetune),
+    "lcgd simultaneous, momentum": (
+        FinetuneConfig(momentum=0.5),
+        functools.partial(layer_causal_finetune, schedule="simultaneous"),
+    ),
+}
+SWEEP_GRID = (1e-3, 0.1, 1.0, 10.0)
+
+
+@pytest.mark.parametrize("sweep", sorted(BATCHED_SWEEPS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bridge_trains_the_sweeps_rates_together_as_one_at_a_time(hf_dirs, family, sweep, monkeypatch):
+    """The bridge's batched sweep (per-rate Hugging Face projections, one pass for all rates) gives the
+    sequential sweep's scores and choice, and every rate the weights its own training gives (measured
+    here: identical to the bit on these tiny models; the bound is test_lr_sweep_batched's)."""
+    from icl_lens.training import lr_sweep
+    from icl_lens.training.batched import train_rates, unsupported_reason
+
+    cfg, trainer = BATCHED_SWEEPS[sweep]
+    model = _load(hf_dirs, family, "bridge")
+    assert unsupported_reason(model, cfg, trainer) is None
+    sizes = []
+    real = lr_sweep.train_rates
+    monkeypatch.setattr(
+        lr_sweep,
+        "train_rates",
+        lambda m, s, a, b, lrs, *r, **k: sizes.append(len(lrs)) or real(m, s, a, b, lrs, *r, **k),
+    )
+    inputs = dict(
+        score_prefix=PREFIX[:1],
+        score_queries=QUERIES,
+        score_labels=[0, 1, 0],
+        label_tokens=LABELS,
+        content_free_query=[90],
+        progress=False,
+        trainer=trainer,
+        grid=SWEEP_GRID,
+    )
+    batched = lr_sweep.sweep_learning_rate(model, DEMOS, ANSWERS, cfg, **inputs)
+    sequential = lr_sweep.sweep_learning_rate(model, DEMOS, ANSWERS, cfg, batched=False, **inputs)
+    assert sizes == [len(SWEEP_GRID)]  # one chunk, really batched
+    assert batched.to_dict() == sequential.to_dict()
+    method = "gd" if trainer is finetune else "lcgd"
+    trained = train_rates(model, DEMOS, ANSWERS, cfg, SWEEP_GRID, method)
+    original = block_parameters(model)
+    for lr in SWEEP_GRID:
+        student, _ = trainer(model, DEMOS, ANSWERS, dataclasses.replace(cfg, lr=lr), progress=False)
+        own = block_parameters(student)
+        names = sorted(trained.params[lr])
+        assert names and all(".attn." in name for name in names)
+        got = torch.cat([trained.params[lr][n].flatten() for n in names])
+        want = torch.cat([own[n].detach().flatten() for n in names])
+        update = want - torch.cat([original[n].detach().flatten() for n in names])
+        assert update.norm() > 0
+        assert float((got - want).abs().max()) <= 4e-6 * float(want.abs().max())
+        assert float((got - want).norm()) <= 1e-5 * float(update.norm())
+        loaded = block_parameters(trained.load(lr))
+        assert all(torch.equal(loaded[n], trained.params[lr][n]) for n in names)
+
+
+def test_bridge_sweep_falls_back_where_its_rates_cannot_be_batched(hf_dirs, monkeypatch):
+    from icl_lens.training.batched import unsupported_reason
+
+    model = _load(hf_dirs, "llama", "bridge")
+    assert "parameter group 'o'" in unsupported_reason(model, FinetuneConfig(params="o"), finetune)
+    assert "processed" in unsupported_reason(
+        _load(hf_dirs, "llama", "bridge", processed=True), FinetuneConfig(), finetune
+    )
+    half = _load(hf_dirs, "llama", "bridge", dtype="bfloat16")
+    assert "dtype" in unsupported_reason(half, FinetuneConfig(), finetune)
+    # a projection module the forward pass never calls (as where an attention computes its keys from
+    # the weights directly) cannot be made per-rate
+    from icl_lens.training import batched
+
+    real = batched._bridge_projection_modules
+
+    def stray_k(model, names):
+        modules = real(model, names)
+        modules["blocks.1.attn.k."] = copy.deepcopy(modules["blocks.1.attn.k."])
+        return modules
+
+    monkeypatch.setattr(batched, "_bridge_projection_modules", stray_k)
+    assert "does not call blocks.1.attn.k once per forward pass" in unsupported_reason(
+        model, FinetuneConfig(), finetune
+    )

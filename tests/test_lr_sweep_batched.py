@@ -201,19 +201,22 @@ def test_half_precision_and_foreign_models_are_not_batched(tiny_gpt):
 
     half = copy.deepcopy(tiny_gpt).to(torch.bfloat16)
     assert "dtype" in unsupported_reason(half, FinetuneConfig(), finetune)
-    assert "not a HookedTransformer" in unsupported_reason(torch.nn.Linear(2, 2), FinetuneConfig(), finetune)
+    assert "neither a HookedTransformer nor a TransformerBridge" in unsupported_reason(torch.nn.Linear(2, 2), FinetuneConfig(), finetune)
     assert unsupported_reason(tiny_gpt, FinetuneConfig(params="kv+q"), layer_causal_finetune) is None
 
 
 @pytest.mark.real_model
-def test_real_model_batched_sweep_chooses_as_the_sequential_one():
-    """Gemma-3-270M, 3 rates, k=4, 8 dev queries: the same scores and the same choice."""
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_real_model_batched_sweep_chooses_as_the_sequential_one(backend, monkeypatch):
+    """Gemma-3-270M, 3 rates, k=4, 8 dev queries, on either backend: the same scores and the same choice."""
     from icl_lens.models import load_model
 
-    model = load_model("gemma3-270m")
+    model = load_model("gemma3-270m", backend=backend)
     inputs = _inputs(model, k=4, n_queries=8, calibrated=True)
     grid = (1e-4, 1e-3, 1e-2)
+    sizes = _count_batched_trainings(monkeypatch)
     batched = sweep_learning_rate(model, base=FinetuneConfig(), grid=grid, **inputs)
+    assert sizes == [len(grid)]  # really batched
     sequential = sweep_learning_rate(model, base=FinetuneConfig(), grid=grid, batched=False, **inputs)
     assert batched.scores == sequential.scores and batched.lr == sequential.lr
 

@@ -177,6 +177,73 @@ def test_parts_are_concatenated_in_order(monkeypatch, tmp_path):
         offline_mod.assemble_gguf(spec, tmp_path)
 
 
+def _assert_same_gguf_reading(stock, fast):
+    """Every field (offset, types, parts as bytes and dtype) and every tensor (name, type, shape, data)."""
+    import numpy as np
+
+    assert list(stock.fields) == list(fast.fields)
+    for name, a in stock.fields.items():
+        b = fast.fields[name]
+        assert (a.offset, a.types, a.data) == (b.offset, b.types, b.data), name
+        assert len(a.parts) == len(b.parts), name
+        assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a.parts, b.parts)), name
+    assert len(stock.tensors) == len(fast.tensors)
+    for a, b in zip(stock.tensors, fast.tensors):
+        assert (a.name, a.tensor_type, a.data_offset) == (b.name, b.tensor_type, b.data_offset)
+        assert np.array_equal(a.shape, b.shape) and a.data.dtype == b.data.dtype
+        assert np.array_equal(a.data, b.data)
+
+
+def _small_gguf(path: Path) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.name", "tiny")
+    writer.add_uint32("llama.block_count", 2)
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_token_list([f"tok{i}" for i in range(300)])
+    writer.add_token_scores([float(-i) for i in range(300)])
+    writer.add_array("tokenizer.ggml.token_type", [1] * 300)
+    rng = np.random.default_rng(0)
+    writer.add_tensor("token_embd.weight", rng.standard_normal((300, 8)).astype(np.float32))
+    writer.add_tensor("blk.0.attn_k.weight", rng.standard_normal((8, 8)).astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_the_fast_gguf_reader_reads_what_the_stock_reader_reads(tmp_path):
+    """Conversion parses over a plain array (the stock reader pays numpy's memmap bookkeeping per
+    value): the same fields and tensors, bit for bit."""
+    import gguf
+
+    path = _small_gguf(tmp_path / "tiny.gguf")
+    fast_reader = offline_mod._plain_array_reader(gguf.GGUFReader)
+    assert fast_reader is not None
+    _assert_same_gguf_reading(gguf.GGUFReader(path), fast_reader(path))
+
+
+def test_a_conversion_parses_each_gguf_once_and_restores_the_reader(tmp_path):
+    import gguf
+
+    path = _small_gguf(tmp_path / "tiny.gguf")
+    stock = gguf.GGUFReader
+    with offline_mod._one_fast_gguf_parse():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again and type(first) is not stock and isinstance(first, stock)
+    assert gguf.GGUFReader is stock
+
+    class OtherReader:  # a gguf whose reader reads another way is used as it is
+        def _get(self, offset, dtype):
+            return None
+
+    assert offline_mod._plain_array_reader(OtherReader) is None
+
+
 def test_converted_directory_is_the_fast_path_unless_made_from_another_gguf(monkeypatch, tmp_path):
     spec = _fake_spec((WheelFile("fake-a", "1.0", "a/x"),), "a" * 64)
     monkeypatch.setitem(OFFLINE_MODELS, "fake-model", spec)
@@ -505,3 +572,14 @@ def test_real_untrained_keeps_embeddings_and_norms(real):
         assert torch.equal(a.ln1.w, b.ln1.w) and torch.equal(a.ln2.w, b.ln2.w)
     assert not torch.equal(untrained.blocks[0].attn.W_Q, trained.blocks[0].attn.W_Q)
     assert not torch.equal(untrained.blocks[0].mlp.W_out, trained.blocks[0].mlp.W_out)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_the_fast_gguf_reader_reads_the_offline_models_as_the_stock_reader(name):
+    """The offline models' GGUF files (a 262k- and a 49k-token vocabulary, k-quantized tensors): the
+    reader conversion uses reads every field and tensor as gguf's own reader does."""
+    import gguf
+
+    path = offline_mod.assemble_gguf(OFFLINE_MODELS[name], default_cache_dir())
+    _assert_same_gguf_reading(gguf.GGUFReader(path), offline_mod._plain_array_reader(gguf.GGUFReader)(path))

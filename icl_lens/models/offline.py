@@ -222,6 +222,78 @@ def _copy_licence_files(spec: OfflineModel, cache_dir: Path, out_dir: Path) -> l
 # ----------------------------------------------------------------------------- dequantizing
 
 
+def _plain_array_reader(base: type) -> type | None:
+    """A subclass of gguf's ``GGUFReader`` that parses over a plain ``ndarray`` view of its memory map
+    (None where the installed gguf's reader does not read through ``_get(offset, dtype, count,
+    override_order)``, the method it overrides).
+
+    The stock reader indexes its ``np.memmap`` once per value; each index pays the memmap subclass's
+    bookkeeping (about 5 µs), and a 262k-token vocabulary is about a million values: ~15 s per parse
+    on 2 cores, against ~2 s here. Same bytes, same fields and tensors (tested against the stock reader).
+    """
+    import inspect
+
+    import numpy as np
+
+    get = getattr(base, "_get", None)
+    if get is None or list(inspect.signature(get).parameters)[:5] != [
+        "self",
+        "offset",
+        "dtype",
+        "count",
+        "override_order",
+    ]:
+        return None
+
+    class PlainArrayGGUFReader(base):  # type: ignore[misc, valid-type]
+        def _get(self, offset, dtype, count=1, override_order=None):
+            cached = self.__dict__.get("_icl_lens_plain_data")
+            if cached is None or cached[0] is not self.data:
+                cached = self.__dict__["_icl_lens_plain_data"] = (self.data, self.data.view(np.ndarray))
+            plain = cached[1]
+            count = int(count)
+            dt = np.dtype(dtype)
+            arr = plain[offset : offset + dt.itemsize * count].view(dtype=dt)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return PlainArrayGGUFReader
+
+
+@contextlib.contextmanager
+def _one_fast_gguf_parse() -> Iterator[None]:
+    """While converting, each GGUF file is parsed once, by :func:`_plain_array_reader`'s reader.
+
+    transformers builds a ``gguf.GGUFReader`` three times per conversion (tokenizer, config, weights),
+    each parsing every metadata value: 45 of the 55 s a Gemma-3-270M conversion took. Inside this
+    context ``gguf.GGUFReader(path)`` returns one fast reader per file (the readers are only read).
+    """
+    try:
+        import gguf
+    except ImportError:  # transformers reports the missing package itself
+        yield
+        return
+    stock = gguf.GGUFReader
+    fast = _plain_array_reader(stock)
+    if fast is None:
+        logger.info("gguf %s: its GGUFReader is used as is", getattr(gguf, "__version__", "?"))
+        yield
+        return
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(os.fspath(path)), mode)
+        if key not in readers:
+            readers[key] = fast(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = stock
+        readers.clear()
+
+
 def convert_gguf(
     gguf_path: Path, out_dir: Path, source: dict[str, Any], extra: Callable[[Path], object] | None = None
 ) -> Path:
@@ -239,10 +311,11 @@ def convert_gguf(
     logger.info("dequantizing %s to float32 (once; cached in %s)", gguf_path.name, out_dir)
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-            )
+            with _one_fast_gguf_parse():
+                tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+                )
         except Exception as exc:  # transformers raises many kinds; all mean "cannot read this GGUF"
             raise ModelLoadError(f"transformers could not read {gguf_path}: {type(exc).__name__}: {exc}") from exc
         # A GGUF-loaded model carries a "gguf" quantization_config; its weights are plain float32

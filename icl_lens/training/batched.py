@@ -4,10 +4,12 @@ A sweep trains the same model on the same demonstrations at every rate of a grid
 another, each training repeats the work on the frozen weights. Here every training batch is repeated
 R times along the batch dimension (R = number of rates, rows ``r*B .. (r+1)*B-1`` belong to rate r).
 The frozen parameters are shared; each rate carries its own float32 copy of the trained projections
-(W_K, W_V, b_K, b_V for the default ``kv`` group, W_Q, b_Q for ``q``). Hooks on
+(W_K, W_V, b_K, b_V for the default ``kv`` group, W_Q, b_Q for ``q``). On a HookedTransformer, hooks on
 ``blocks.{l}.attn.hook_k``/``hook_v``/``hook_q`` replace each rate's rows with the projection of the
 attention's own input (captured by a pre-hook on ``blocks.{l}.attn``) through that rate's weights —
-the same :func:`~transformer_lens.utilities.attention.simple_attn_linear` the model uses.
+the same :func:`~transformer_lens.utilities.attention.simple_attn_linear` the model uses. On a
+TransformerBridge, the Hugging Face projection modules themselves (``attn.k.original_component``, an
+``nn.Linear`` or GPT-2's ``Conv1D``) compute each rate's rows with that rate's weight for the pass.
 
 Rows never mix (attention, norms and the loss act within a row), so the gradient of the summed
 per-rate losses gives every rate exactly its own gradient; each rate then takes its own optimizer step
@@ -22,7 +24,8 @@ layer) are batched. :func:`unsupported_reason` names what is not (other paramete
 ``sequential`` schedule, half precision, attention variants whose input is not one shared tensor), for
 which the sweep falls back to training one rate at a time.
 
-:func:`score_rates` then scores the dev slice for every trained rate together, the same way: rows
+:func:`score_rates` then scores the dev slice for every trained rate together, the same way (on a
+HookedTransformer; a bridge's rates are scored one after another by :func:`~icl_lens.evaluation.evaluate`): rows
 ``r*B .. (r+1)*B-1`` of each scoring pass are one batch of queries under rate r's projections (the
 shared prefix is encoded once per rate, in one pass, and each rate's rows attend to their own
 rate's prefix keys/values). It computes only the class scores (and, for contextual calibration, the
@@ -47,21 +50,22 @@ from tqdm.auto import tqdm
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from transformer_lens.utilities.attention import simple_attn_linear
 
-from icl_lens.calibration import calibrate
+from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import ConfigError, TrainingDivergedError
 from icl_lens.evaluation import (
     PAD_ID,
+    RecordSpec,
     _label_log_probs,
     _mean_token_log_prob,
     _pad_right,
     check_evaluation_inputs,
     continuation_unsupported,
     continued_scores,
+    evaluate,
 )
 from icl_lens.lens import lens_loss_floats_per_row
-from icl_lens.models.backends import HOOKED, Model, Prefix, final_residual
+from icl_lens.models.backends import BRIDGE, HOOKED, Model, Prefix, block_parameters, final_residual
 from icl_lens.training.finetune import (
-    PARAM_GROUPS,
     FinetuneConfig,
     check_demonstrations,
     check_finite,
@@ -73,6 +77,7 @@ from icl_lens.training.finetune import (
     make_optimizer,
     masked_next_token_losses,
     trainable_copy,
+    trained_parameters,
 )
 from icl_lens.training.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune, layer_groups
 
@@ -87,6 +92,7 @@ DEFAULT_MAX_BATCH_BYTES = 4 * 2**30
 """Default memory bound of one batched chunk of rates (4 GiB; see :func:`bytes_per_rate`)."""
 
 _PROJECTION = re.compile(r"^blocks\.(\d+)\.attn\.(_?)([Wb])_([QKV])$")
+_BRIDGE_PROJECTION = re.compile(r"^blocks\.(\d+)\.attn\.([qkv])\.(weight|bias)$")
 _INPUT_OF = {"Q": "query_input", "K": "key_input", "V": "value_input"}
 
 
@@ -110,8 +116,9 @@ def trainer_method(trainer: Callable) -> Method | None:
 
 def unsupported_reason(model, cfg: FinetuneConfig, trainer: Callable) -> str | None:
     """Why the rates of this sweep cannot be trained together exactly (None: they can)."""
-    if not HOOKED.owns(model):
-        return f"the model is a {type(model).__name__}, not a HookedTransformer"
+    hooked, bridge = HOOKED.owns(model), BRIDGE.owns(model)
+    if not (hooked or bridge):
+        return f"the model is a {type(model).__name__}, neither a HookedTransformer nor a TransformerBridge"
     if trainer_method(trainer) is None:
         return f"trainer {getattr(trainer, '__name__', trainer)!r} is neither finetune nor LCGD's simultaneous schedule"
     groups = set(cfg.params.split("+"))
@@ -123,11 +130,64 @@ def unsupported_reason(model, cfg: FinetuneConfig, trainer: Callable) -> str | N
     for flag in ("use_attn_in", "use_split_qkv_input", "load_in_4bit", "ungroup_grouped_query_attention"):
         if getattr(c, flag, False):
             return f"the model's cfg.{flag} is set"
-    if c.original_architecture in POST_NORM_ARCHITECTURES:
-        return f"post-norm architecture {c.original_architecture}"
     if getattr(c, "n_devices", 1) != 1:
         return f"the model is split over {c.n_devices} devices"
+    if bridge:
+        return _bridge_reason(model, cfg)
+    if c.original_architecture in POST_NORM_ARCHITECTURES:
+        return f"post-norm architecture {c.original_architecture}"
     return None
+
+
+def _bridge_reason(model, cfg: FinetuneConfig) -> str | None:
+    """Why a bridge's trained projections cannot be made per-rate (None: they can): each must be an
+    ``nn.Linear`` or ``Conv1D`` that the attention really calls, once per layer, on a short probe pass."""
+    from transformers.pytorch_utils import Conv1D
+
+    if getattr(model.cfg, "icl_lens_processed", False):
+        return "the bridge's weights are processed (folded norms, centred writes)"
+    names = list(trained_parameters(model, cfg.params))
+    modules = _bridge_projection_modules(model, names)
+    if modules is None:
+        return f"a trained parameter of group {cfg.params!r} is not an attention q/k/v projection's weight or bias"
+    for prefix, module in modules.items():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)):
+            return f"{prefix[:-1]} is a {type(module).__name__}, not an nn.Linear or Conv1D"
+    calls = dict.fromkeys(modules, 0)
+    handles = []
+    for prefix, module in modules.items():
+
+        def count(_module, _args, _output, prefix=prefix):
+            calls[prefix] += 1
+
+        handles.append(module.register_forward_hook(count))
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    try:
+        with torch.no_grad():
+            final_residual(model, tokens, torch.ones_like(tokens))
+    finally:
+        for handle in handles:
+            handle.remove()
+    uncalled = [prefix[:-1] for prefix, n in calls.items() if n != 1]
+    if uncalled:
+        return f"the bridge's attention does not call {uncalled[0]} once per forward pass"
+    return None
+
+
+def _bridge_projection_modules(model, trained_names: Sequence[str]) -> dict[str, torch.nn.Module] | None:
+    """``{"blocks.{l}.attn.{q|k|v}.": Hugging Face module}`` for the trained names (None: one is not
+    such a projection)."""
+    modules: dict[str, torch.nn.Module] = {}
+    for name in trained_names:
+        match = _BRIDGE_PROJECTION.match(name)
+        if match is None:
+            return None
+        layer, part = int(match.group(1)), match.group(2)
+        module = getattr(getattr(model.blocks[layer].attn, part, None), "original_component", None)
+        if module is None:
+            return None
+        modules[f"blocks.{layer}.attn.{part}."] = module
+    return modules
 
 
 def bytes_per_rate(model: Model, demo_sequences: Sequence[Sequence[int]], cfg: FinetuneConfig, method: Method) -> int:
@@ -142,7 +202,7 @@ def bytes_per_rate(model: Model, demo_sequences: Sequence[Sequence[int]], cfg: F
     layers).
     """
     c = model.cfg
-    n_trained = sum(p.numel() for n, p in model.named_parameters() if _PROJECTION.match(n) and _in_group(n, cfg))
+    n_trained = sum(p.numel() for p in trained_parameters(model, cfg.params).values())
     states = 2 + (2 if cfg.optimizer == "adam" else (1 if cfg.momentum else 0))
     longest = max(len(s) for s in demo_sequences)
     tokens = min(cfg.batch_size, len(demo_sequences)) * longest
@@ -163,16 +223,13 @@ def chunk_size(per_rate: int, max_batch_bytes: int) -> int:
     return max(1, max_batch_bytes // max(1, per_rate))
 
 
-def _in_group(name: str, cfg: FinetuneConfig) -> bool:
-    return any(re.search(PARAM_GROUPS[g], name) for g in cfg.params.split("+"))
-
-
 @dataclass
 class BatchedTraining:
     """The outcome of :func:`train_rates`.
 
     ``student`` is a frozen copy of the model (its own parameters untouched); ``params[lr]`` the
-    trained parameters of each rate that finished (names as in ``student.named_parameters()``);
+    trained parameters of each rate that finished (names as in
+    :func:`~icl_lens.models.backends.block_parameters`);
     ``diverged[lr]`` the reason of each that did not; ``losses[lr]`` each rate's per-step loss (the
     sum over layers for LCGD), as in :class:`icl_lens.training.finetune.TrainingTrace`.
     """
@@ -185,7 +242,7 @@ class BatchedTraining:
     @torch.no_grad()
     def load(self, lr: float) -> Model:
         """The student holding rate ``lr``'s trained parameters (written in place)."""
-        own = dict(self.student.named_parameters())
+        own = block_parameters(self.student)
         for name, value in self.params[lr].items():
             own[name].copy_(value)
         return self.student
@@ -237,7 +294,7 @@ class _RateProjections:
             for kind in kinds
         ]
 
-    def forward(self, rate_params, run: Callable[[], object], extra_hooks=()):
+    def forward(self, rate_params, run: Callable[[], object]):
         """``run()`` with rows split among ``rate_params`` (pre-hooks removed afterwards)."""
         self.rate_params = list(rate_params)
         handles = [
@@ -245,12 +302,61 @@ class _RateProjections:
             for layer in self.by_layer
         ]
         try:
-            with self.student.hooks(fwd_hooks=self.hooks() + list(extra_hooks)):
+            with self.student.hooks(fwd_hooks=self.hooks()):
                 return run()
         finally:
             for handle in handles:
                 handle.remove()
             self.inputs.clear()
+
+
+class _ModuleRateProjections:
+    """Per-rate attention input projections of a TransformerBridge: for the pass, each trained Hugging
+    Face projection module computes rows ``r*B .. (r+1)*B-1`` with ``rate_params[r]``'s weight and
+    bias, as the module itself computes (``F.linear``; ``addmm`` for GPT-2's ``Conv1D``)."""
+
+    def __init__(self, student: Model, trained_names: Sequence[str]):
+        modules = _bridge_projection_modules(student, trained_names)
+        assert modules is not None, "checked by unsupported_reason()"
+        self.modules = modules
+        self.rate_params: list[dict[str, torch.Tensor]] = []
+
+    def _forward_of(self, prefix: str, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        linear = isinstance(module, torch.nn.Linear)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            rows = x.shape[0] // len(self.rate_params)
+            outs = []
+            for r, params in enumerate(self.rate_params):
+                weight = params.get(prefix + "weight", module.weight)
+                bias = params.get(prefix + "bias", module.bias)
+                part = x[r * rows : (r + 1) * rows]
+                if linear:
+                    outs.append(torch.nn.functional.linear(part, weight, bias))
+                else:  # Conv1D: weight [in, out]
+                    flat = torch.addmm(bias, part.reshape(-1, part.shape[-1]), weight)
+                    outs.append(flat.view(*part.shape[:-1], weight.shape[-1]))
+            return torch.cat(outs)
+
+        return forward
+
+    def forward(self, rate_params, run: Callable[[], object]):
+        """``run()`` with rows split among ``rate_params`` (the modules' own ``forward`` restored afterwards)."""
+        self.rate_params = list(rate_params)
+        for prefix, module in self.modules.items():
+            module.forward = self._forward_of(prefix, module)  # an instance attribute shadows the class's forward
+        try:
+            return run()
+        finally:
+            for module in self.modules.values():
+                del module.forward
+
+
+def _rate_projections(student: Model, trained_names: Sequence[str]):
+    """The per-rate projections for ``student``'s backend."""
+    if HOOKED.owns(student):
+        return _RateProjections(student, trained_names)
+    return _ModuleRateProjections(student, trained_names)
 
 
 def train_rates(
@@ -278,7 +384,7 @@ def train_rates(
     params = {lr: {n: trainable[n].detach().float().clone().requires_grad_(True) for n in names} for lr in rates}
     optimizers = {lr: make_optimizer(list(params[lr].values()), replace(base, lr=lr)) for lr in rates}
     out = BatchedTraining(student=student, losses={lr: [] for lr in rates})
-    projections = _RateProjections(student, names)
+    projections = _rate_projections(student, names)
     active = list(rates)
     batches = list(demo_batches(demo_sequences, answer_lengths, base, student.cfg.device))
     for step, (tokens, attention_mask, loss_mask) in enumerate(
@@ -330,9 +436,7 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
         return [resid[r * rows : (r + 1) * rows] for r in range(n_rates)]
 
     if method == "gd":
-        final = projections.forward(
-            rate_params, lambda: student(stacked_tokens, attention_mask=stacked_mask, stop_at_layer=n_layers)
-        )
+        final = projections.forward(rate_params, lambda: final_residual(student, stacked_tokens, stacked_mask))
         # one loss per rate, each over that rate's rows alone: the same products (and so the same rounding)
         # as the sequential sweep's; all rates' rows in one product differed in the last bits, enough to
         # flip a dev query after 16 steps at lr 0.03 (and cost only 6 % less)
@@ -350,11 +454,7 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
     for layer in range(n_layers):
         extra.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
         extra.append((f"blocks.{layer}.hook_resid_post", capture))
-    projections.forward(
-        rate_params,
-        lambda: student(stacked_tokens, attention_mask=stacked_mask, stop_at_layer=n_layers),
-        extra_hooks=extra,
-    )
+    projections.forward(rate_params, lambda: final_residual(student, stacked_tokens, stacked_mask, hooks=extra))
     # Groups of whole layers, all rates of a layer in one group (a layer's graph is freed by its
     # backward), each rate's layers unembedded in a loss of their own: the same products, and so the same
     # rounding, as the sequential sweep's layer_causal_losses. Groups are sized for one rate, as the
@@ -450,6 +550,15 @@ def score_rates(
             rates.append(lr)
     if not rates:
         return out
+    if not HOOKED.owns(student):  # a bridge: each rate's model scored by evaluate, one after another
+        for lr in rates:
+            rate_scores = evaluated_class_scores(
+                trained.load(lr), prefix, queries, labels, n_start, batch_size, content_free_query
+            )
+            out[lr] = rate_scores if bool(torch.isfinite(rate_scores).all()) else None
+            if out[lr] is None:
+                logger.info("lr %g diverged: the trained model's class scores are not finite", lr)
+        return out
     order = sorted(range(len(queries)), key=lambda i: -len(queries[i]))  # as evaluate batches them
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     longest_label = max(map(len, labels))
@@ -486,6 +595,26 @@ def score_rates(
             else:
                 out[lr] = rate_scores
     return out
+
+
+def evaluated_class_scores(
+    model: Model,
+    prefix: Sequence[int],
+    queries: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    n_start: int,
+    batch_size: int,
+    content_free_query: Sequence[int] | None,
+) -> Float[torch.Tensor, "n_queries n_classes"]:
+    """``model``'s class scores on ``queries`` after ``prefix`` (:func:`~icl_lens.evaluation.evaluate`,
+    nothing recorded), contextually calibrated by the content-free query's when it is given."""
+    run = evaluate(
+        model, prefix, queries, labels, n_start=n_start, record=RecordSpec(), batch_size=batch_size, progress=False
+    )
+    scores = run.class_scores
+    if content_free_query is not None and bool(torch.isfinite(scores).all()):
+        scores = calibrate(scores, content_free_scores(model, prefix, content_free_query, labels, n_start))
+    return scores
 
 
 def _encode_rate_prefixes(student, projections, rate_params, prefix: list[int]):

@@ -20,15 +20,14 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from icl_lens.calibration import calibrate, content_free_scores
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
-from icl_lens.evaluation import RecordSpec, evaluate
 from icl_lens.models.backends import Model, block_parameters
 from icl_lens.reporting.reference import REFERENCE_LRS
 from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,
     chunk_size,
+    evaluated_class_scores,
     score_rates,
     train_rates,
     trainer_method,
@@ -119,9 +118,10 @@ def sweep_learning_rate(
     ``max_batch_bytes`` (:func:`~icl_lens.training.batched.bytes_per_rate`), then scores every
     trained rate of a chunk on the queries together (:func:`~icl_lens.training.batched.score_rates`:
     the class scores :func:`~icl_lens.evaluation.evaluate` gives each rate's model, in passes of rates
-    under the same bound, one rate per pass on a CPU). Where that cannot be exact (a parameter group other than
-    ``kv``/``q``, LCGD's sequential schedule, another trainer, half precision, ...) it logs why and
-    trains one rate at a time, as ``batched=False`` does.
+    under the same bound, one rate per pass on a CPU; a bridge's rates by ``evaluate`` itself). Where
+    that cannot be exact (a parameter group other than ``kv``/``q``, LCGD's sequential schedule,
+    another trainer, half precision, ...) it logs why and trains one rate at a time, as
+    ``batched=False`` does.
     """
     if not score_queries:
         raise ConfigError("the learning-rate sweep has no query to score")
@@ -227,20 +227,9 @@ def _score_model(
     for name, param in block_parameters(student).items():
         if not bool(torch.isfinite(param).all()):
             raise NonFiniteError(f"lr {lr:g}: trained parameter {name} is not finite")
-    run = evaluate(
-        student,
-        score_prefix,
-        score_queries,
-        label_tokens,
-        n_start=n_start,
-        record=RecordSpec(),
-        batch_size=batch_size,
-        progress=False,
+    scores_tensor = evaluated_class_scores(
+        student, score_prefix, score_queries, label_tokens, n_start, batch_size, content_free_query
     )
-    scores_tensor = run.class_scores
-    if content_free_query is not None:
-        bias = content_free_scores(student, score_prefix, content_free_query, label_tokens, n_start)
-        scores_tensor = calibrate(scores_tensor, bias)
     if not bool(torch.isfinite(scores_tensor).all()):
         raise NonFiniteError(f"lr {lr:g}: the trained model's class scores are not finite")
     return _accuracy(scores_tensor, torch.tensor(list(score_labels)))
