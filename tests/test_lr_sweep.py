@@ -52,9 +52,9 @@ def test_a_rate_with_non_finite_weights_is_marked_diverged(tiny_gpt, poison, cal
 def test_non_finite_scores_from_finite_weights_are_marked_diverged(tiny_gpt, monkeypatch):
     """Scores can go non-finite with finite weights (an overflow in the forward pass): same verdict.
     (The sequential sweep, which scores through evaluate; the batched one: test_lr_sweep_batched.py.)"""
-    import icl_lens.training.lr_sweep as lr_sweep
+    import icl_lens.training.batched as batched  # where the sweep's scoring calls evaluate
 
-    real_evaluate = lr_sweep.evaluate
+    real_evaluate = batched.evaluate
     calls = []
 
     def evaluate(model, *args, **kwargs):
@@ -65,7 +65,7 @@ def test_non_finite_scores_from_finite_weights_are_marked_diverged(tiny_gpt, mon
             run.class_scores = torch.full_like(run.class_scores, float("nan"))
         return run
 
-    monkeypatch.setattr(lr_sweep, "evaluate", evaluate)
+    monkeypatch.setattr(batched, "evaluate", evaluate)
     choice = sweep_learning_rate(tiny_gpt, base=FinetuneConfig(), grid=(1e-3, 1e-2, 3e-2), progress=False,
                                  batched=False, **_inputs(tiny_gpt))
     assert choice.scores[1e-2] is None and len(calls) == 3

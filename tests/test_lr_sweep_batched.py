@@ -242,9 +242,9 @@ def _count_scoring_passes(monkeypatch) -> list[int]:
     passes = []
     real = batched_training._RateProjections.forward
 
-    def spy(self, rate_params, run, extra_hooks=()):
+    def spy(self, rate_params, run):
         passes.append(len(rate_params))
-        return real(self, rate_params, run, extra_hooks)
+        return real(self, rate_params, run)
 
     monkeypatch.setattr(batched_training._RateProjections, "forward", spy)
     return passes
@@ -381,8 +381,8 @@ def test_sweep_with_a_demonstration_prefix_and_one_token_labels_equals_the_seque
     inputs["score_prefix"] = inputs["score_prefix"] + inputs["demo_sequences"][1]
     inputs["label_tokens"] = _one_token_labels(inputs)
     evaluated = []
-    real = lr_sweep.evaluate
-    monkeypatch.setattr(lr_sweep, "evaluate", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+    real = batched_training.evaluate  # the sequential sweep scores through evaluate
+    monkeypatch.setattr(batched_training, "evaluate", lambda *a, **k: evaluated.append(1) or real(*a, **k))
     batched = sweep_learning_rate(any_tiny, base=FinetuneConfig(), grid=GRID, batch_size=3, **inputs)
     assert evaluated == []  # every rate scored in the batched passes
     sequential = sweep_learning_rate(any_tiny, base=FinetuneConfig(), grid=GRID, batch_size=3, batched=False, **inputs)
