@@ -245,7 +245,7 @@ def _plain_array_reader(base: type) -> type | None:
     ]:
         return None
 
-    class PlainArrayGGUFReader(base):  # type: ignore[misc, valid-type]
+    class PlainArrayGGUFReader(base):
         def _get(self, offset, dtype, count=1, override_order=None):
             cached = self.__dict__.get("_icl_lens_plain_data")
             if cached is None or cached[0] is not self.data:
@@ -286,11 +286,11 @@ def _one_fast_gguf_parse() -> Iterator[None]:
             readers[key] = fast(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    gguf.GGUFReader = reader  # type: ignore[misc, assignment]  # for this context only
     try:
         yield
     finally:
-        gguf.GGUFReader = stock
+        gguf.GGUFReader = stock  # type: ignore[misc]
         readers.clear()
 
 

@@ -42,7 +42,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from jaxtyping import Float
@@ -287,7 +287,7 @@ class _RateProjections:
 
         return hook
 
-    def hooks(self) -> list[tuple[str, Callable]]:
+    def hooks(self) -> list[tuple[str | Callable, Callable]]:
         return [
             (f"blocks.{layer}.attn.hook_{kind.lower()}", self._project(layer, kind))
             for layer, kinds in self.by_layer.items()
@@ -323,17 +323,20 @@ class _ModuleRateProjections:
 
     def _forward_of(self, prefix: str, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         linear = isinstance(module, torch.nn.Linear)
+        own_weight = cast(torch.Tensor, module.weight)
+        own_bias = cast("torch.Tensor | None", getattr(module, "bias", None))
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             rows = x.shape[0] // len(self.rate_params)
             outs = []
             for r, params in enumerate(self.rate_params):
-                weight = params.get(prefix + "weight", module.weight)
-                bias = params.get(prefix + "bias", module.bias)
+                weight = params.get(prefix + "weight", own_weight)
+                bias = params.get(prefix + "bias", own_bias)
                 part = x[r * rows : (r + 1) * rows]
                 if linear:
                     outs.append(torch.nn.functional.linear(part, weight, bias))
                 else:  # Conv1D: weight [in, out]
+                    assert bias is not None, "GPT-2's Conv1D always has a bias"
                     flat = torch.addmm(bias, part.reshape(-1, part.shape[-1]), weight)
                     outs.append(flat.view(*part.shape[:-1], weight.shape[-1]))
             return torch.cat(outs)
