@@ -3,9 +3,11 @@
 Both sweeps get the same demonstrations, dev slice and grid (the dev criterion, contextually
 calibrated as the runs are); the script prints both wall times (the best of ``--repeat`` runs each:
 the machine may be busy), the speed-up, and whether the chosen rate and every rate's score agree. The
-batched sweep trains the rates together and scores the dev slice for all of them together.
+batched sweep trains the rates together and scores the dev slice for all of them together (on the
+bridge backend, ``--backend bridge``, it scores them one after another).
 
     python experiments/bench_lr_sweep.py --model gemma3-270m --task sst2 --k 16 --dev-size 32
+    python experiments/bench_lr_sweep.py --model gemma3-270m --backend bridge --k 16 --dev-size 64
     python experiments/bench_lr_sweep.py --tiny --k 4 --dev-size 8 --grid 1e-3,1e-2,0.1   # seconds, no download
 """
 
