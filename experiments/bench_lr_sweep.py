@@ -65,51 +65,77 @@ def main() -> None:
         from icl_lens.models import load_model
 
         model = load_model(args.model, backend=args.backend)
-    task = get_task(args.task)
-    demos = sample_demonstrations(task, args.k, args.seed)
+    grid = tuple(float(x) for x in args.grid.split(","))
+    result = time_sweeps(model, args.task, args.k, args.seed, grid, args.dev_size, args.params, args.repeat, args.lcgd)
+    for name in ("sequential", "batched"):
+        run = result[name]
+        print(
+            f"{name:>10}: {run['seconds']:8.2f} s ({run['cpu_seconds']:.2f} s CPU)  "
+            f"chose lr {run['lr']:g}  scores {run['scores']}"
+        )
+    print(
+        f"speed-up {result['speedup']:.2f}x wall, {result['cpu_speedup']:.2f}x CPU; "
+        f"same choice and scores: {result['same_choice_and_scores']}"
+    )
+
+
+def time_sweeps(
+    model,
+    task_name: str = "sst2",
+    k: int = 16,
+    seed: int = 0,
+    grid: tuple[float, ...] = DEFAULT_LR_GRID,
+    dev_size: int = 32,
+    params: str = "kv",
+    repeat: int = 1,
+    lcgd: bool = False,
+) -> dict:
+    """Both sweeps on the same inputs: each one's wall and CPU seconds (the best of ``repeat``), chosen
+    rate and scores, the speed-up, and whether choice and every score agree (also used by
+    ``experiments/device_check.py`` on an accelerator)."""
+    task = get_task(task_name)
+    demos = sample_demonstrations(task, k, seed)
     train = load_split(task, task.train_split)
-    dev = dev_slice(train, args.dev_size, args.seed, exclude_rows=[d["row_index"] for d in demos])
+    dev = dev_slice(train, dev_size, seed, exclude_rows=[d["row_index"] for d in demos])
     fmt = PromptFormat()
     prompts = encode_prompts(model.tokenizer, task, demos, dev, fmt, model.cfg.n_ctx)
     content_free = encode_prompts(
         model.tokenizer, task, [], [content_free_row(task.template_fields)], fmt, model.cfg.n_ctx
     ).queries[0]
-    grid = tuple(float(x) for x in args.grid.split(","))
     inputs = dict(
         demo_sequences=prompts.demo_sequences,
         answer_lengths=prompts.demo_answer_lengths,
-        base=FinetuneConfig(params=args.params),
+        base=FinetuneConfig(params=params),
         score_prefix=prompts.zsl_prefix,
         score_queries=prompts.queries,
         score_labels=[row["label"] for row in dev],
         label_tokens=prompts.labels,
-        grid=grid,
+        grid=tuple(grid),
         n_start=prompts.n_start,
         content_free_query=content_free,
         progress=False,
     )
-    if args.lcgd:
+    if lcgd:
         inputs["trainer"] = layer_causal_finetune
-
-    times, cpu_times, choices = {}, {}, {}
+    out: dict = {"grid": list(grid), "k": k, "dev_size": len(dev), "lcgd": lcgd}
     for name, batched in (("sequential", False), ("batched", True)):
         runs, cpu_runs = [], []
-        for _ in range(max(1, args.repeat)):
+        for _ in range(max(1, repeat)):
             start, cpu_start = time.perf_counter(), time.process_time()
-            choices[name] = sweep_learning_rate(model, batched=batched, **inputs)
+            choice = sweep_learning_rate(model, batched=batched, **inputs)
             runs.append(time.perf_counter() - start)
             cpu_runs.append(time.process_time() - cpu_start)
-        times[name], cpu_times[name] = min(runs), min(cpu_runs)
-        print(
-            f"{name:>10}: {times[name]:8.2f} s ({cpu_times[name]:.2f} s CPU)  "
-            f"chose lr {choices[name].lr:g}  scores {choices[name].scores}"
-        )
-    batched, sequential = choices["batched"], choices["sequential"]
-    same = batched.scores == sequential.scores and batched.lr == sequential.lr
-    print(
-        f"speed-up {times['sequential'] / times['batched']:.2f}x wall, "
-        f"{cpu_times['sequential'] / cpu_times['batched']:.2f}x CPU; same choice and scores: {same}"
-    )
+        out[name] = {
+            "seconds": round(min(runs), 3),
+            "cpu_seconds": round(min(cpu_runs), 3),
+            "lr": choice.lr,
+            "scores": {repr(lr): score for lr, score in choice.scores.items()},
+        }
+    seq, bat = out["sequential"], out["batched"]
+    out["speedup"] = seq["seconds"] / max(bat["seconds"], 1e-9)
+    out["cpu_speedup"] = seq["cpu_seconds"] / max(bat["cpu_seconds"], 1e-9)
+    out["same_choice_and_scores"] = seq["lr"] == bat["lr"] and seq["scores"] == bat["scores"]
+    return out
 
 
 if __name__ == "__main__":

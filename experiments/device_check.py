@@ -5,7 +5,11 @@
     against the same cell on the CPU: accuracy within one query in every setting, SimAOU and SimAM_Δ
     (FT and LCGD) within 1e-3; (c) the same cell in bfloat16 against float32 on the device: how far
     every number moves (reported; it passes when every number is finite). The cell is small enough for
-    the CPU half to fit the budget: k=8, 32 queries, a fixed learning rate, no lr sweep. Writes every
+    the CPU half to fit the budget: k=8, 32 queries, a fixed learning rate, no lr sweep. (d) The
+    learning-rate sweep on the device, one rate at a time against the batched sweep
+    (``experiments/bench_lr_sweep.py``, SST-2, ``--sweep-k`` demonstrations, ``--sweep-grid``, a dev slice
+    of ``--sweep-dev-size``): it passes when both choose the same rate with the same scores, and reports
+    the speed-up (the target is 4x; on 2 CPU cores the FLOPs allow at most about 2.7x). Writes every
     number and a pass/fail per check to one JSON file and exits 1 if any check fails.
 
     python experiments/device_check.py                      # cuda vs cpu, gemma3-270m
@@ -93,6 +97,29 @@ def run_bench(model_name: str, device: str, dtype: str, model_loader: Callable, 
     return result
 
 
+SWEEP_SPEEDUP_TARGET = 4.0
+
+
+def run_sweeps(model_name: str, device: str, model_loader: Callable, k: int, grid: tuple[float, ...],
+               dev_size: int) -> dict[str, Any]:
+    """(d): both sweeps on the device in float32; passes when they choose the same rate with the same scores."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_lr_sweep", Path(__file__).with_name("bench_lr_sweep.py"))
+    assert spec is not None and spec.loader is not None
+    bench_lr_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_lr_sweep)
+    try:
+        model = model_loader(model_name, device=device, dtype="float32")
+        result = bench_lr_sweep.time_sweeps(model, "sst2", k, 0, grid, dev_size)
+    except Exception as exc:  # the check fails and says why; the other checks still run
+        return {"pass": False, "error": f"{type(exc).__name__}: {exc}"}
+    result["speedup_target"] = SWEEP_SPEEDUP_TARGET
+    result["meets_speedup_target"] = result["speedup"] >= SWEEP_SPEEDUP_TARGET
+    result["pass"] = bool(result["same_choice_and_scores"])
+    return result
+
+
 def main(argv: list[str] | None = None, model_loader: Callable | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="the device under test (default: cuda)")
@@ -104,6 +131,10 @@ def main(argv: list[str] | None = None, model_loader: Callable | None = None) ->
     parser.add_argument("--n-naive", type=int, default=4, help="bench: queries of the naive loop")
     parser.add_argument("--n-fast", type=int, default=32, help="bench: queries of the optimized path")
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--sweep-k", type=int, default=16, help="(d): demonstrations of the sweep")
+    parser.add_argument("--sweep-grid", default="1e-4,1e-3,3e-3,3e-2,0.08", help="(d): comma-separated rates")
+    parser.add_argument("--sweep-dev-size", type=int, default=64, help="(d): dev-slice queries")
+    parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--out", default="device_check.json")
     parser.add_argument("--work-dir", default=None, help="where the cells' results go (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -148,6 +179,12 @@ def main(argv: list[str] | None = None, model_loader: Callable | None = None) ->
         moved["within_float32_tolerances"] = moved.pop("pass")
         moved["pass"] = _finite_numbers(cells["device_bfloat16"])  # informational: how far bf16 moves
         report["checks"]["bfloat16_vs_float32"] = moved
+    if not args.skip_sweep:
+        logging.info("(d) learning-rate sweep on %s: one rate at a time vs batched", args.device)
+        grid = tuple(float(x) for x in args.sweep_grid.split(","))
+        report["checks"]["lr_sweep_batched_vs_sequential"] = run_sweeps(
+            args.model, args.device, model_loader, args.sweep_k, grid, args.sweep_dev_size
+        )
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["pass"] = bool(report["checks"]) and all(c["pass"] for c in report["checks"].values())
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -141,12 +141,16 @@ def test_device_check_dry_run_cpu_vs_cpu(tmp_path):
     device_check = load_experiment_script("device_check")
     out = tmp_path / "check.json"
     code = device_check.main(["--device", "cpu", "--model", "tiny", "--k", "2", "--limit", "4", "--n-naive", "2",
-                              "--n-fast", "4", "--out", str(out), "--work-dir", str(tmp_path / "cells")],
+                              "--n-fast", "4", "--sweep-k", "2", "--sweep-dev-size", "4", "--sweep-grid", "1e-3,1e-2",
+                              "--out", str(out), "--work-dir", str(tmp_path / "cells")],
                              model_loader=loader)
     report = json.loads(out.read_text())
     assert code == 0 and report["pass"] is True
     assert set(report["checks"]) == {"bench_float32", "bench_bfloat16", "device_vs_reference_float32",
-                                     "bfloat16_vs_float32"}
+                                     "bfloat16_vs_float32", "lr_sweep_batched_vs_sequential"}
+    sweep = report["checks"]["lr_sweep_batched_vs_sequential"]
+    assert sweep["same_choice_and_scores"] and sweep["grid"] == [1e-3, 1e-2] and sweep["speedup"] > 0
+    assert sweep["batched"]["scores"] == sweep["sequential"]["scores"] and len(sweep["batched"]["scores"]) == 2
     same = report["checks"]["device_vs_reference_float32"]["checks"]
     assert all(c.get("abs_diff", 0) == 0 and c.get("queries_apart", 0) == 0 for c in same.values())
     assert report["checks"]["bench_float32"]["fast_examples_per_s"] > 0
