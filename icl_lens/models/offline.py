@@ -247,10 +247,9 @@ def _plain_array_reader(base: type) -> type | None:
 
     class PlainArrayGGUFReader(base):
         def _get(self, offset, dtype, count=1, override_order=None):
-            cached = self.__dict__.get("_icl_lens_plain_data")
-            if cached is None or cached[0] is not self.data:
-                cached = self.__dict__["_icl_lens_plain_data"] = (self.data, self.data.view(np.ndarray))
-            plain = cached[1]
+            plain = self.__dict__.get("_icl_lens_plain_data")
+            if plain is None:  # the reader sets self.data once, first thing in __init__
+                plain = self.__dict__["_icl_lens_plain_data"] = self.data.view(np.ndarray)
             count = int(count)
             dt = np.dtype(dtype)
             arr = plain[offset : offset + dt.itemsize * count].view(dtype=dt)[:count]
