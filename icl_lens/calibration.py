@@ -19,6 +19,7 @@ from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.evaluation import evaluate
 from icl_lens.models.backends import Model, Prefix
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 
 CONTENT_FREE_TEXT = "N/A"
 
@@ -43,6 +44,7 @@ def calibrate(
 
 
 @shape_checked
+@uses_cpu_matmul
 def content_free_scores(
     model: Model,
     prefix: Sequence[int],

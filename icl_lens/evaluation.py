@@ -31,6 +31,7 @@ from icl_lens._validation import AT_LEAST_ONE, check_token_ids, validate_fields
 from icl_lens.errors import ConfigError, NonFiniteError, PromptError
 from icl_lens.lens import logit_lens
 from icl_lens.models.backends import Model, Prefix, backend_of, final_residual
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def check_evaluation_inputs(
 
 
 @torch.no_grad()
+@uses_cpu_matmul
 def evaluate(
     model: Model,
     prefix: Sequence[int],
@@ -497,6 +499,7 @@ def continuation_unsupported(model: Model) -> str | None:
     return None
 
 
+@uses_cpu_matmul
 def continued_scores(
     model: Model,
     prefix_kv,

@@ -32,6 +32,7 @@ from icl_lens.calibration import calibrate, content_free_row, content_free_score
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, encode_prefix, evaluate
 from icl_lens.models.backends import Model, backend_of
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
     EncodedPrompts,
@@ -363,6 +364,7 @@ class ExperimentOutput:
     traces: dict[str, TrainingTrace]
 
 
+@uses_cpu_matmul
 def run_experiment(
     model: Model, task: Task, cfg: ExperimentConfig, progress: bool = True, keep_models: bool = False
 ) -> ExperimentOutput:

@@ -31,9 +31,11 @@ from torch.autograd.function import once_differentiable
 from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.models.backends import Model, backend_of
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 
 
 @shape_checked
+@uses_cpu_matmul
 def logit_lens(
     model: Model, residual: Float[torch.Tensor, "batch pos d_model"]
 ) -> Float[torch.Tensor, "batch pos d_vocab"]:
@@ -69,6 +71,7 @@ def _fused_loss_applies(W_U: torch.Tensor, b_U: torch.Tensor | None) -> bool:
 
 
 @shape_checked
+@uses_cpu_matmul
 def lens_token_losses(
     model: Model, residual: Float[torch.Tensor, "rows d_model"], targets: Int[torch.Tensor, " rows"]
 ) -> Float[torch.Tensor, " rows"]:

@@ -25,6 +25,7 @@ from icl_lens.models import (
     process_weights, reinitialize_untrained,
 )
 from icl_lens.models import offline as offline_mod
+from icl_lens.models.cpu_matmul import available_cpu_kernels, forced_kernel
 from icl_lens.models.offline import verify_sha256
 from icl_lens.models.untrained import init_std
 
@@ -418,11 +419,12 @@ def test_unembedding_is_stored_vocab_major_without_changing_the_logits(tiny_llam
     default.unembed.W_U.data = default.unembed.W_U.data.contiguous()
     assert store_unembedding_transposed(copy.deepcopy(default))
     tokens = torch.tensor([[5, 40, 77, 120, 9, 200, 31]])
-    with torch.no_grad():
-        logits = model(tokens)
-        assert torch.equal(logits, default(tokens))
-        final = model(tokens, stop_at_layer=model.cfg.n_layers)
-        assert torch.equal(logit_lens(model, final), logits)
+    for kernel in available_cpu_kernels():  # on each kernel alike (the lens runs on the chosen one)
+        with torch.no_grad(), forced_kernel(kernel):
+            logits = model(tokens)
+            assert torch.equal(logits, default(tokens))
+            final = model(tokens, stop_at_layer=model.cfg.n_layers)
+            assert torch.equal(logit_lens(model, final), logits)
     assert copy.deepcopy(model).unembed.W_U.T.is_contiguous()
 
 

@@ -65,6 +65,7 @@ from icl_lens.evaluation import (
 )
 from icl_lens.lens import lens_loss_floats_per_row
 from icl_lens.models.backends import BRIDGE, HOOKED, Model, Prefix, block_parameters, final_residual
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.training.finetune import (
     FinetuneConfig,
     check_demonstrations,
@@ -362,6 +363,7 @@ def _rate_projections(student: Model, trained_names: Sequence[str]):
     return _ModuleRateProjections(student, trained_names)
 
 
+@uses_cpu_matmul
 def train_rates(
     model: Model,
     demo_sequences: Sequence[Sequence[int]],
@@ -509,6 +511,7 @@ def scoring_bytes_per_rate(
 
 
 @torch.no_grad()
+@uses_cpu_matmul
 def score_rates(
     trained: BatchedTraining,
     prefix: Sequence[int],
@@ -602,6 +605,7 @@ def score_rates(
     return out
 
 
+@uses_cpu_matmul
 def evaluated_class_scores(
     model: Model,
     prefix: Sequence[int],

@@ -27,6 +27,7 @@ from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_tok
 from icl_lens.errors import ConfigError, PromptError, TrainingDivergedError
 from icl_lens.lens import lens_token_losses
 from icl_lens.models.backends import HOOKED, Model, block_parameters, copy_model, final_residual, parameter_groups
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,7 @@ def demo_batches(
             yield tokens.to(device), attention_mask.to(device), loss_mask.to(device)
 
 
+@uses_cpu_matmul
 def masked_next_token_losses(
     model: Model,
     residuals: Sequence[Float[torch.Tensor, "batch pos d_model"]],
@@ -379,6 +381,7 @@ def check_demonstrations(model: Model, demo_sequences: Sequence[Sequence[int]], 
             )
 
 
+@uses_cpu_matmul
 def finetune(
     model: Model,
     demo_sequences: Sequence[Sequence[int]],

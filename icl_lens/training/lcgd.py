@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from icl_lens.errors import ConfigError
 from icl_lens.lens import lens_loss_floats_per_row
 from icl_lens.models.backends import Model, final_residual
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.training.finetune import (
     FinetuneConfig,
     MasterWeights,
@@ -74,6 +75,7 @@ def _detach_hook(resid, hook):
     return resid.detach()
 
 
+@uses_cpu_matmul
 def layer_causal_losses(
     model: Model,
     tokens: torch.Tensor,
@@ -117,6 +119,7 @@ def layer_causal_losses(
     return losses
 
 
+@uses_cpu_matmul
 def layer_causal_finetune(
     model: Model,
     demo_sequences: Sequence[Sequence[int]],

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.models.backends import Model, block_parameters
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.reporting.reference import REFERENCE_LRS
 from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
@@ -86,6 +87,7 @@ class LearningRateChoice:
         }
 
 
+@uses_cpu_matmul
 def sweep_learning_rate(
     model: Model,
     demo_sequences: Sequence[Sequence[int]],
