@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import sys
 import types
@@ -25,6 +26,8 @@ from typing import Any
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec
 from icl_lens.experiment import ExperimentConfig
+from icl_lens.models.cpu_matmul import CPU_MATMUL_KERNELS, requested_kernel
+from icl_lens.models.cpu_matmul import ENV_VAR as CPU_MATMUL_ENV
 from icl_lens.prompts import PromptFormat
 from icl_lens.reporting.findings import add_findings_command, cmd_findings
 from icl_lens.reporting.report import add_report_command, cmd_report
@@ -303,6 +306,16 @@ def make_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
     )
+    parser.add_argument(
+        "--cpu-matmul",
+        choices=CPU_MATMUL_KERNELS,
+        default=None,
+        help=(
+            "kernel of the float32 matrix products on a CPU: auto (default; oneDNN on a non-Intel x86-64 CPU, "
+            "where PyTorch's MKL takes a generic path), onednn, or blas (PyTorch's default, e.g. to reproduce "
+            f"earlier results bit for bit); sets {CPU_MATMUL_ENV}, which worker processes inherit"
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run ZSL, ICL, FT and LCGD on the same queries and compare them")
@@ -558,6 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+        if args.cpu_matmul is not None:
+            os.environ[CPU_MATMUL_ENV] = args.cpu_matmul
+        requested_kernel()  # a bad ICL_LENS_CPU_MATMUL is named now, not deep inside the first product
         return commands[args.command](args)
     except IclLensError as exc:
         _close_progress_bars()

@@ -210,7 +210,7 @@ class _PositionRecorder:
 
 UNEMBED_ROWS = 512
 """Rows per unembedding product in :func:`evaluate` (its fp32 log-probabilities: 512 MiB at a 262k
-vocabulary). On Gemma-3-270M, 2 CPU cores, a [rows, 640] @ [640, 262144] product runs at 47 GFLOP/s
+vocabulary). On Gemma-3-270M, 2 CPU cores, MKL's kernel, a [rows, 640] @ [640, 262144] product runs at 47 GFLOP/s
 with 16 rows (one batch's answers: the 671 MB matrix is re-read for few rows) and 158 with 504."""
 
 

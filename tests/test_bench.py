@@ -10,6 +10,7 @@ import icl_lens.errors
 import icl_lens.models
 from helpers import tiny_model
 from icl_lens.cli import main
+from icl_lens.models.cpu_matmul import available_cpu_kernels, cpu_matmul_kernel
 from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
@@ -36,6 +37,10 @@ def test_cli_bench_prints_and_writes_every_number(tmp_path, monkeypatch, capsys)
     assert numbers["speedup"] > 0 and numbers["matmul_peak_flop_per_s"] > 0 and numbers["peak_memory_mb"] > 0
     assert numbers["forward_fraction_of_peak"] == pytest.approx(
         numbers["forward_flop_per_s"] / numbers["matmul_peak_flop_per_s"])
+    # the peak is the best kernel's, whichever kernel the run's products used
+    assert sorted(numbers["matmul_peak_by_kernel"]) == sorted(available_cpu_kernels())
+    assert numbers["matmul_peak_flop_per_s"] == max(numbers["matmul_peak_by_kernel"].values())
+    assert numbers["matmul_kernel"] == cpu_matmul_kernel()
 
 
 def test_agreement_check_sees_a_wrong_naive_path(tiny_llama, prompts, monkeypatch):

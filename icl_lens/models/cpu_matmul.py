@@ -33,6 +33,7 @@ import functools
 import logging
 import os
 import platform
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -132,13 +133,21 @@ def _resolved(requested: str) -> tuple[Kernel, str]:
     return kernel, why
 
 
-_forced: list[Kernel] = []  # innermost forced_kernel() last
+class _Forced(threading.local):
+    """This thread's forced kernels, innermost :func:`forced_kernel` last (dispatch modes are per
+    thread too)."""
+
+    def __init__(self) -> None:
+        self.kernels: list[Kernel] = []
+
+
+_forced = _Forced()
 
 
 def cpu_matmul_kernel() -> Kernel:
     """The kernel float32 CPU products run on inside :func:`cpu_matmul`: ``onednn`` or ``blas``."""
-    if _forced:
-        return _forced[-1]
+    if _forced.kernels:
+        return _forced.kernels[-1]
     return _resolved(requested_kernel())[0]
 
 
@@ -150,7 +159,7 @@ def forced_kernel(kernel: Kernel) -> Iterator[None]:
         raise ConfigError(f"kernel must be 'onednn' or 'blas', got {kernel!r}")
     if kernel == "onednn" and (reason := onednn_unavailable()) is not None:
         raise ConfigError(f"cannot force oneDNN products: {reason}")
-    _forced.append(kernel)
+    _forced.kernels.append(kernel)
     try:
         if kernel == "onednn" and not _active():
             with OneDNNProducts():
@@ -158,7 +167,7 @@ def forced_kernel(kernel: Kernel) -> Iterator[None]:
         else:
             yield
     finally:
-        _forced.pop()
+        _forced.kernels.pop()
 
 
 def cpu_matmul_facts() -> dict[str, str]:
@@ -173,15 +182,22 @@ def _linear(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
 
 
 def _plain_matrix(t: Any) -> bool:
-    return (
+    """A float32 CPU matrix a BLAS could take as it is: row- or column-major with a leading
+    dimension at least its length (slices of either), no broadcast (zero) strides, not empty."""
+    if not (
         isinstance(t, torch.Tensor)
         and t.dtype == torch.float32
         and t.device.type == "cpu"
         and t.layout == torch.strided
         and t.dim() == 2
         and t.numel() > 0
-        and 1 in t.stride()  # row- or column-major, no broadcast (zero) strides
-    )
+    ):
+        return False
+    rows, cols = t.shape
+    row_stride, col_stride = t.stride()
+    row_major = (col_stride == 1 or cols == 1) and (rows == 1 or row_stride >= cols)
+    column_major = (row_stride == 1 or rows == 1) and (cols == 1 or col_stride >= rows)
+    return row_major or column_major
 
 
 def _unit(scale: Any) -> bool:
@@ -241,7 +257,7 @@ class OneDNNProducts(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         handler = _REROUTED.get(func)
-        if handler is not None and (not _forced or _forced[-1] == "onednn"):
+        if handler is not None and (not _forced.kernels or _forced.kernels[-1] == "onednn"):
             result = handler(*args, **kwargs)
             if result is not NotImplemented:
                 return result
