@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import load_experiment_script, tiny_model
 
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import evaluate
@@ -214,3 +214,14 @@ def test_results_record_the_kernel(monkeypatch):
         monkeypatch.setenv(cm.ENV_VAR, kernel)
         results = run_experiment(model, get_task("sst2"), cfg, progress=False).results
         assert results["model"]["matmul"] == kernel
+
+
+def test_the_kernel_benchmark_measures_every_kernel_against_float64():
+    script = load_experiment_script("bench_cpu_matmul")
+    rows = script.measure(script.products(16, 32, 24, [1, 5]), repeats=1)
+    assert [row["name"] for row in rows] == ["MLP in", "MLP in", "MLP out", "lens chunk", "square"]
+    assert [row["shape"] for row in rows][:4] == [(1, 16, 32), (5, 16, 32), (5, 32, 16), (24, 16, 5)]
+    for row in rows:
+        for kernel in cm.available_cpu_kernels():
+            rate, error = row[kernel]
+            assert rate > 0 and 0 <= error < 1e-5, (row["name"], kernel)
