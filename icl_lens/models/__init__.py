@@ -6,6 +6,8 @@
 * :mod:`~icl_lens.models.loading` -- :func:`load_model` for named models, local directories, GGUF
   files and hub names.
 * :mod:`~icl_lens.models.untrained` -- the random-weights baseline (``reference`` or ``normal`` init).
+* :mod:`~icl_lens.models.cpu_matmul` -- float32 CPU products on oneDNN where MKL takes a slow path
+  (:func:`~icl_lens.models.cpu_matmul.cpu_matmul`; ``ICL_LENS_CPU_MATMUL``).
 
 Both named models are 4-bit GGUF checkpoints dequantized to float32, not the original weights:
 say so wherever results are reported.

@@ -3,8 +3,8 @@
 PyTorch's x86 wheels multiply float32 matrices with Intel MKL, which runs its AVX-512 kernels on
 Intel CPUs only: on another vendor's CPU it takes an AVX2 path even where the CPU has AVX-512.
 oneDNN, which the same wheels ship, picks its kernels by instruction set. Measured on a 2-core AMD
-EPYC with AVX-512 (float32): ``[430, 640] @ [640, 2048]`` at 184 GFLOP/s through MKL and 378 through
-oneDNN, a 35-row product 118 → 269, a square 2048 product 213 → 454 (``python
+EPYC with AVX-512 (float32): ``[430, 640] @ [640, 2048]`` at 222 GFLOP/s through MKL and 497 through
+oneDNN, a 35-row product 161 → 361, a square 2048 product 219 → 459 (``python
 experiments/bench_cpu_matmul.py``). Inside :func:`cpu_matmul`, every float32 CPU ``mm``, ``addmm``,
 ``addmm_`` and single-batch ``bmm`` — forward and backward, in TransformerLens's modules, Hugging
 Face's and this package's own products alike — runs as a oneDNN matmul instead. Both kernels are
