@@ -63,7 +63,6 @@ import resource
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -81,13 +80,7 @@ from icl_lens.evaluation import (
     zero_unattended,
 )
 from icl_lens.models.backends import Model, block_parameters, final_residual
-from icl_lens.models.cpu_matmul import (
-    available_cpu_kernels,
-    cpu_matmul,
-    cpu_matmul_kernel,
-    forced_kernel,
-    uses_cpu_matmul,
-)
+from icl_lens.models.cpu_matmul import available_cpu_kernels, forced_kernel, model_kernel, uses_cpu_matmul
 from icl_lens.prompts import EncodedPrompts
 from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, layer_of, trained_parameters
 from icl_lens.training.lcgd import layer_causal_finetune
@@ -174,19 +167,18 @@ def _sync(device: str) -> None:
 
 
 def matmul_peak(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of a square matmul (2·n³ FLOPs) on this device and dtype, on the
-    kernel in use (:func:`icl_lens.models.cpu_matmul.cpu_matmul`)."""
+    """Best achieved FLOP/s of a square matmul (2·n³ FLOPs) on this device and dtype, on the kernel
+    in use where it is called (:func:`matmul_peaks` picks each CPU kernel in turn)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    with cpu_matmul(None if device == "cpu" else _DeviceOnly(device)):
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         a @ b
         _sync(device)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
 
 
@@ -201,13 +193,6 @@ def matmul_peaks(device: str, dtype: torch.dtype) -> dict[str, float]:
         with forced_kernel(kernel):
             peaks[kernel] = matmul_peak(device, dtype)
     return peaks
-
-
-class _DeviceOnly:
-    """A stand-in model whose ``cfg.device`` is ``device`` (for :func:`cpu_matmul`)."""
-
-    def __init__(self, device: str):
-        self.cfg = SimpleNamespace(device=device)
 
 
 _BIAS = re.compile(r"(^|\.)(_?b_\w+|bias)$")
@@ -693,7 +678,7 @@ def run_benchmark(
         forward_flop_per_s=achieved,
         matmul_peak_flop_per_s=peak,
         matmul_peak_by_kernel=peaks,
-        matmul_kernel=cpu_matmul_kernel() if device == "cpu" and model.cfg.dtype == torch.float32 else "default",
+        matmul_kernel=model_kernel(model),
         forward_fraction_of_peak=achieved / peak,
         peak_memory_mb=peak_mb,
         phases=phase_rows,

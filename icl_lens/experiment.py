@@ -32,7 +32,7 @@ from icl_lens.calibration import calibrate, content_free_row, content_free_score
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, encode_prefix, evaluate
 from icl_lens.models.backends import Model, backend_of
-from icl_lens.models.cpu_matmul import cpu_matmul_kernel, uses_cpu_matmul
+from icl_lens.models.cpu_matmul import model_kernel, uses_cpu_matmul
 from icl_lens.models.untrained import untrained_seed
 from icl_lens.prompts import (
     EncodedPrompts,
@@ -915,13 +915,5 @@ def _model_facts(model: Model) -> dict[str, Any]:
         "device": str(c.device),
         "untrained_init": getattr(c, "untrained_init", None),  # set by reinitialize_untrained
         "backend": backend_of(model).name,
-        "matmul": _matmul_kernel(model),
+        "matmul": model_kernel(model),  # results differ by float32 rounding between onednn and blas
     }
-
-
-def _matmul_kernel(model: Model) -> str:
-    """The kernel the float32 CPU products ran on (``onednn`` or ``blas``; ``default`` elsewhere):
-    results differ by float32 rounding between them."""
-    if torch.device(model.cfg.device or "cpu").type != "cpu" or model.cfg.dtype != torch.float32:
-        return "default"
-    return cpu_matmul_kernel()

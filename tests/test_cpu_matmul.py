@@ -180,7 +180,7 @@ def test_a_onednn_that_disagrees_with_the_blas_is_not_used(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=cm.__name__):
             assert cm.cpu_matmul_kernel() == "blas"
-        assert "disagree with the BLAS" in caplog.text
+        assert "disagree with the exact product" in caplog.text
         assert "self-check" in cm.cpu_matmul_facts()["cpu_matmul_reason"]
     finally:
         cm._resolved.cache_clear()
@@ -192,6 +192,9 @@ def test_models_off_the_cpu_are_not_rerouted_and_nesting_is_free(monkeypatch):
     gpu_model = SimpleNamespace(cfg=SimpleNamespace(device="cuda:0"))
     with cm.cpu_matmul(gpu_model) as kernel:
         assert kernel == "blas" and not cm._active()
+    assert cm.model_kernel(gpu_model) == "default"
+    assert cm.model_kernel(SimpleNamespace(cfg=SimpleNamespace(device="cpu", dtype=torch.bfloat16))) == "default"
+    assert cm.model_kernel(SimpleNamespace(cfg=SimpleNamespace(device="cpu", dtype=torch.float32))) == "onednn"
     with cm.cpu_matmul(SimpleNamespace(student=gpu_model)):  # an object holding its model
         assert not cm._active()
     with cm.cpu_matmul(SimpleNamespace(cfg=SimpleNamespace(device="cpu"))) as kernel:

@@ -21,8 +21,9 @@ The kernel is chosen by the environment variable ``ICL_LENS_CPU_MATMUL`` (``icl-
 * ``onednn``: oneDNN wherever it is available (an error where it is not).
 * ``blas``: PyTorch's default products, e.g. to reproduce results bit for bit across CPUs.
 
-Before first use, oneDNN's product is checked against the BLAS on a small random product; a
-disagreement beyond float32 rounding falls back to the BLAS with a warning, never a wrong number.
+Before first use, oneDNN's product is checked against the exact (float64) product of a small random
+float32 product; a disagreement beyond float32 rounding falls back to the BLAS with a warning, never a
+wrong number.
 GPU models and other dtypes are never rerouted.
 """
 
@@ -127,7 +128,7 @@ def _resolved(requested: str) -> tuple[Kernel, str]:
     if kernel == "onednn":
         problem = _self_check()
         if problem is not None:
-            logger.warning("oneDNN float32 products disagree with the BLAS (%s); using the BLAS", problem)
+            logger.warning("oneDNN float32 products disagree with the exact product (%s); using the BLAS", problem)
             return "blas", f"oneDNN failed its self-check: {problem}"
     logger.info("float32 CPU matrix products: %s (%s)", kernel, why)
     return kernel, why
@@ -168,6 +169,14 @@ def forced_kernel(kernel: Kernel) -> Iterator[None]:
             yield
     finally:
         _forced.kernels.pop()
+
+
+def model_kernel(model: Any) -> str:
+    """The kernel ``model``'s products run on inside :func:`cpu_matmul`: ``onednn`` or ``blas`` for a
+    float32 model on the CPU, ``default`` for any other (never rerouted)."""
+    if not _runs_on_cpu(model) or getattr(getattr(model, "cfg", None), "dtype", torch.float32) != torch.float32:
+        return "default"
+    return cpu_matmul_kernel()
 
 
 def cpu_matmul_facts() -> dict[str, str]:
@@ -265,7 +274,8 @@ class OneDNNProducts(TorchDispatchMode):
 
 
 def _self_check() -> str | None:
-    """Compare oneDNN with the BLAS on one small float32 product of each rerouted kind."""
+    """Compare oneDNN's ``addmm`` and ``mm`` (row- and column-major operands) on a small float32
+    product with its exact (float64) value; the problem found, None if none."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(37, 96, generator=generator)
     b = torch.randn(96, 53, generator=generator)

@@ -605,7 +605,6 @@ def score_rates(
     return out
 
 
-@uses_cpu_matmul
 def evaluated_class_scores(
     model: Model,
     prefix: Sequence[int],
