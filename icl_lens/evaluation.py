@@ -210,8 +210,9 @@ class _PositionRecorder:
 
 UNEMBED_ROWS = 512
 """Rows per unembedding product in :func:`evaluate` (its fp32 log-probabilities: 512 MiB at a 262k
-vocabulary). On Gemma-3-270M, 2 CPU cores, MKL's kernel, a [rows, 640] @ [640, 262144] product runs at 47 GFLOP/s
-with 16 rows (one batch's answers: the 671 MB matrix is re-read for few rows) and 158 with 504."""
+vocabulary). A product of few rows (one batch's answers) re-reads the whole unembedding for little
+work, so the answers of all batches are unembedded together, in products this tall (rates measured:
+docs/performance.md)."""
 
 
 def _label_residuals(
@@ -244,9 +245,8 @@ CPU_KEY_ROWS = 4800
 """On a CPU, the most ``queries × keys`` one evaluation batch holds. Every query of a batch carries its
 own copy of the shared prefix's keys and values through TransformerLens's attention (concatenated with
 its own, repeated over the query heads of a grouped-query layer, transposed for the products): beyond
-a few thousand key rows those copies leave the caches. Measured on Gemma-3-270M (2 cores, SST-2, k =
-16, a 568-token prefix, 64 queries): 8.8 s with 16 queries per batch, 5.9 s with 8, 6.0 s with 4;
-zero-shot (about 30 keys) 2.9 s with 16, 3.0 s with 8."""
+a few thousand key rows those copies leave the caches, so an in-context batch with a long prefix holds
+fewer queries than a zero-shot one (timings by batch size: docs/performance.md)."""
 
 
 def rows_per_batch(batch_size: int, keys: int, device: str) -> int:

@@ -11,10 +11,9 @@ layer-causal GD (:mod:`icl_lens.training.lcgd`) uses it as every layer's predict
 it. It never holds the logits: the vocabulary is swept in chunks with a running log-sum-exp, and the
 gradient with respect to the residual is formed in the same sweep, so each chunk of ``W_U`` is read
 from memory once for the forward and the backward together (the "fused linear cross-entropy" of
-large-vocabulary training). On Gemma-3's 262k vocabulary and 2 CPU cores, with ``W_U`` stored
-vocabulary-major as :func:`icl_lens.models.loading.load_model` lays it out, the loss and its gradient
-took 1.17 s instead of 1.65 s for 320 rows (LCGD's lenses) and 200 ms instead of 294 ms for 40 rows
-(a GD step), with the same losses and gradients to float rounding (2e-6).
+large-vocabulary training). With ``W_U`` stored vocabulary-major, as
+:func:`icl_lens.models.loading.load_model` lays it out, this is faster than the plain logits and gives
+the same losses and gradients to float rounding (2e-6; timings in docs/performance.md).
 
 The unembedding is applied as ``residual @ W_U + b_U`` (one fused ``addmm``) on the model's own
 parameters rather than through ``model.unembed``: TransformerLens 3.x's ``Unembed.forward`` makes a
@@ -52,7 +51,7 @@ def logit_lens(
 LENS_LOSS_CHUNK = 2048
 """Vocabulary columns per chunk of :func:`lens_token_losses`: a chunk of ``W_U`` (5 MiB at
 d_model 640) and its logits stay in the CPU's cache between the forward and the backward product
-(measured on 2 cores: 2048 and 4096 columns equally fast, 8192 and more 5-10 % slower)."""
+(larger chunks were slower: docs/performance.md)."""
 
 
 def lens_loss_floats_per_row(model: Model) -> int:

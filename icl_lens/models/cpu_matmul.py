@@ -2,12 +2,12 @@
 
 PyTorch's x86 wheels multiply float32 matrices with Intel MKL, which runs its AVX-512 kernels on
 Intel CPUs only: on another vendor's CPU it takes an AVX2 path even where the CPU has AVX-512.
-oneDNN, which the same wheels ship, picks its kernels by instruction set. Measured on a 2-core AMD
-EPYC with AVX-512 (float32): ``[430, 640] @ [640, 2048]`` at 222 GFLOP/s through MKL and 497 through
-oneDNN, a 35-row product 161 → 361, a square 2048 product 219 → 459 (``python
-experiments/bench_cpu_matmul.py``). Inside :func:`cpu_matmul`, every float32 CPU ``mm``, ``addmm``,
-``addmm_`` and single-batch ``bmm`` — forward and backward, in TransformerLens's modules, Hugging
-Face's and this package's own products alike — runs as a oneDNN matmul instead. Both kernels are
+oneDNN, which the same wheels ship, picks its kernels by instruction set, and so runs float32
+products much faster on such CPUs (``python experiments/bench_cpu_matmul.py`` measures both; the
+rates measured on an AMD EPYC are in docs/performance.md). Inside :func:`cpu_matmul`, every
+float32 CPU ``mm``, ``addmm``, ``addmm_`` and single-batch ``bmm`` — forward and backward, in
+TransformerLens's modules, Hugging Face's and this package's own products alike — runs as a oneDNN
+matmul instead. Both kernels are
 IEEE float32 with float32 accumulation; they sum in a different order, so results agree to float32
 rounding, not bit for bit (on the default model: class scores within about 1e-5, finetuning updates
 within 3e-5 of their size).

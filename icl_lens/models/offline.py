@@ -228,8 +228,9 @@ def _plain_array_reader(base: type) -> type | None:
     override_order)``, the method it overrides).
 
     The stock reader indexes its ``np.memmap`` once per value; each index pays the memmap subclass's
-    bookkeeping (about 5 µs), and a 262k-token vocabulary is about a million values: ~15 s per parse
-    on 2 cores, against ~2 s here. Same bytes, same fields and tensors (tested against the stock reader).
+    bookkeeping, and a 262k-token vocabulary is about a million values, so a parse over a plain view is
+    several times faster (docs/performance.md). Same bytes, same fields and tensors (tested against the
+    stock reader).
     """
     import inspect
 
@@ -263,7 +264,7 @@ def _one_fast_gguf_parse() -> Iterator[None]:
     """While converting, each GGUF file is parsed once, by :func:`_plain_array_reader`'s reader.
 
     transformers builds a ``gguf.GGUFReader`` three times per conversion (tokenizer, config, weights),
-    each parsing every metadata value: 45 of the 55 s a Gemma-3-270M conversion took. Inside this
+    each parsing every metadata value: most of a Gemma-3-270M conversion's time. Inside this
     context ``gguf.GGUFReader(path)`` returns one fast reader per file (the readers are only read).
     """
     try:

@@ -482,9 +482,9 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
 
 CPU_RATES_PER_PASS = 1
 """Rates per scoring pass on a CPU. A pass's time there is mostly memory-bound attention work
-(``rows × heads × pos × keys``) that grows out of the caches with more rows; measured on the tiny
-bench (``experiments/bench_lr_sweep.py --tiny``, one thread), 9 rates per pass took 2.5× the CPU time
-of one rate per pass. An accelerator gains from wide passes instead."""
+(``rows × heads × pos × keys``) that grows out of the caches with more rows, so wide passes took
+more CPU time than one rate per pass (``experiments/bench_lr_sweep.py --tiny``; docs/performance.md).
+An accelerator gains from wide passes instead."""
 
 
 def scoring_bytes_per_rate(

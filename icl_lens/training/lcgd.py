@@ -51,11 +51,10 @@ Schedule = Literal["simultaneous", "sequential"]
 
 LOGIT_BUDGET = 2**27
 """Most fp32 logits (512 MiB) one group of layers may hold at a time in :func:`layer_causal_losses`.
-The lens loss of a group is one sweep over the vocabulary, faster per row with more rows (on
-Gemma-3's 262k vocabulary and 2 CPU cores MKL's plain product runs at 120 GFLOP/s with 252 rows and 158
-with 504), so groups are made as large as this budget allows and then balanced. The chunked loss of
-:func:`icl_lens.lens.lens_token_losses` holds a chunk of logits per row only: there every layer fits
-in one group."""
+The lens loss of a group is one sweep over the vocabulary, faster per row with more rows (the
+unembedding is read once per group), so groups are made as large as this budget allows and then
+balanced. The chunked loss of :func:`icl_lens.lens.lens_token_losses` holds a chunk of logits per row
+only: there every layer fits in one group."""
 
 
 def layer_groups(layers: Sequence[int], rows_per_layer: int, floats_per_row: int) -> list[list[int]]:
