@@ -8,7 +8,9 @@
   recomputed on every resample from a function of example indices;
 - :func:`mcnemar_exact`: exact McNemar test of two settings' correctness on the same queries;
 - :func:`paired_bootstrap`: difference of two per-example metrics, its interval and p-value;
-- :func:`derangement`: a seeded permutation without fixed points (the shuffled-pair null).
+- :func:`derangement`: a seeded permutation without fixed points (the shuffled-pair null);
+- :func:`t_interval`, :func:`holm_adjust`, :func:`tost`, :func:`clopper_pearson`,
+  :func:`min_detectable_effect`: the verdicts' inference over seeds and tasks (formulas in each docstring).
 
 Percentile bootstrap (Efron & Tibshirani 1993, §13.3): resample the n queries with replacement
 B times, compute the statistic on each resample, and report the (1−c)/2 and (1+c)/2 quantiles.
@@ -275,3 +277,191 @@ def derangement(n: int, seed: int = 0) -> np.ndarray:
         permutation = rng.permutation(n)
         if not (permutation == identity).any():
             return permutation
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference over seeds and tasks, multiplicity, equivalence, exact proportions, power
+
+
+@dataclass(frozen=True)
+class TInterval:
+    """A mean over independent units (seeds, tasks) with its standard error, degrees of freedom and
+    the ``confidence`` t interval ``[low, high]``."""
+
+    mean: float
+    se: float
+    df: float
+    low: float
+    high: float
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def t_quantile(probability: float | np.ndarray, df: float | np.ndarray) -> Any:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (vectorised)."""
+    from scipy import stats as scipy_stats
+
+    return scipy_stats.t.ppf(probability, df)
+
+
+def t_interval(values: Sequence[float] | np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> TInterval:
+    """t interval of the mean of n ≥ 2 independent units (seed means within a task, task means pooled).
+
+        m = Σ x_i / n,  s² = Σ (x_i − m)² / (n − 1),  SE = s / √n,  m ± t_{(1+c)/2, n−1} · SE
+
+    The units are the seeds (or tasks), not the queries: each seed's mean already holds its queries'
+    noise, so the spread of the seed means estimates the variance of their mean whatever its source.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size < 2:
+        raise MetricInputError(f"a t interval needs at least two values, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise MetricInputError("t_interval: the values hold NaN or infinite entries")
+    _check_settings(1, confidence)
+    mean, se = float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+    return t_interval_of(mean, se, x.size - 1, confidence)
+
+
+def t_interval_of(mean: float, se: float, df: float, confidence: float = DEFAULT_CONFIDENCE) -> TInterval:
+    """``mean ± t_{(1+c)/2, df} · se`` (see :func:`t_interval`)."""
+    if se < 0 or not df > 0:
+        raise MetricInputError(f"need se >= 0 and df > 0, got se={se}, df={df}")
+    half = float(t_quantile(0.5 + confidence / 2, df)) * se
+    return TInterval(mean, se, float(df), mean - half, mean + half)
+
+
+def t_p_value(estimate: float, se: float, df: float, null: float = 0.0) -> float:
+    """Two-sided p-value of ``estimate`` against ``null``: 2 · P(T_df ≥ |estimate − null| / se).
+    With se = 0 the statistic is infinite (p = 0) unless estimate = null (p = 1)."""
+    from scipy import stats as scipy_stats
+
+    if se == 0:
+        return 1.0 if estimate == null else 0.0
+    return float(min(1.0, 2 * scipy_stats.t.sf(abs(estimate - null) / se, df)))
+
+
+def satterthwaite_df(ses: Sequence[float], dfs: Sequence[float]) -> float:
+    """Welch–Satterthwaite degrees of freedom of a sum of independent estimates with standard errors
+    ``ses`` and degrees of freedom ``dfs``: (Σ se_i²)² / Σ (se_i⁴ / df_i)."""
+    se2 = np.asarray(ses, dtype=np.float64) ** 2
+    dfs_array = np.asarray(dfs, dtype=np.float64)
+    denominator = float((se2**2 / dfs_array).sum())
+    if denominator == 0:
+        return float(dfs_array.sum())
+    return float(se2.sum() ** 2 / denominator)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), controlling the family-wise error rate.
+
+    With the m p-values sorted, p_(1) ≤ … ≤ p_(m): adj_(i) = max_{j ≤ i} min(1, (m − j + 1) · p_(j)),
+    returned in the input's order. Rejecting where adj < α rejects exactly what Holm's procedure does.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise MetricInputError(f"holm_adjust expects a 1-d list of p-values, got shape {p.shape}")
+    if ((p < 0) | (p > 1) | ~np.isfinite(p)).any():
+        raise MetricInputError(f"p-values must lie in [0, 1], got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests (TOST) of |effect| < margin and the test of |effect| > margin."""
+
+    p_value: float  # TOST: max of the two one-sided p-values; < α shows equivalence
+    p_lower: float  # H0: effect ≤ −margin
+    p_upper: float  # H0: effect ≥ +margin
+    p_nonequivalence: float  # two-sided test that the effect lies outside [−margin, margin]
+    ci: list[float]  # the (1 − 2α) interval whose inclusion in (−margin, margin) is the TOST
+
+
+def tost(estimate: float, se: float, df: float, margin: float, alpha: float = 1 - DEFAULT_CONFIDENCE) -> Equivalence:
+    """Two one-sided t tests of equivalence within ±``margin`` (Schuirmann 1987).
+
+        p_lower = P(T_df ≥ (d + margin) / se),  p_upper = P(T_df ≤ (d − margin) / se),
+        p_TOST = max(p_lower, p_upper)
+
+    p_TOST < α iff the (1 − 2α) interval d ± t_{1−α, df} · se lies inside (−margin, margin). The
+    non-equivalence p-value, 2 · min(P(T ≥ (d − margin)/se), P(T ≤ (d + margin)/se)), is < α iff the
+    (1 − α) interval lies wholly beyond one of the margins.
+    """
+    from scipy import stats as scipy_stats
+
+    if not margin > 0:
+        raise MetricInputError(f"an equivalence margin must be > 0, got {margin}")
+    if se < 0 or not df > 0:
+        raise MetricInputError(f"need se >= 0 and df > 0, got se={se}, df={df}")
+    if se == 0:
+        inside = -margin < estimate < margin
+        p_lower = 0.0 if estimate > -margin else 1.0
+        p_upper = 0.0 if estimate < margin else 1.0
+        return Equivalence(max(p_lower, p_upper), p_lower, p_upper, 1.0 if inside else 0.0, [estimate, estimate])
+    p_lower = float(scipy_stats.t.sf((estimate + margin) / se, df))
+    p_upper = float(scipy_stats.t.cdf((estimate - margin) / se, df))
+    above = float(scipy_stats.t.sf((estimate - margin) / se, df))
+    below = float(scipy_stats.t.cdf((estimate + margin) / se, df))
+    beyond = 2 * min(above, below)
+    half = float(t_quantile(1 - alpha, df)) * se
+    return Equivalence(max(p_lower, p_upper), p_lower, p_upper, min(1.0, beyond), [estimate - half, estimate + half])
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = DEFAULT_CONFIDENCE) -> list[float]:
+    """Exact (Clopper–Pearson 1934) interval of a binomial proportion k / n:
+
+        low = B_{α/2}(k, n − k + 1)  (0 when k = 0),  high = B_{1−α/2}(k + 1, n − k)  (1 when k = n)
+
+    with B_q(a, b) the q quantile of the Beta(a, b) distribution and α = 1 − confidence.
+    """
+    from scipy import stats as scipy_stats
+
+    k, n = int(successes), int(trials)
+    if n < 1 or not 0 <= k <= n:
+        raise MetricInputError(f"Clopper-Pearson needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    _check_settings(1, confidence)
+    alpha = 1 - confidence
+    low = 0.0 if k == 0 else float(scipy_stats.beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(scipy_stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return [low, high]
+
+
+def binomial_p_value(successes: int, trials: int, null: float) -> float:
+    """Two-sided exact binomial p-value of k successes in n against proportion ``null``, the one
+    the Clopper–Pearson interval inverts: min(1, 2 · min(P(X ≤ k), P(X ≥ k))), X ~ Bin(n, null)."""
+    from scipy import stats as scipy_stats
+
+    k, n = int(successes), int(trials)
+    if n < 1 or not 0 <= k <= n or not 0 <= null <= 1:
+        raise MetricInputError(f"binomial test needs 0 <= k <= n, n >= 1, null in [0, 1]; got {k}, {n}, {null}")
+    tail = min(float(scipy_stats.binom.cdf(k, n, null)), float(scipy_stats.binom.sf(k - 1, n, null)))
+    return min(1.0, 2 * tail)
+
+
+def min_detectable_effect(se: float, df: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = 0.8) -> float:
+    """Smallest true |effect − null| a two-sided level-α t test with this standard error and df
+    detects with probability ``power``: (t_{1−α/2, df} + t_{power, df}) · se."""
+    if se < 0 or not df > 0 or not 0 < power < 1 or not 0 < alpha < 1:
+        raise MetricInputError(f"need se >= 0, df > 0, alpha and power in (0, 1); got {se}, {df}, {alpha}, {power}")
+    return float((t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se)
+
+
+def units_to_detect(
+    effect: float, sd: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = 0.8, most: int = 1000
+) -> int | None:
+    """Fewest units n (seeds, tasks) with :func:`min_detectable_effect`(sd / √n, n − 1) ≤ |effect|:
+    how many seeds would detect an effect of this size given this seed-to-seed sd; None beyond ``most``."""
+    if effect == 0 or not math.isfinite(effect) or not math.isfinite(sd):
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        if min_detectable_effect(sd / math.sqrt(n), n - 1, alpha, power) <= abs(effect):
+            return n
+    return None

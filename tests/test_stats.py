@@ -114,3 +114,88 @@ def test_mean_by_resample_counts_equals_the_gathered_mean():
     assert np.allclose(by_counts.ci, gathered.ci) and np.allclose(by_counts.per_layer_ci, gathered.per_layer_ci)
     median = bootstrap_interval(values[:, 0], statistic=np.median, indices=indices)
     assert median.value == pytest.approx(np.median(values[:, 0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference over seeds and tasks: hand-computed cases, and scipy where it has the same procedure
+
+
+def test_t_interval_of_three_seed_means_by_hand_and_against_scipy():
+    from scipy import stats
+
+    from icl_lens.stats import t_interval
+
+    # mean 2, s = 1, SE = 1/sqrt(3), t_{0.975, 2} = 4.302653: half-width 2.484138
+    interval = t_interval([1.0, 2.0, 3.0])
+    assert interval.mean == 2.0 and interval.df == 2 and interval.se == pytest.approx(1 / math.sqrt(3))
+    assert interval.ci == pytest.approx([2 - 2.484138, 2 + 2.484138], abs=1e-6)
+    values = np.random.default_rng(0).normal(size=7)
+    low, high = stats.t.interval(0.9, 6, loc=values.mean(), scale=stats.sem(values))
+    assert t_interval(values, 0.9).ci == pytest.approx([low, high])
+    with pytest.raises(MetricInputError, match="at least two"):
+        t_interval([1.0])
+
+
+def test_t_p_value_matches_the_interval():
+    from icl_lens.stats import t_interval, t_p_value
+
+    interval = t_interval([0.1, 0.3, 0.2, 0.25])
+    # the interval's end is the null at which p = 1 − confidence
+    assert t_p_value(interval.mean, interval.se, interval.df, null=interval.low) == pytest.approx(0.05)
+    assert t_p_value(0.0, 0.0, 2, 0.0) == 1.0 and t_p_value(0.1, 0.0, 2, 0.0) == 0.0
+
+
+def test_holm_by_hand():
+    from icl_lens.stats import holm_adjust
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4·0.005, 3·0.01, 2·0.03, max(1·0.04, 0.06), in input order
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm_adjust([]) == []
+    with pytest.raises(MetricInputError):
+        holm_adjust([0.1, 1.5])
+
+
+def test_tost_by_hand():
+    from icl_lens.stats import tost
+
+    # d = 0, SE = 1, df = 10, margin 2: each one-sided p = P(T_10 >= 2) = 0.036694; the 90 % interval ±1.812461
+    result = tost(0.0, 1.0, 10, 2.0)
+    assert result.p_value == pytest.approx(0.036694, abs=1e-6) and result.p_lower == result.p_upper
+    assert result.ci == pytest.approx([-1.812461, 1.812461], abs=1e-6)
+    # the 90 % interval touches the margin exactly: p = 0.05
+    assert tost(2.0 - 1.812461, 1.0, 10, 2.0).p_value == pytest.approx(0.05, abs=1e-6)
+    # wholly beyond the margin: non-equivalence p = 2·P(T_10 >= (5 − 2)/1) = 2·0.006671
+    assert tost(5.0, 1.0, 10, 2.0).p_nonequivalence == pytest.approx(2 * 0.0066718, abs=1e-6)
+
+
+def test_clopper_pearson_by_hand_and_against_scipy():
+    from scipy import stats
+
+    from icl_lens.stats import binomial_p_value, clopper_pearson
+
+    # k = 0 of 5: [0, 1 − 0.025^(1/5)]; k = 5 of 5: [0.025^(1/5), 1]
+    assert clopper_pearson(0, 5) == pytest.approx([0.0, 1 - 0.025 ** 0.2])
+    assert clopper_pearson(5, 5) == pytest.approx([0.025 ** 0.2, 1.0])
+    for k, n in [(3, 10), (17, 40), (1, 2)]:
+        ci = stats.binomtest(k, n).proportion_ci(0.95, method="exact")
+        assert clopper_pearson(k, n) == pytest.approx([ci.low, ci.high])
+    assert binomial_p_value(0, 5, 0.5) == pytest.approx(2 / 32)
+    assert binomial_p_value(7, 10, 0.5) == pytest.approx(stats.binomtest(7, 10, 0.5).pvalue)
+
+
+def test_minimum_detectable_effect_by_hand():
+    from icl_lens.stats import min_detectable_effect, units_to_detect
+
+    # (t_{0.975, 2} + t_{0.8, 2}) · 1 = 4.302653 + 1.060660
+    assert min_detectable_effect(1.0, 2) == pytest.approx(5.363313, abs=1e-6)
+    assert min_detectable_effect(1.0, 1e9) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    # sd 1, effect 1: n = 10 is the first with (t_{0.975, n-1} + t_{0.8, n-1}) / sqrt(n) <= 1
+    assert units_to_detect(1.0, 1.0) == 10
+    assert min_detectable_effect(1 / math.sqrt(9), 8) > 1.0 >= min_detectable_effect(1 / math.sqrt(10), 9)
+
+
+def test_satterthwaite_by_hand():
+    from icl_lens.stats import satterthwaite_df
+
+    # two estimates of SE 1 with 2 df each: (1 + 1)² / (1/2 + 1/2) = 4
+    assert satterthwaite_df([1.0, 1.0], [2, 2]) == pytest.approx(4.0)
