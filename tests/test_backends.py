@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
+import warnings
 
 import pytest
 import torch
@@ -36,6 +38,7 @@ from icl_lens.models.backends import (
     check_backend,
     final_residual,
     has_hooked_transformer,
+    hf_cache_argument,
 )
 from icl_lens.results import validate_results
 from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, select_trainable, trained_parameters
@@ -164,14 +167,20 @@ def test_bridge_prefix_reuse_gives_the_re_encoded_numbers(hf_dirs, family, monke
         assert torch.equal(run.key_lengths, inline.key_lengths)
 
 
-def test_prefix_cache_check_knows_transformers_5_24(hf_dirs):
-    """transformers 5.24 hands the bridge its cache under a name the bridge does not read: the check
-    must say so (the numbers then come from re-encoding, test above)."""
-    model = _load(hf_dirs, "llama", "bridge")
-    works = bridge_prefix_cache_works(model)
-    if transformers.__version__ == "5.24.0":
-        assert works is False
-    assert bridge_prefix_cache_works(model) is works  # remembered on the model
+def test_prefix_cache_fast_path_is_taken_on_the_installed_transformers(hf_dirs):
+    """The prefix cache reaches the bridge's attention under the name the installed transformers uses
+    (``cache`` from 5.24 on, ``past_key_values`` before), so the check passes and the fast path is
+    taken on every version the dependency range allows. A rename the library does not know fails here
+    instead of silently re-encoding the prefix in every sequence."""
+    for family in FAMILIES:
+        model = _load(hf_dirs, family, "bridge")
+        signature = inspect.signature(model.original_model.forward).parameters
+        assert hf_cache_argument(model) == ("cache" if "cache" in signature else "past_key_values")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # no deprecated keyword handed to transformers
+            assert bridge_prefix_cache_works(model) is True, (family, transformers.__version__)
+            evaluate(model, PREFIX, QUERIES, LABELS, progress=False)
+        assert bridge_prefix_cache_works(model) is True  # remembered on the model
 
 
 def test_prefix_cache_check_catches_a_cache_that_is_not_read(hf_dirs, monkeypatch):

@@ -22,9 +22,11 @@ a bridge trains the Hugging Face projection weight itself, named here ``blocks.{
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.metadata
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -261,11 +263,12 @@ class BridgeBackend(Backend):
 
     * Forward passes stop after the last needed block by raising from a hook on that block's output
       (the bridge's own ``stop_at_layer`` does not stop at the last block).
-    * The shared prefix uses Hugging Face's key/value cache, which some transformers versions leave
-      empty on the bridge (transformers 5.24 hands it over under a name the bridge does not read:
-      scores silently wrong). :func:`bridge_prefix_cache_works` checks it once per model against a
-      full forward pass; where it fails, the prefix is re-encoded inside every sequence instead
-      (slower, same numbers) and a warning says so.
+    * The shared prefix uses Hugging Face's key/value cache, handed to the model under the keyword
+      the installed transformers reads (:func:`hf_cache_argument`) and made visible to the bridge's
+      attention components, which read it under the old name (:func:`_bridge_attention_sees_cache`).
+      :func:`bridge_prefix_cache_works` checks it once per model against a full forward pass; where it
+      still fails (a future rename), the prefix is re-encoded inside every sequence instead (slower,
+      same numbers) and a warning says so.
     """
 
     name = "bridge"
@@ -320,12 +323,13 @@ class BridgeBackend(Backend):
         if prefix is not None:
             past = copy.deepcopy(prefix.cache)  # the forward pass appends to it
             past.batch_repeat_interleave(tokens.shape[0])
-            kwargs["past_key_values"] = past
+            kwargs[hf_cache_argument(model)] = past
+            kwargs["use_cache"] = True
             ones = torch.ones(tokens.shape[0], prefix.length, dtype=attention_mask.dtype, device=attention_mask.device)
             kwargs["attention_mask"] = torch.cat([ones, attention_mask], dim=1)
         all_hooks = [*hooks, (f"blocks.{n_layers - 1}.hook_resid_post", stop)]
         try:
-            with model.hooks(fwd_hooks=all_hooks):
+            with model.hooks(fwd_hooks=all_hooks), _bridge_attention_sees_cache(model):
                 model(tokens, return_type=None, **kwargs)
         except _StopForward:
             pass
@@ -437,6 +441,10 @@ def backend_of(model: Model) -> Backend:
 
 
 _CACHE_CHECK_ATTR = "_icl_lens_prefix_cache_works"
+BRIDGE_CACHE_TESTED: tuple[tuple[str, str], ...] = (("5.23.0", "4.3.0"), ("5.25.0", "4.3.0"))
+"""(transformers, TransformerLens) pairs on which the bridge's prefix cache was checked to work, oldest
+first: the fallback's warning names them."""
+_CACHE_ARGUMENT_ATTR = "_icl_lens_hf_cache_argument"
 
 
 @torch.no_grad()
@@ -446,10 +454,74 @@ def _bridge_prefix(model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefi
     needs every key at its absolute position (the window is applied by the attention mask instead)."""
     from transformers import DynamicCache
 
-    _, cache = model(
-        tokens, attention_mask=torch.ones_like(tokens), past_key_values=DynamicCache(), return_type="logits_and_cache"
-    )
+    cache = DynamicCache()  # filled in place by the forward pass
+    with _bridge_attention_sees_cache(model):
+        model(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            return_type=None,
+            use_cache=True,
+            **{hf_cache_argument(model): cache},
+        )
     return Prefix(length=int(tokens.shape[1]), cache=cache)
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - both are dependencies
+        return "not installed"
+
+
+def hf_cache_argument(model: Model) -> str:
+    """The keyword under which the installed transformers' forward reads the key/value cache.
+
+    transformers 5.24 renamed it from ``past_key_values`` to ``cache`` (the old name is deprecated,
+    with a warning, until 5.40). Read from the Hugging Face model's forward signature, so it follows
+    whichever version is installed; remembered on the model.
+    """
+    known = getattr(model, _CACHE_ARGUMENT_ATTR, None)
+    if known is not None:
+        return str(known)
+    forward = getattr(getattr(model, "original_model", None), "forward", None)
+    try:
+        parameters = inspect.signature(forward).parameters if forward is not None else {}
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        parameters = {}
+    name = "cache" if "cache" in parameters else "past_key_values"
+    setattr(model, _CACHE_ARGUMENT_ATTR, name)
+    return name
+
+
+@contextlib.contextmanager
+def _bridge_attention_sees_cache(model: Model) -> Iterator[None]:
+    """While active, the bridge's attention components find the key/value cache.
+
+    TransformerLens 4's attention bridges re-implement attention and take the cache from the keyword
+    ``past_key_values`` (or ``layer_past``); transformers from 5.24 on hands it to every attention
+    module as ``cache``, so without this the cache is neither filled nor read (the suffix attends to
+    itself alone). A forward pre-hook on each component that updates the cache passes it under the
+    old name too. Nothing is done where the installed transformers still uses ``past_key_values``.
+    """
+    if hf_cache_argument(model) != "cache":
+        yield
+        return
+
+    def alias(module, args, kwargs):
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            return args, {**kwargs, "past_key_values": kwargs["cache"]}
+        return None
+
+    handles = [
+        module.register_forward_pre_hook(alias, with_kwargs=True)
+        for module in model.modules()
+        if hasattr(module, "_update_kv_cache")
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -467,12 +539,17 @@ def bridge_prefix_cache_works(model: Model, tolerance: float = 1e-3) -> bool:
     scale = float(full[:, 3:].abs().max().clamp_min(1.0))
     works = bool(torch.allclose(suffix.float(), full[:, 3:].float(), atol=tolerance * scale, rtol=tolerance))
     if not works:
-        import transformers
-
         logger.warning(
-            "the TransformerBridge key/value cache gives wrong results with transformers %s; the shared "
-            "prefix is re-encoded in every sequence instead (same numbers, slower)",
-            transformers.__version__,
+            "the TransformerBridge key/value cache gives wrong results with transformers %s and "
+            "TransformerLens %s (cache keyword %r): the shared prefix is re-encoded in every sequence "
+            "instead: the same numbers, several times slower. Tested to work: %s. To get the fast path, "
+            "install those (pip install 'transformers==%s' 'transformer-lens==%s'), or use TransformerLens "
+            "3.x's HookedTransformer (--backend hooked), which needs no Hugging Face cache.",
+            _installed_version("transformers"),
+            _installed_version("transformer-lens"),
+            hf_cache_argument(model),
+            ", ".join(f"transformers {t} with TransformerLens {tl}" for t, tl in BRIDGE_CACHE_TESTED),
+            *BRIDGE_CACHE_TESTED[-1],
         )
     setattr(model, _CACHE_CHECK_ATTR, works)
     return works
