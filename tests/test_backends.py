@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.metadata
 import inspect
 import warnings
 
@@ -40,6 +41,7 @@ from icl_lens.models.backends import (
     has_hooked_transformer,
     hf_cache_argument,
 )
+from icl_lens.reporting.report import build_cell_report
 from icl_lens.results import validate_results
 from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, select_trainable, trained_parameters
 from icl_lens.training.lcgd import layer_causal_finetune, layer_causal_losses
@@ -292,6 +294,13 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
     assert cell_path(tmp_path, cfg, runtime).parent.name.endswith("__bridge")
     assert results["model"]["backend"] == "bridge" and results["meta"]["backend"] == "bridge"
     assert results["identity"]["backend"] == "bridge"
+    versions = {name: importlib.metadata.version(name) for name in ("transformers", "transformer-lens")}
+    assert results["meta"]["torch"] == torch.__version__  # the exact versions that produced the numbers
+    assert results["meta"]["transformers"] == versions["transformers"]
+    assert results["meta"]["transformer_lens"] == versions["transformer-lens"]
+    page = build_cell_report(cell_path(tmp_path, cfg, runtime).parent, max_examples=1).read_text()
+    assert f"transformers {versions['transformers']}" in page
+    assert f"TransformerLens {versions['transformer-lens']}" in page
     validate_results(results)  # the documented results layout holds on the bridge too
     assert set(results["accuracy"]) == {"zsl", "icl", "ft", "lcgd"}
     n_layers = results["model"]["n_layers"]

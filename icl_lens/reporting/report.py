@@ -669,6 +669,10 @@ def attention_section(payload: dict[str, Any]) -> str:
     )
 
 
+_VERSION_LABELS = (("torch", "torch"), ("transformers", "transformers"), ("transformer_lens", "TransformerLens"))
+"""The versions a cell's results record under ``meta``, as the report names them."""
+
+
 def build_cell_report(
     cell_dir: str | Path,
     results: dict[str, Any] | None = None,
@@ -690,6 +694,12 @@ def build_cell_report(
         f"{results.get('n_examples')} queries · {dig(results, 'prompts', 'k_used')} demonstrations · "
         f"template {results.get('task', {}).get('template')!r}"
         + (f" · made {meta.get('created')}" if meta.get("created") else "")
+        + "".join(
+            f" · {name} {meta[key]}"
+            for key, name in _VERSION_LABELS
+            if meta.get(key)
+        )
+        + (f" · {meta['backend']} backend" if meta.get("backend") else "")
     )
     figures_html = "\n".join(_img(path, caption) for caption, path in cell_figures(results, cell_dir))
     scripts: list[str] = []

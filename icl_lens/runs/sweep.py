@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import platform
@@ -233,6 +234,8 @@ def run_cell(
     payload["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "transformers": _installed_version("transformers"),
+        "transformer_lens": _installed_version("transformer-lens"),
         "python": platform.python_version(),
         "device": runtime.device,
         "dtype": runtime.dtype,
@@ -240,6 +243,14 @@ def run_cell(
     }
     write_results(path, payload)
     return read_results(path)
+
+
+def _installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (recorded with each cell's results), or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def run_cells(
