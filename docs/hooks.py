@@ -1,0 +1,26 @@
+"""MkDocs hooks for the icl_lens docs site (mkdocs.yml: ``hooks``; excluded from the site itself).
+
+Docstrings index nested lists as ``[query][layer]``: in Markdown that is a reference-style link, which
+mkdocs-autorefs takes for a cross-reference to a Python object named ``layer`` and, finding none,
+fails ``mkdocs build --strict``. A reference whose target is one plain word (no dot, so not a Python
+path) and that no mkdocstrings handler marked as optional is put back as the literal text.
+"""
+
+from __future__ import annotations
+
+import re
+
+_AUTOREF = re.compile(r"<autoref (?P<attrs>[^>]*)>(?P<text>.*?)</autoref>", flags=re.DOTALL)
+_PLAIN_WORD_TARGET = re.compile(r'(?:^|\s)identifier="(?P<target>[A-Za-z_][A-Za-z0-9_]*)"')
+
+
+def _literal(match: re.Match[str]) -> str:
+    target = _PLAIN_WORD_TARGET.search(match["attrs"])
+    if target is None or re.search(r"(?:^|\s)optional(?:\s|=|$)", match["attrs"]):
+        return match[0]
+    return f"[{match['text']}][{target['target']}]"
+
+
+def on_page_content(html: str, **kwargs: object) -> str:
+    """The page's HTML with plain-word references put back as text (see the module docstring)."""
+    return _AUTOREF.sub(_literal, html)
