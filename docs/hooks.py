@@ -21,6 +21,14 @@ def _literal(match: re.Match[str]) -> str:
     return f"[{match['text']}][{target['target']}]"
 
 
+# the same reference as mkdocs-autorefs before 1.3 writes it
+_LEGACY_AUTOREF = re.compile(
+    r'<span data-autorefs-identifier="?(?P<target>[A-Za-z_][A-Za-z0-9_]*)"?(?: [^<>]*)?>(?P<text>.*?)</span>',
+    flags=re.DOTALL,
+)
+
+
 def on_page_content(html: str, **kwargs: object) -> str:
     """The page's HTML with plain-word references put back as text (see the module docstring)."""
-    return _AUTOREF.sub(_literal, html)
+    html = _AUTOREF.sub(_literal, html)
+    return _LEGACY_AUTOREF.sub(lambda match: f"[{match['text']}][{match['target']}]", html)
