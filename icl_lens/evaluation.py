@@ -5,7 +5,7 @@ prefix (``[start]`` for zero-shot and finetuned models, ``[start] + demonstratio
 learning). The prefix is encoded once; its key/value cache is reused for every batch of queries.
 Queries are right-padded (causal attention makes padding after a token invisible to it), sorted by
 length to waste little compute on padding, and run with hooks that keep only the recorded position
-of the few hook points the metrics need (see the README's definitions) — never a full activation cache.
+of the few hook points the metrics need (docs/concepts/settings.md) — never a full activation cache.
 The answer positions of all queries are unembedded together after the forward passes (the unembedding
 matrix is read once per few hundred rows, not once per batch), and on a CPU a long prefix runs fewer
 queries per batch (:func:`rows_per_batch`).
@@ -43,7 +43,7 @@ ATTN_PATTERN = "blocks.{layer}.attn.hook_pattern"
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """What to record at one position per example (see the README's definitions).
+    """What to record at one position per example (docs/concepts/settings.md).
 
     Args:
         position: ``"answer"`` (reference): the last token of prompt + class-0 answer, one
@@ -326,7 +326,7 @@ def evaluate(
         prefix: token ids shared by every prompt (start token, then demonstrations for ICL).
         queries: token ids of each query's prompt (template filled, no answer).
         labels: token ids of each class's answer; class 0's answer is appended to every query
-            so the recorded ``"answer"`` position exists (see the README's definitions).
+            so the recorded ``"answer"`` position exists (docs/concepts/settings.md).
         n_start: how many leading prefix tokens are the start/sink token (0 or 1): they are
             excluded from the demonstration attention mass (α) and reported as sink mass.
         reuse_prefix: encode the prefix once and reuse its key/value cache (fast path); False

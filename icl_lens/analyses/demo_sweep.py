@@ -4,7 +4,7 @@ A resumable sweep of :class:`~icl_lens.experiment.ExperimentConfig` cells (model
 on :func:`icl_lens.runs.sweep.run_cells`, then a summary per (model, task, k):
 
     gap_acc = accuracy_ICL − accuracy_FT
-    SimAOU  = mean over layers and examples of cos(h_ICL − h_ZSL, h_FT − h_ZSL)   (see the README's definitions)
+    SimAOU  = mean over layers and examples of cos(h_ICL − h_ZSL, h_FT − h_ZSL)   (docs/concepts/metrics.md)
 
 each as mean and std over seeds. A k whose demonstrations do not all fit in the model's context
 (or in ``max_context``) beside the longest query is **skipped, not truncated** — a truncated cell

@@ -1,4 +1,4 @@
-"""Every metric of the ICL-vs-finetuning comparison (see the README's definitions), one concept per module:
+"""Every metric of the ICL-vs-finetuning comparison (formulas: docs/concepts/metrics.md), one concept per module:
 
 - :mod:`~icl_lens.metrics.predictions`: accuracy, Rec2FTP, Jaccard index of prediction changes;
 - :mod:`~icl_lens.metrics.attention`: SimAOU (+ random baseline), SimAM, SimAM_Δ, α, from

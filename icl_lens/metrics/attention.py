@@ -1,8 +1,8 @@
-"""Activation-based metrics (see the README's definitions): SimAOU and its random baseline, SimAM, ZSL SimAM,
+"""Activation-based metrics (docs/concepts/metrics.md): SimAOU and its random baseline, SimAM, ZSL SimAM,
 SimAM_Δ, and the attention mass α on demonstrations.
 
 Inputs are the *recorded* activations of one setting (ZSL, ICL, FT or LCGD): one position per
-example (see the README's definitions), given EITHER as a :class:`~transformer_lens.ActivationCache` OR as the tensor
+example (docs/concepts/metrics.md), given EITHER as a :class:`~transformer_lens.ActivationCache` OR as the tensor
 already stacked layer-first. A recorded cache holds, for every layer ``l``:
 
 - ``blocks.{l}.hook_attn_out``: [batch, d_model], the attention output at the recorded position;

@@ -1,4 +1,4 @@
-"""Metrics on class predictions of the three settings (see the README's definitions): accuracy, Rec2FTP and the
+"""Metrics on class predictions of the three settings (docs/concepts/metrics.md): accuracy, Rec2FTP and the
 Jaccard index of prediction changes, with the partition counts behind it.
 
 Every function takes one class id per example (a 1-d integer tensor or a sequence of ints), the

@@ -1,4 +1,4 @@
-"""Weight-space metrics (see the README's definitions): sparsity of the attention projections, the size of the
+"""Weight-space metrics (docs/concepts/metrics.md): sparsity of the attention projections, the size of the
 finetuning update, and the dual-form comparison of the ICL and FT updates.
 
 **Sparsity** (Shen et al. 2024): the hand-built constructions in which ICL implements gradient

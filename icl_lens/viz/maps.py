@@ -1,6 +1,6 @@
 """Full attention maps of a few queries, per setting, aligned on the query tokens.
 
-The metrics (see the README's definitions) keep one attention row per example; to *look* at what changed between
+The metrics (docs/concepts/metrics.md) keep one attention row per example; to *look* at what changed between
 zero-shot, in-context learning and the finetuned models, this module records whole maps for a
 handful of queries: every layer, every head, every row and key of the query part (query tokens,
 then the class-0 answer tokens, as in :func:`icl_lens.evaluation.evaluate`).
