@@ -427,6 +427,9 @@ def make_parser() -> argparse.ArgumentParser:
     status.add_argument("results_dir", metavar="RESULTS_DIR", help="the --out folder of a sweep")
     sub.add_parser("tasks", help="list the built-in tasks")
     sub.add_parser("models", help="list the named offline models")
+    from icl_lens.controls import cli as control_cli
+
+    control_cli.add_parser(sub)
     return parser
 
 
@@ -567,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "tasks": cmd_tasks,
         "models": cmd_models,
+        "control": lambda a: __import__("icl_lens.controls.cli", fromlist=["main"]).main(a),
     }
     try:
         args = parser.parse_args(argv)
