@@ -15,9 +15,10 @@ say so wherever results are reported.
 
 from __future__ import annotations
 
-from icl_lens.models.loading import list_models, load_model, process_weights, tokenizer_adds_bos
+from icl_lens.models.loading import list_models, load_model, process_weights
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, WheelFile
+from icl_lens.models.tokenizers import tokenizer_adds_bos
 from icl_lens.models.untrained import UNTRAINED_INITS, reinitialize_untrained
 
 __all__ = [

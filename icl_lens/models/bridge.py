@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from icl_lens.errors import ConfigError, ModelLoadError
+from icl_lens.errors import ModelLoadError
+from icl_lens.models.tokenizers import attach_tokenizer, tokenizer_adds_bos
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
@@ -30,8 +31,6 @@ def bridge_from_hf_dir(hf_dir: Path, *, model_name: str | None = None) -> Transf
     """A float32 CPU bridge over the Hugging Face model in ``hf_dir`` (compatibility mode is
     enabled by :func:`finish_bridge`, after any re-initialisation)."""
     from transformers import AutoTokenizer
-
-    from icl_lens.models.loading import attach_tokenizer, tokenizer_adds_bos
 
     hf_dir = Path(hf_dir)
     try:
@@ -80,83 +79,4 @@ def finish_bridge(bridge: TransformerBridge, *, processed: bool) -> TransformerB
     return bridge
 
 
-# ----------------------------------------------------------------------------- untrained baseline
-
-
-def _linear_parts(bridge: TransformerBridge):
-    """Per layer, the attention projections (q, k, v, o) and the MLP's linear layers, as
-    ``(layer, part, role, module)`` with role in ``q k v o mlp``."""
-    from transformers.pytorch_utils import Conv1D
-
-    for layer, block in enumerate(bridge.blocks):
-        attn = getattr(block, "attn", None)
-        for role in ("q", "k", "v", "o"):
-            module = getattr(getattr(attn, role, None), "original_component", None)
-            if module is not None:
-                yield layer, "attn", role, module
-        mlp = getattr(block, "mlp", None)
-        hf_mlp = getattr(mlp, "original_component", None)
-        if hf_mlp is None:
-            continue
-        for _, module in hf_mlp.named_modules():
-            if isinstance(module, (torch.nn.Linear, Conv1D)):
-                yield layer, "mlp", "mlp", module
-
-
-def _fans(module) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a linear layer (``nn.Linear`` stores [out, in]; GPT-2's ``Conv1D`` [in, out])."""
-    weight = module.weight
-    if isinstance(module, torch.nn.Linear):
-        return int(weight.shape[1]), int(weight.shape[0])
-    return int(weight.shape[0]), int(weight.shape[1])
-
-
-def reinitialize_untrained_bridge(bridge: TransformerBridge, seed: int, init: str = "reference") -> TransformerBridge:
-    """The untrained baseline of :func:`icl_lens.models.untrained.reinitialize_untrained` on a bridge:
-    the same recipes, drawn at each Hugging Face projection's own shape in module order (so the same
-    seed gives a different sample than on a HookedTransformer, from the same distribution).
-    Embeddings, every norm and the unembedding keep their trained values."""
-    from icl_lens.models.untrained import (
-        FALLBACK_INIT_STD,
-        UNTRAINED_INITS,
-        UNTRAINED_SEED_ATTR,
-        _uniform,
-        reference_bound,
-    )
-
-    if init not in UNTRAINED_INITS:
-        raise ConfigError(f"untrained init must be one of {list(UNTRAINED_INITS)}, got {init!r}")
-    config = bridge.original_model.config
-    std = float(getattr(config, "initializer_range", 0) or 0) or FALLBACK_INIT_STD
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    n_weights = n_biases = 0
-    with torch.no_grad():
-        for _layer, part, role, module in _linear_parts(bridge):
-            fan_in, fan_out = _fans(module)
-            weight, bias = module.weight, getattr(module, "bias", None)
-            if init == "normal":
-                fresh_w = torch.randn(weight.shape, generator=generator, dtype=torch.float32) * std
-                fresh_b = torch.zeros(bias.shape) if bias is not None else None
-            else:
-                letter = role.upper() if part == "attn" else "in"  # the recipe by HookedTransformer name
-                fresh_w = _uniform(weight.shape, reference_bound(part, f"W_{letter}", fan_in, fan_out), generator)
-                fresh_b = None
-                if bias is not None:
-                    bias_bound = reference_bound(part, f"b_{letter}", fan_in, fan_out)
-                    if not bool(bias.ne(0).any()):
-                        bias_bound = 0.0  # the architecture has no such bias
-                    fresh_b = _uniform(bias.shape, bias_bound, generator)
-            weight.copy_(fresh_w.to(device=weight.device, dtype=weight.dtype))
-            n_weights += 1
-            if bias is not None and fresh_b is not None:  # fresh_b is drawn whenever there is a bias
-                bias.copy_(fresh_b.to(device=bias.device, dtype=bias.dtype))
-                n_biases += 1
-    bridge.cfg.untrained_init = init
-    setattr(bridge, UNTRAINED_SEED_ATTR, int(seed))
-    logger.info(
-        "re-initialised %d weight and %d bias tensors of the bridge (%s init, seed %d)", n_weights, n_biases, init, seed
-    )
-    return bridge
-
-
-__all__ = ["bridge_from_hf_dir", "bridge_from_hub", "finish_bridge", "reinitialize_untrained_bridge"]
+__all__ = ["bridge_from_hf_dir", "bridge_from_hub", "finish_bridge"]

@@ -37,9 +37,16 @@ import torch
 
 from icl_lens.errors import ModelLoadError
 from icl_lens.models.backends import ABSENT_BIASES_ATTR, Model, check_backend
+from icl_lens.models.bridge import bridge_from_hf_dir, bridge_from_hub, finish_bridge
 from icl_lens.models.offline import default_cache_dir, prepare_gguf_file, prepare_offline_model
 from icl_lens.models.registry import OFFLINE_MODELS, OfflineModel, get_offline_model
-from icl_lens.models.untrained import UNTRAINED_INITS, UntrainedInit, reinitialize_untrained
+from icl_lens.models.tokenizers import attach_tokenizer, tokenizer_adds_bos
+from icl_lens.models.untrained import (
+    UNTRAINED_INITS,
+    UntrainedInit,
+    reinitialize_untrained,
+    reinitialize_untrained_bridge,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens import HookedTransformer
@@ -131,7 +138,7 @@ def load_model(
     from_hf_dir: Callable[..., Model]
     model: Model
     if backend == "bridge":
-        from icl_lens.models.bridge import bridge_from_hf_dir as from_hf_dir
+        from_hf_dir = bridge_from_hf_dir
     else:
         from_hf_dir = hooked_from_hf_dir
     if spec is not None:
@@ -148,8 +155,6 @@ def load_model(
     elif key.startswith(("/", "./", "../", "~", ".\\", "..\\")) or path.is_file():
         raise ModelLoadError(f"{key!r} is neither a Hugging Face model directory (with config.json) nor a .gguf file")
     elif backend == "bridge":
-        from icl_lens.models.bridge import bridge_from_hub
-
         model = bridge_from_hub(key)
     else:
         model = _load_from_hub(key)
@@ -279,7 +284,6 @@ def _finish_bridge(
 ) -> Model:
     """:func:`_finish` for a bridge: re-initialise, then compatibility mode (which processes the
     weights iff ``processed``), cast, move."""
-    from icl_lens.models.bridge import finish_bridge, reinitialize_untrained_bridge
 
     if untrained:
         reinitialize_untrained_bridge(model, seed, init=untrained_init)
@@ -320,15 +324,6 @@ def process_weights(model: HookedTransformer) -> HookedTransformer:
 
 
 # ----------------------------------------------------------------------------- local HF directories
-
-
-def tokenizer_adds_bos(tokenizer) -> bool:
-    """Whether ``tokenizer(text)`` starts with the tokenizer's own BOS token."""
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return False
-    ids = tokenizer("a")["input_ids"]
-    return len(ids) > 0 and ids[0] == bos
 
 
 def hooked_from_hf_dir(hf_dir: Path, *, tl_name: str | None = None, model_name: str | None = None) -> HookedTransformer:
@@ -413,21 +408,6 @@ def absent_bias_parts(hf_model) -> tuple[str, ...]:
         elif re.search(r"(^|\.)mlp\.", name):
             has["mlp"] = True
     return tuple(part for part, present in has.items() if not present)
-
-
-def attach_tokenizer(model: Model, tokenizer) -> None:
-    """Give ``model`` this tokenizer as it is (``HookedTransformer.set_tokenizer`` would swap in a
-    re-loaded add-BOS copy); like TransformerLens, fall back to EOS for a missing PAD or BOS token."""
-    if tokenizer.padding_side is None:
-        tokenizer.padding_side = "right"
-    if tokenizer.eos_token is None:
-        tokenizer.eos_token = "<|endoftext|>"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.bos_token is None:
-        tokenizer.bos_token = tokenizer.eos_token
-    model.tokenizer = tokenizer
-    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
 
 def _load_unprocessed(model: HookedTransformer, state_dict: dict[str, torch.Tensor]) -> None:
@@ -580,4 +560,4 @@ def _load_from_hub(name: str) -> HookedTransformer:
     return model
 
 
-__all__ = ["default_cache_dir", "list_models", "load_model", "process_weights", "tokenizer_adds_bos"]
+__all__ = ["default_cache_dir", "list_models", "load_model", "process_weights"]
