@@ -45,6 +45,8 @@ from icl_lens.tasks import (
     Task,
     get_task,
     load_split,
+    sample_demonstrations,
+    sample_queries,
 )
 from icl_lens.training.finetune import FinetuneConfig, TrainingTrace, finetune
 from icl_lens.training.lcgd import layer_causal_finetune
@@ -82,16 +84,21 @@ class ExperimentConfig:
         lr_mode: ``sweep`` (choose per task and model on a dev slice), ``reference`` (the papers'
             per-task rate) or ``fixed`` (``finetune.lr``).
         lr_grid: rates the sweep tries.
-        lr_dev_size: dev-slice size of the sweep.
-        lr_criterion: ``dev`` (FT accuracy on a held-out train slice disjoint from the demos) or
-            ``demos`` (FT accuracy on the demonstrations).
+        lr_dev_size: size of the cell's dev slice (train rows disjoint from the demonstrations and
+            the evaluation queries, drawn by the demonstration seed's shuffle; recorded as
+            ``query_ids.dev``), on which the sweep scores.
+        lr_criterion: ``dev`` (FT accuracy on the cell's dev slice) or ``demos`` (FT accuracy on the
+            demonstrations).
         lcgd_lr: LCGD learning rate (None: the same as FT).
         lcgd_lr_sweep: choose LCGD's own learning rate by the same sweep as FT's (grid, criterion),
             run with LCGD; costs one LCGD training per grid value.
         lcgd_schedule: ``simultaneous`` (reference) or ``sequential``.
         attention_map: ``scores`` (pre-softmax, reference) or ``pattern`` for SimAM.
         alpha_include_sink: count the first (BOS/sink) token as a demonstration token in α.
-        random_seed: seed of the SimAOU random baseline.
+        random_seed: base seed of the nulls' randomness: the SimAOU random baseline, the
+            shuffled-pair derangement, the wrong labels and the random directions each draw from a
+            seed derived from it and the demonstration ``seed`` (:func:`icl_lens.nulls.null_seed`,
+            recorded as ``null_seeds``), so every demonstration seed draws its own nulls.
         batch_size: queries per forward pass.
         reuse_prefix: encode the shared demonstration prefix once and reuse its key/value cache
             (fast path); False re-encodes it for every query (the straightforward path).
@@ -109,9 +116,10 @@ class ExperimentConfig:
             preset_config``; the field itself only records the name).
         template / label_words: override the task's template and label words.
         nulls: which costly nulls of the similarities to run for FT (``shuffled_pair``,
-            ``wrong_label``, ``random_direction``; ``()`` none); LCGD gets the shuffled-pair and
-            random-direction ones. The Jaccard independence expectation is always computed. The
-            nulls' seeds are ``random_seed``.
+            ``wrong_label`` (FT's loss), ``wrong_label_answer_loss`` (the same wrong labels, loss on
+            the answer tokens only), ``random_direction`` (isotropic), ``gradient_span`` (a random
+            combination of the demonstrations' gradients); ``()`` none); LCGD gets the shuffled-pair
+            and random-direction ones. The Jaccard independence expectation is always computed.
         bootstrap_resamples: resamples of the percentile bootstrap over queries behind every
             interval and paired test of the cell.
         bootstrap_seed: seed of those resamples (one set per cell, shared by every statistic).
@@ -406,6 +414,7 @@ class CellState:
     queries: list[dict[str, Any]]
     train: Any
     content_free_query: list[int]
+    dev_rows: list[dict[str, Any]] = field(default_factory=list)
     runs: dict[str, SettingRun] = field(default_factory=dict)
     null_runs: dict[str, dict[str, SettingRun]] = field(default_factory=dict)
     null_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -419,6 +428,11 @@ class CellState:
     @property
     def labels(self) -> torch.Tensor:
         return torch.tensor([q["label"] for q in self.queries])
+
+    @property
+    def null_seeds(self) -> dict[str, int]:
+        """The seed of each null's randomness in this cell (:func:`icl_lens.nulls.null_seeds`)."""
+        return null_models.null_seeds(self.cfg.random_seed, self.cfg.seed)
 
     @property
     def needs_comparison(self) -> bool:
@@ -471,7 +485,48 @@ def prepare_cell(model: Model, task: Task, cfg: ExperimentConfig, progress: bool
         train=train,
     )
     content_free_query = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
-    return CellState(model, task, cfg, progress, prompts, demos, queries, train, content_free_query)
+    dev_rows = cell_dev_slice(task, cfg, train, demos, queries)
+    return CellState(model, task, cfg, progress, prompts, demos, queries, train, content_free_query, dev_rows)
+
+
+def cell_rows(
+    task: Task, cfg: ExperimentConfig, train=None, eval_dataset=None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows a cell reads, without a model: every sampled demonstration (before truncation to the
+    context), the evaluation queries and the dev slice (:func:`cell_dev_slice`), as
+    :func:`prepare_cell` draws them. ``train`` / ``eval_dataset``: the splits, if already loaded."""
+    train = load_split(task, task.train_split) if train is None else train
+    demos = sample_demonstrations(task, cfg.k, cfg.seed, train=train, sampling=cfg.demo_sampling)
+    queries = sample_queries(task, cfg.limit, cfg.eval_seed, dataset=eval_dataset)
+    return demos, queries, cell_dev_slice(task, cfg, train, demos, queries)
+
+
+def cell_dev_slice(
+    task: Task, cfg: ExperimentConfig, train, demos: list[dict[str, Any]], queries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The cell's dev slice: ``cfg.lr_dev_size`` train rows in the order of the demonstration seed's
+    shuffle, none of them a demonstration (every sampled one, before truncation to the context), an
+    evaluation query (for a task whose evaluation queries come from its train split) or a row with an
+    evaluation query's input. Whatever a cell chooses (the learning rate) is chosen here, never on the
+    evaluation queries."""
+    rows = dev_slice(
+        train,
+        cfg.lr_dev_size,
+        cfg.seed,
+        [d["row_index"] for d in demos],
+        task=task,
+        query_rows=[q["row_index"] for q in queries],
+        query_inputs=[task.format_input(q) for q in queries],
+    )
+    if len(rows) < cfg.lr_dev_size:
+        logger.warning(
+            "task %s: the dev slice has %d rows, not %d: the train split has no more rows outside the "
+            "demonstrations and evaluation queries",
+            task.name,
+            len(rows),
+            cfg.lr_dev_size,
+        )
+    return rows
 
 
 def run_prompted_settings(cell: CellState) -> None:
@@ -489,9 +544,7 @@ def run_finetuned_settings(cell: CellState, keep_models: bool) -> None:
     if not cell.needs_comparison:
         return
     model, cfg, prompts, progress = cell.model, cell.cfg, cell.prompts, cell.progress
-    sweep_inputs = _sweep_inputs(
-        model, cell.task, cfg, prompts, cell.train, cell.demos, cell.content_free_query, cell.queries
-    )
+    sweep_inputs = _sweep_inputs(model, cell.task, cfg, prompts, cell.dev_rows, cell.demos, cell.content_free_query)
     ft_cfg, cell.lr_record = _choose_lr(model, cell.task, cfg, sweep_inputs, progress, cell.timings)
     for name in FINETUNED_SETTINGS:
         if name not in cfg.settings:
@@ -508,19 +561,7 @@ def run_finetuned_settings(cell: CellState, keep_models: bool) -> None:
         cell.timings[f"train_{name}"] = time.perf_counter() - t0
         cell.traces[name] = trace
         cell.runs[name] = cell.evaluate_setting(name, tuned, prompts.zsl_prefix)
-        cell.null_runs[name], cell.null_facts[name] = run_null_models(
-            name,
-            model,
-            tuned,
-            train_cfg,
-            cfg,
-            cell.task,
-            cell.demos[: prompts.k],
-            cell.queries,
-            prompts.zsl_prefix,
-            cell.evaluate_setting,
-            progress,
-        )
+        cell.null_runs[name], cell.null_facts[name] = run_null_models(cell, name, tuned, train_cfg)
         if keep_models:
             cell.tuned_models[name] = tuned
         del tuned
@@ -531,7 +572,7 @@ def assemble_results(cell: CellState) -> dict[str, Any]:
     tests and the nulls, as the plain-JSON results dict (timings are added by the caller)."""
     cfg, task, runs, labels, prompts = cell.cfg, cell.task, cell.runs, cell.labels, cell.prompts
     indices = stats.resample_indices(len(cell.queries), cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    per_example = per_example_values(runs, cell.null_runs, labels, cfg)
+    per_example = per_example_values(runs, cell.null_runs, labels, cfg, cell.null_seeds)
     results: dict[str, Any] = {
         "icl_lens_version": __version__,
         "config": cfg.to_dict(),
@@ -546,6 +587,7 @@ def assemble_results(cell: CellState) -> dict[str, Any]:
         "prompts": prompts.summary(),
         "demonstrations": [{"row_index": d["row_index"], "label": d["label"]} for d in cell.demos[: prompts.k]],
         "n_examples": len(cell.queries),
+        "query_ids": query_ids(cell),
         "accuracy": {name: metrics.accuracy(run.predictions, labels) for name, run in runs.items()},
         "accuracy_ci": {
             name: stats.bootstrap_interval(values, indices=indices, confidence=cfg.confidence).ci
@@ -563,11 +605,29 @@ def assemble_results(cell: CellState) -> dict[str, Any]:
         "metrics": cell_metrics(runs, per_example, labels, indices, cfg),
         "tests": paired_tests(runs, per_example, indices, cfg),
         "nulls": null_summaries(runs, per_example, cell.null_facts, labels, indices, cfg),
+        "null_seeds": cell.null_seeds,
         "per_example": _rounded(per_example),
         "training": {name: trace.to_dict() for name, trace in cell.traces.items()},
     }
     results["examples"] = _per_example(cell.queries, runs)
     return results
+
+
+def query_ids(cell: CellState) -> dict[str, Any]:
+    """The rows behind the cell's numbers, as row indices in their split: the evaluation queries (in
+    the order of every per-query array), the dev slice, and what the cell chose on the dev slice."""
+    used = [
+        name
+        for name, record in (("lr", cell.lr_record), ("lcgd_lr", cell.lcgd_lr_record))
+        if record.get("mode") == "sweep" and record.get("criterion") == "dev"
+    ]
+    return {
+        "eval_split": cell.task.eval_split,
+        "eval": [int(q["row_index"]) for q in cell.queries],
+        "dev_split": cell.task.train_split,
+        "dev": [int(r["row_index"]) for r in cell.dev_rows],
+        "dev_used_for": used,
+    }
 
 
 def _task_matches(name_or_path: str, task: Task) -> bool:
@@ -634,50 +694,88 @@ def config_for_objects(model: Model, task: Task, cfg: ExperimentConfig) -> Exper
     return replace(cfg, **changes) if changes else cfg
 
 
+WRONG_LABEL_NULLS: dict[str, Literal["all", "answer"] | None] = {
+    "wrong_label": None,
+    "wrong_label_answer_loss": "answer",
+}
+"""The wrong-label nulls and the loss each trains with (None: FT's own ``finetune.loss_on``)."""
+
+
 def run_null_models(
-    name: str,
-    model: Model,
-    tuned: Model,
-    train_cfg: FinetuneConfig,
-    cfg: ExperimentConfig,
-    task: Task,
-    demos: list[dict[str, Any]],
-    queries: list[dict[str, Any]],
-    prefix: list[int],
-    run_setting,
-    progress: bool,
+    cell: CellState, name: str, tuned: Model, train_cfg: FinetuneConfig
 ) -> tuple[dict[str, SettingRun], dict[str, Any]]:
     """Evaluate the null models of one finetuned setting on the cell's queries: the random-direction
-    update of ``tuned``'s size (FT and LCGD) and wrong-label finetuning (FT only, same lr).
+    update of ``tuned``'s size (FT and LCGD); for FT also wrong-label finetuning (same lr) with FT's
+    own loss and with the loss on the answer tokens only, and the gradient-span update.
 
-    ``run_setting(label, model, prefix)`` evaluates a model on the zero-shot ``prefix`` like every
-    other finetuned setting (calibration included). Returns the null runs and facts to record (how many
-    demonstrations were relabelled).
+    Each null model is scored on the zero-shot prompt like every other finetuned setting
+    (:meth:`CellState.evaluate_setting`, calibration included), its randomness seeded by the cell's
+    :attr:`CellState.null_seeds`; each null's wall time (training and scoring) goes to the cell's
+    timings as ``null_<setting>_<null>``. Returns the null runs and facts to record (the wrong labels).
     """
+    model, cfg, prompts, seeds = cell.model, cell.cfg, cell.prompts, cell.null_seeds
     null_runs: dict[str, SettingRun] = {}
     facts: dict[str, Any] = {}
+
+    def timed(null: str, make_model) -> None:
+        t0 = time.perf_counter()
+        null_model = make_model()
+        null_runs[null] = cell.evaluate_setting(f"{name}_{null}", null_model, prompts.zsl_prefix)
+        del null_model
+        cell.timings[f"null_{name}_{null}"] = time.perf_counter() - t0
+
     if "random_direction" in cfg.nulls:
-        perturbed = null_models.random_direction_model(model, tuned, train_cfg.params, cfg.random_seed)
-        null_runs["random_direction"] = run_setting(f"{name}_random_direction", perturbed, prefix)
-        del perturbed
-    if name == "ft" and "wrong_label" in cfg.nulls:
-        true_labels = [d["label"] for d in demos]
-        wrong = null_models.wrong_labels(true_labels, task.n_classes, cfg.random_seed)
-        relabelled = encode_prompts(
-            model.tokenizer,
-            task,
-            [dict(d, label=w) for d, w in zip(demos, wrong)],
-            queries,
-            cfg.prompt,
-            model.cfg.n_ctx,
+        timed(
+            "random_direction",
+            lambda: null_models.random_direction_model(model, tuned, train_cfg.params, seeds["random_direction"]),
         )
-        wrong_model, _ = finetune(model, relabelled.demo_sequences, relabelled.demo_answer_lengths, train_cfg, progress)
-        null_runs["wrong_label"] = run_setting(f"{name}_wrong_label", wrong_model, prefix)
-        del wrong_model
-        facts["wrong_label"] = {
-            "labels": wrong[: relabelled.k],
-            "n_relabelled": sum(t != w for t, w in zip(true_labels, wrong[: relabelled.k])),
-        }
+    if name != "ft":
+        return null_runs, facts
+    if "gradient_span" in cfg.nulls:
+        timed(
+            "gradient_span",
+            lambda: null_models.gradient_span_model(
+                model,
+                tuned,
+                prompts.demo_sequences,
+                prompts.demo_answer_lengths,
+                train_cfg,
+                seeds["gradient_span"],
+            ),
+        )
+    wanted = [null for null in WRONG_LABEL_NULLS if null in cfg.nulls]
+    if not wanted:
+        return null_runs, facts
+    demos = cell.demos[: prompts.k]
+    true_labels = [d["label"] for d in demos]
+    wrong = null_models.wrong_labels(true_labels, cell.task.n_classes, seeds["wrong_label"])
+    relabelled = encode_prompts(
+        model.tokenizer,
+        cell.task,
+        [dict(d, label=w) for d, w in zip(demos, wrong)],
+        cell.queries,
+        cfg.prompt,
+        model.cfg.n_ctx,
+    )
+    label_facts = {
+        "labels": wrong[: relabelled.k],
+        "n_relabelled": sum(t != w for t, w in zip(true_labels, wrong[: relabelled.k])),
+    }
+    for null in wanted:
+        loss_on = WRONG_LABEL_NULLS[null] or train_cfg.loss_on
+        same_run = next((done for done in null_runs if facts.get(done, {}).get("loss_on") == loss_on), None)
+        if same_run is not None:  # FT itself trains on the answer tokens only: one run is both nulls
+            null_runs[null] = null_runs[same_run]
+            cell.timings[f"null_{name}_{null}"] = 0.0
+        else:
+            wrong_cfg = replace(train_cfg, loss_on=loss_on)
+            timed(
+                null,
+                lambda wrong_cfg=wrong_cfg: finetune(
+                    model, relabelled.demo_sequences, relabelled.demo_answer_lengths, wrong_cfg, cell.progress
+                )[0],
+            )
+        facts[null] = {**label_facts, "loss_on": loss_on}
     return null_runs, facts
 
 
@@ -686,11 +784,16 @@ def per_example_values(
     null_runs: dict[str, dict[str, SettingRun]],
     labels: torch.Tensor,
     cfg: ExperimentConfig,
+    seeds: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Every per-example metric term of the cell, as numpy arrays ([n_examples] or
     [n_examples, n_layers]): correctness per setting, the comparison metrics of FT and LCGD, α,
     the random baseline, ZSL SimAM and the nulls' SimAOU and SimAM_Δ. Every mean and interval of
-    the results is computed from these arrays."""
+    the results is computed from these arrays.
+
+    ``seeds``: the cell's null seeds (:func:`icl_lens.nulls.null_seeds`; default: derived from
+    ``cfg.random_seed`` and ``cfg.seed``)."""
+    seeds = null_models.null_seeds(cfg.random_seed, cfg.seed) if seeds is None else seeds
     values: dict[str, Any] = {
         "correct": {
             name: (run.predictions.cpu() == labels.cpu()).numpy().astype(np.int64) for name, run in runs.items()
@@ -713,7 +816,9 @@ def per_example_values(
             .numpy()
         )
         values["simaou_random"] = (
-            metrics.simaou_random_per_example(zsl.activations, icl.activations, seed=cfg.random_seed).cpu().numpy()
+            metrics.simaou_random_per_example(zsl.activations, icl.activations, seed=seeds["simaou_random"])
+            .cpu()
+            .numpy()
         )
     null_values: dict[str, Any] = {}
     for name in FINETUNED_SETTINGS:
@@ -728,7 +833,7 @@ def per_example_values(
             null_values[name]["shuffled_pair"] = {
                 key: tensor.cpu().numpy()
                 for key, tensor in null_models.shuffled_pair(
-                    zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), cfg.random_seed
+                    zsl.activations, icl.activations, runs[name].activations, _map_name(cfg), seeds["shuffled_pair"]
                 ).items()
             }
         for null, run in null_runs.get(name, {}).items():
@@ -811,13 +916,13 @@ def null_summaries(
             entry[null] = {
                 key: _layer_summary(terms[key], indices, cfg.confidence) for key in ("simaou", "simam_delta")
             }
-            if null == "wrong_label":
+            if null in WRONG_LABEL_NULLS:
                 interval = stats.bootstrap_interval(terms["correct"], indices=indices, confidence=cfg.confidence)
                 entry[null] = {
                     "accuracy": interval.value,
                     "accuracy_ci": interval.ci,
                     **entry[null],
-                    **null_facts.get(name, {}).get("wrong_label", {}),
+                    **null_facts.get(name, {}).get(null, {}),
                 }
         zsl, icl, tuned = (runs[s].predictions for s in ("zsl", "icl", name))
         _, _, same_change, denominator = _prediction_indicators(zsl, icl, tuned, labels)
@@ -839,21 +944,11 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _sweep_inputs(model, task, cfg, prompts, train, demos, content_free_query, queries=()) -> dict[str, Any]:
+def _sweep_inputs(model, task, cfg, prompts, dev_rows, demos, content_free_query) -> dict[str, Any]:
     """What every lr sweep of this cell scores on: the demonstrations to train on, and the queries
-    (a dev slice disjoint from the demonstrations and the evaluation queries, or the demonstrations)
-    with their labels."""
-    if cfg.lr_criterion == "dev":
-        score_rows = dev_slice(
-            train,
-            cfg.lr_dev_size,
-            cfg.seed,
-            [d["row_index"] for d in demos],
-            task=task,
-            query_rows=[q["row_index"] for q in queries],
-        )
-    else:
-        score_rows = demos[: prompts.k]
+    (the cell's dev slice, disjoint from the demonstrations and the evaluation queries, or the
+    demonstrations) with their labels."""
+    score_rows = dev_rows if cfg.lr_criterion == "dev" else demos[: prompts.k]
     scored = encode_prompts(model.tokenizer, task, [], score_rows, cfg.prompt, model.cfg.n_ctx)
     return dict(
         demo_sequences=prompts.demo_sequences,

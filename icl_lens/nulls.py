@@ -6,19 +6,31 @@ Beside the reference's uniform-random vector (:func:`icl_lens.metrics.simaou_ran
   derangement of the queries: is the similarity specific to the example, or one shared direction?
 - **wrong-label finetuning** (:func:`wrong_labels`): finetune on the same demonstrations with their
   labels permuted so that they are wrong: how much comes from the text rather than from the
-  input→label mapping?
+  input→label mapping? Run twice: with FT's own loss (every token by default, so it differs from
+  FT only at the label tokens, and part of "wrong-label ≈ FT" is built in) and with the loss on the
+  answer (label) tokens only, which isolates what the labels teach.
 - **random-direction update** (:func:`random_direction_model`): perturb exactly the parameters GD
   trained by a seeded Gaussian direction with the same norm as GD's update: is it GD's direction
   that matches ICL, or any update of that size?
+- **gradient-span update** (:func:`gradient_span_model`): a seeded random combination of the
+  demonstrations' own gradients, each layer scaled to GD's update of that layer: is it GD's
+  combination of the demonstrations' gradients that matches ICL, or any update built from them?
 - **Jaccard independence** (:func:`jaccard_independence`): the Jaccard index expected if ICL and
   FT changed predictions independently, given how many each changed.
+
+Each cell draws its own null randomness: :func:`null_seed` derives every null's seed from the
+run's ``random_seed`` and the cell's demonstration seed, so seeds are independent draws of the null
+(and the trained and untrained cells of one demonstration seed share them, so their difference is
+paired).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,15 +40,48 @@ from transformer_lens import ActivationCache
 
 from icl_lens import metrics
 from icl_lens.errors import ConfigError, MetricInputError
-from icl_lens.models.backends import Model, backend_of
+from icl_lens.models.backends import Model, backend_of, final_residual
+from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.stats import derangement
-from icl_lens.training.finetune import layer_of, trainable_copy, trained_parameters
+from icl_lens.training.finetune import (
+    FinetuneConfig,
+    check_demonstrations,
+    demo_batches,
+    layer_of,
+    masked_next_token_loss,
+    trainable_copy,
+    trained_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
-NULLS = ("shuffled_pair", "wrong_label", "random_direction")
+NULLS = ("shuffled_pair", "wrong_label", "random_direction", "wrong_label_answer_loss", "gradient_span")
 """The nulls that cost a forward pass or a training run (``ExperimentConfig.nulls``); the Jaccard
-independence expectation is always computed."""
+independence expectation is always computed. ``wrong_label_answer_loss`` is wrong-label finetuning
+with the loss on the answer tokens only; it and ``gradient_span`` run for FT only."""
+
+SEEDED = ("simaou_random", "shuffled_pair", "wrong_label", "random_direction", "gradient_span")
+"""Everything random in a cell's nulls, by the name its seed is derived under (:func:`null_seed`):
+the uniform-random SimAOU baseline and the nulls. Both wrong-label runs use ``wrong_label``'s seed
+(the same wrong labels; only the loss differs)."""
+
+
+def null_seed(random_seed: int, seed: int, name: str) -> int:
+    """The seed of null ``name``'s randomness in the cell of demonstration seed ``seed``.
+
+    A sha256 of the three values (< 2**32): each demonstration seed draws its own derangement,
+    wrong labels and random directions, where one ``random_seed`` for every seed would repeat the
+    same null draw in every seed and leave the null's own variance out of any interval over seeds.
+    """
+    if name not in SEEDED:
+        raise ConfigError(f"no null seed named {name!r}; choose from {list(SEEDED)}")
+    digest = hashlib.sha256(f"icl_lens-null/{int(random_seed)}/{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def null_seeds(random_seed: int, seed: int) -> dict[str, int]:
+    """:func:`null_seed` of every name in :data:`SEEDED` (what a cell records as ``null_seeds``)."""
+    return {name: null_seed(random_seed, seed, name) for name in SEEDED}
 
 
 def shuffled_pair(
@@ -119,6 +164,62 @@ def random_direction_model(original: Model, tuned: Model, params: str, seed: int
             direction = back(torch.randn(shape, generator=generator, dtype=torch.float64))
             scaled = direction * (gd_update.norm() / direction.norm().clamp_min(1e-300))
             param.add_(scaled.to(device=param.device, dtype=param.dtype))
+    for param in copy.parameters():
+        param.requires_grad_(False)
+    copy.eval()
+    return copy
+
+
+@uses_cpu_matmul
+def gradient_span_model(
+    original: Model,
+    tuned: Model,
+    demo_sequences: Sequence[Sequence[int]],
+    answer_lengths: Sequence[int],
+    cfg: FinetuneConfig,
+    seed: int,
+) -> Model:
+    """A copy of ``original`` whose trained parameters (group ``cfg.params``) moved by a seeded random
+    direction in the span of the demonstrations' own gradients, each layer's move of the Frobenius
+    norm of GD's update of that layer (``tuned`` − ``original``); every other parameter untouched.
+
+    The gradients are those of each demonstration's loss (``cfg.loss_on``, one demonstration at a
+    time) at ``original``'s weights; layer l moves by Σ_i c_li g_li, c_li ~ N(0, 1) drawn per layer and
+    demonstration from a ``torch.Generator`` seeded with ``seed`` (an [n_layers, k] draw, the same on
+    either backend). Plain SGD's update is −lr Σ_i g_i along its own path, close to the all-equal
+    combination of these gradients for a small step: this null keeps what the update is built from
+    and draws how it is combined, where :func:`random_direction_model` draws any direction.
+    """
+    check_demonstrations(original, demo_sequences, answer_lengths)
+    copy, trainable = trainable_copy(original, cfg.params)
+    n_layers = copy.cfg.n_layers
+    one_at_a_time = replace(cfg, batch_size=1, epochs=1)
+    batches = list(demo_batches(demo_sequences, answer_lengths, one_at_a_time, copy.cfg.device))
+    generator = torch.Generator().manual_seed(int(seed))
+    coefficients = torch.randn(n_layers, len(batches), generator=generator, dtype=torch.float64)
+    direction = {
+        name: torch.zeros(param.shape, dtype=torch.float64, device=param.device) for name, param in trainable.items()
+    }
+    for i, (tokens, attention_mask, loss_mask) in enumerate(batches):
+        for param in trainable.values():
+            param.grad = None
+        loss = masked_next_token_loss(copy, final_residual(copy, tokens, attention_mask), tokens, loss_mask)
+        loss.backward()
+        for name, param in trainable.items():
+            if param.grad is not None:
+                direction[name].add_(param.grad.detach().double(), alpha=float(coefficients[layer_of(name), i]))
+    gd_norms = update_norms(original, tuned, cfg.params)
+    squared = [0.0] * n_layers
+    for name, values in direction.items():
+        squared[layer_of(name)] += float(values.pow(2).sum())
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.grad = None
+            layer = layer_of(name)
+            if squared[layer] == 0 and gd_norms[layer] > 0:
+                logger.warning("gradient-span null: layer %d has no gradient to move along; left unmoved", layer)
+            scale = gd_norms[layer] / math.sqrt(squared[layer]) if squared[layer] > 0 else 0.0
+            param.add_((direction[name] * scale).to(dtype=param.dtype))
     for param in copy.parameters():
         param.requires_grad_(False)
     copy.eval()

@@ -55,6 +55,12 @@ high], "per_layer_ci": [[low, high] per layer]}``; a number may be null where it
 | `demonstrations[i].row_index` | integer | row in its split |
 | `demonstrations[i].label` | integer | class |
 | `n_examples` | integer | queries |
+| `query_ids` | record, optional | the rows behind the numbers, as row indices in their split (format 4) |
+| `query_ids.eval_split` | string | split of the evaluation queries |
+| `query_ids.eval` | numbers | the evaluation queries, in the order of every per-query value |
+| `query_ids.dev_split` | string | split of the dev slice (the train split) |
+| `query_ids.dev` | numbers | the dev slice: disjoint from the demonstrations and the evaluation queries |
+| `query_ids.dev_used_for` | list | what the cell chose on the dev slice (lr, lcgd_lr) |
 | `accuracy` | map of zsl/icl/ft/lcgd | accuracy per setting |
 | `accuracy.<setting>` | number | accuracy |
 | `accuracy_ci` | map of zsl/icl/ft/lcgd | its interval per setting |
@@ -116,17 +122,31 @@ high], "per_layer_ci": [[low, high] per layer]}``; a number may be null where it
 | `nulls.<setting>.random_direction` | record, optional | a random-direction update of the tuned one's size |
 | `nulls.<setting>.random_direction.simaou` | per-layer summary | SimAOU under the null |
 | `nulls.<setting>.random_direction.simam_delta` | per-layer summary | SimAM_Δ under the null |
-| `nulls.<setting>.wrong_label` | record, optional | finetuning on the demonstrations with wrong labels |
+| `nulls.<setting>.wrong_label` | record, optional | finetuning on the demonstrations with wrong labels, FT's own loss |
 | `nulls.<setting>.wrong_label.accuracy` | number | accuracy after it |
 | `nulls.<setting>.wrong_label.accuracy_ci` | interval | its interval |
 | `nulls.<setting>.wrong_label.simaou` | per-layer summary | SimAOU under the null |
 | `nulls.<setting>.wrong_label.simam_delta` | per-layer summary | SimAM_Δ under the null |
 | `nulls.<setting>.wrong_label.labels` | numbers | the wrong labels trained on |
 | `nulls.<setting>.wrong_label.n_relabelled` | integer | demonstrations whose label changed |
+| `nulls.<setting>.wrong_label.loss_on` | string, optional | tokens the loss covered: all or answer |
+| `nulls.<setting>.wrong_label_answer_loss` | record, optional | wrong labels, loss on the answer tokens only (FT) |
+| `nulls.<setting>.wrong_label_answer_loss.accuracy` | number | accuracy after it |
+| `nulls.<setting>.wrong_label_answer_loss.accuracy_ci` | interval | its interval |
+| `nulls.<setting>.wrong_label_answer_loss.simaou` | per-layer summary | SimAOU under the null |
+| `nulls.<setting>.wrong_label_answer_loss.simam_delta` | per-layer summary | SimAM_Δ under the null |
+| `nulls.<setting>.wrong_label_answer_loss.labels` | numbers | the wrong labels trained on |
+| `nulls.<setting>.wrong_label_answer_loss.n_relabelled` | integer | demonstrations whose label changed |
+| `nulls.<setting>.wrong_label_answer_loss.loss_on` | string, optional | tokens the loss covered: all or answer |
+| `nulls.<setting>.gradient_span` | record, optional | random update in the demos' gradient span, GD's norm per layer |
+| `nulls.<setting>.gradient_span.simaou` | per-layer summary | SimAOU under the null |
+| `nulls.<setting>.gradient_span.simam_delta` | per-layer summary | SimAM_Δ under the null |
 | `nulls.<setting>.jaccard_independence` | record | the Jaccard index beside its value under independence |
 | `nulls.<setting>.jaccard_independence.expected` | number | expected Jaccard index |
 | `nulls.<setting>.jaccard_independence.observed` | number | observed Jaccard index |
 | `nulls.<setting>.jaccard_independence.observed_ci` | interval | its interval |
+| `null_seeds` | map of 5 nulls, optional | each null's seed, derived from config.random_seed and config.seed |
+| `null_seeds.<null>` | integer | seed |
 | `per_example` | record | per-query values every mean and interval is computed from |
 | `per_example.correct` | map of zsl/icl/ft/lcgd | 0/1 per query |
 | `per_example.correct.<setting>` | numbers | 0/1 per query |
@@ -140,7 +160,7 @@ high], "per_layer_ci": [[low, high] per layer]}``; a number may be null where it
 | `per_example.{ft,lcgd}.token_overlap` | numbers | per query |
 | `per_example.{ft,lcgd}.overlap_cosine` | numbers | per query |
 | `per_example.nulls` | map of ft/lcgd | per-query terms of the nulls |
-| `per_example.nulls.<setting>` | map of shuffled_pair/wrong_label/random_direction | per null |
+| `per_example.nulls.<setting>` | map of 5 nulls | per null (results.ALL_NULL_KINDS) |
 | `per_example.nulls.<setting>.<null>` | record, optional | per-query terms of one null |
 | `per_example.nulls.<setting>.<null>.simaou` | matrix | [query][layer] SimAOU |
 | `per_example.nulls.<setting>.<null>.simam_delta` | matrix | [query][layer] SimAM_Δ |
@@ -185,7 +205,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 VOLATILE_KEYS = ("meta", "timing_seconds", "checksum")
 
-RESULTS_FORMAT_VERSION = 3
+RESULTS_FORMAT_VERSION = 4
 """Version of what a cell's results file holds; part of every cell's identity (``"identity"``).
 
 Bump it whenever a file written before the change would be wrong to reuse: a metric added, removed
@@ -193,7 +213,9 @@ or computed differently, a change in what runs (prompts, sampling, training, sco
 payload's layout, or in the identity's own fields. A sweep recomputes every cell whose file carries
 another version. History: 1 = files without an identity; 2 = identity recorded (task, data hashes,
 dtype, device kind); 3 = finetuning on a HookedTransformer trains only the biases the architecture has
-(no longer the zero b_K / b_V TransformerLens adds to Llama, Gemma, SmolLM2), bridge backend."""
+(no longer the zero b_K / b_V TransformerLens adds to Llama, Gemma, SmolLM2), bridge backend; 4 = each
+demonstration seed draws its own null randomness (``null_seeds``), the wrong-label null also with the
+loss on the answer tokens only, the gradient-span null, the rows behind the numbers (``query_ids``)."""
 
 TEMP_SUFFIX = ".tmp"
 
@@ -367,6 +389,12 @@ LAYER_METRICS = ("simaou", "simam", "simam_delta")
 CELL_LAYER_METRICS = ("alpha", "simam_zsl", "simaou_random")
 """Per-layer metrics of the cell itself: α, ZSL's SimAM with ICL, and SimAOU of a random update."""
 NULL_KINDS = ("shuffled_pair", "wrong_label", "random_direction")
+"""The nulls every results format records (tables and findings have a column or claim for each)."""
+ALL_NULL_KINDS = (*NULL_KINDS, "wrong_label_answer_loss", "gradient_span")
+"""Every null a cell may record: format 4 added wrong-label finetuning with the loss on the answer
+tokens only and the random update in the span of the demonstrations' gradients (FT only)."""
+NULL_SEED_NAMES = ("simaou_random", "shuffled_pair", "wrong_label", "random_direction", "gradient_span")
+"""Names of a cell's ``null_seeds`` (:data:`icl_lens.nulls.SEEDED`)."""
 SCALAR_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "rec2ftp": (("rec2ftp",), ("rec2ftp_ci",)),
     "jaccard": (("prediction_changes", "jaccard"), ("prediction_changes", "jaccard_ci")),
@@ -444,20 +472,32 @@ _NULL_METRICS = {
     "simam_delta": _layer_summary("SimAM_Δ under the null"),
 }
 
+
+def _wrong_label_null(meaning: str) -> Spec:
+    return record(
+        meaning,
+        {
+            "accuracy": number("accuracy after it"),
+            "accuracy_ci": interval("its interval"),
+            **_NULL_METRICS,
+            "labels": numbers("the wrong labels trained on"),
+            "n_relabelled": integer("demonstrations whose label changed"),
+            "loss_on": string("tokens the loss covered: all or answer", optional=True),
+        },
+        optional=True,
+    )
+
+
 _NULLS_OF_SETTING = record(
     "the nulls of one finetuned setting",
     {
         "shuffled_pair": record("ICL's update of one query against FT's of another", _NULL_METRICS, optional=True),
         "random_direction": record("a random-direction update of the tuned one's size", _NULL_METRICS, optional=True),
-        "wrong_label": record(
-            "finetuning on the demonstrations with wrong labels",
-            {
-                "accuracy": number("accuracy after it"),
-                "accuracy_ci": interval("its interval"),
-                **_NULL_METRICS,
-                "labels": numbers("the wrong labels trained on"),
-                "n_relabelled": integer("demonstrations whose label changed"),
-            },
+        "wrong_label": _wrong_label_null("finetuning on the demonstrations with wrong labels, FT's own loss"),
+        "wrong_label_answer_loss": _wrong_label_null("wrong labels, loss on the answer tokens only (FT)"),
+        "gradient_span": record(
+            "random update in the demos' gradient span, GD's norm per layer",
+            _NULL_METRICS,
             optional=True,
         ),
         "jaccard_independence": record(
@@ -551,6 +591,17 @@ LAYOUT = record(
             record("one demonstration", {"row_index": integer("row in its split"), "label": integer("class")}),
         ),
         "n_examples": integer("queries"),
+        "query_ids": record(
+            "the rows behind the numbers, as row indices in their split (format 4)",
+            {
+                "eval_split": string("split of the evaluation queries"),
+                "eval": numbers("the evaluation queries, in the order of every per-query value"),
+                "dev_split": string("split of the dev slice (the train split)"),
+                "dev": numbers("the dev slice: disjoint from the demonstrations and the evaluation queries"),
+                "dev_used_for": listing("what the cell chose on the dev slice (lr, lcgd_lr)", string("choice")),
+            },
+            optional=True,
+        ),
         "accuracy": mapping("accuracy per setting", SETTINGS, "setting", number("accuracy")),
         "accuracy_ci": mapping("its interval per setting", SETTINGS, "setting", interval("interval")),
         "uncertainty": record(
@@ -600,6 +651,13 @@ LAYOUT = record(
             ),
         ),
         "nulls": mapping("the nulls per finetuned setting", FINETUNED, "setting", _NULLS_OF_SETTING),
+        "null_seeds": mapping(
+            "each null's seed, derived from config.random_seed and config.seed",
+            NULL_SEED_NAMES,
+            "null",
+            integer("seed"),
+            optional=True,
+        ),
         "per_example": record(
             "per-query values every mean and interval is computed from",
             {
@@ -610,7 +668,7 @@ LAYOUT = record(
                     "per-query terms of the nulls",
                     FINETUNED,
                     "setting",
-                    mapping("per null", NULL_KINDS, "null", _PER_EXAMPLE_NULL),
+                    mapping("per null (results.ALL_NULL_KINDS)", ALL_NULL_KINDS, "null", _PER_EXAMPLE_NULL),
                 ),
             },
         ),
@@ -729,7 +787,8 @@ def validate_results(results: Any) -> None:
 def _kind_text(spec: Spec) -> str:
     kind = "per-layer summary" if spec.fields is _SUMMARY_FIELDS else spec.kind + (" (open)" if spec.open else "")
     if spec.kind == "map" and spec.keys:
-        kind += f" of {'/'.join(spec.keys)}"
+        listed = "/".join(spec.keys)
+        kind += f" of {listed}" if len(listed) <= 40 else f" of {len(spec.keys)} {spec.key_name}s"
     return kind + (", optional" if spec.optional else "")
 
 

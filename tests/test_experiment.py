@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 from dataclasses import replace
 
@@ -10,6 +11,8 @@ import pytest
 from icl_lens.errors import ConfigError
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.training.finetune import FinetuneConfig
+from icl_lens.metrics import simaou_random_per_example
+from icl_lens.nulls import null_seeds, shuffled_pair, wrong_labels
 from icl_lens.tasks import get_task
 
 CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3)
@@ -97,6 +100,10 @@ def test_lr_sweep_skips_diverging_rates_and_records_its_choice(tiny_gpt):
     best = max(v for v in record["scores"].values() if v is not None)
     assert record["scores"][repr(record["lr"])] == best
     assert r["config"]["finetune"]["lr"] == 1e-3  # the config keeps the base; the run used the sweep's lr
+    ids = r["query_ids"]  # chosen on the dev slice, recorded beside the evaluation queries
+    assert ids["dev_used_for"] == ["lr"] and len(ids["dev"]) == record["n_scored"] == 6
+    assert ids["dev_split"] == "train" and ids["eval_split"] == "validation"
+    assert not set(ids["dev"]) & {d["row_index"] for d in r["demonstrations"]}
 
 
 def test_lcgd_lr_swept_with_lcgd_itself(tiny_gpt, monkeypatch):
@@ -171,14 +178,18 @@ def test_results_carry_intervals_tests_nulls_and_per_example_values(tiny_llama):
             _ci_ok(m["token_overlap"][name], m["token_overlap"][f"{name}_ci"])
         nulls = r["nulls"][setting]
         expected_nulls = {"shuffled_pair", "random_direction", "jaccard_independence"} | (
-            {"wrong_label"} if setting == "ft" else set())
+            {"wrong_label", "wrong_label_answer_loss", "gradient_span"} if setting == "ft" else set())
         assert set(nulls) == expected_nulls
         for null in expected_nulls - {"jaccard_independence"}:
             for name in ("simaou", "simam_delta"):
                 _summary_ok(nulls[null][name], n_layers)
                 assert len(r["per_example"]["nulls"][setting][null][name]) == n
         assert set(nulls["jaccard_independence"]) == {"expected", "observed", "observed_ci"}
-    _ci_ok(r["nulls"]["ft"]["wrong_label"]["accuracy"], r["nulls"]["ft"]["wrong_label"]["accuracy_ci"])
+    for null in ("wrong_label", "wrong_label_answer_loss"):
+        _ci_ok(r["nulls"]["ft"][null]["accuracy"], r["nulls"]["ft"][null]["accuracy_ci"])
+    for null in ("wrong_label", "wrong_label_answer_loss", "gradient_span", "random_direction"):
+        assert r["timing_seconds"][f"null_ft_{null}"] > 0
+    assert r["timing_seconds"]["null_lcgd_random_direction"] > 0
     assert set(r["tests"]) == {"icl_vs_zsl", "ft_vs_zsl", "lcgd_vs_zsl", "lcgd_vs_ft_simaou", "lcgd_vs_ft_simam_delta"}
     for name in ("icl_vs_zsl", "ft_vs_zsl", "lcgd_vs_zsl"):
         test = r["tests"][name]
@@ -200,19 +211,45 @@ def test_wrong_label_finetuning_trains_on_wrong_labels_and_nulls_can_be_turned_o
     real = experiment.finetune
 
     def spy(model, sequences, answer_lengths, cfg, progress=True):
-        trained_on.append(([list(s) for s in sequences], list(answer_lengths), cfg.lr))
+        trained_on.append(([list(s) for s in sequences], list(answer_lengths), cfg.lr, cfg.loss_on))
         return real(model, sequences, answer_lengths, cfg, progress)
 
     monkeypatch.setattr(experiment, "finetune", spy)
     cfg = replace(CFG, k=4, settings=("zsl", "icl", "ft"), bootstrap_resamples=50)
     out = run_experiment(tiny_gpt, get_task("sst2"), cfg, progress=False)
-    (true_seqs, true_answers, lr), (wrong_seqs, wrong_answers, wrong_lr) = trained_on
+    (true_seqs, true_answers, lr, loss), (wrong_seqs, wrong_answers, wrong_lr, wrong_loss), answer_only = trained_on
+    assert loss == wrong_loss == "all" and answer_only[3] == "answer"  # FT's own loss, then the label tokens only
+    assert answer_only[:3] == (wrong_seqs, wrong_answers, lr)  # the same wrong labels and rate
     assert wrong_lr == lr and len(wrong_seqs) == len(true_seqs) == out.prompts.k
     labels = out.prompts.labels
     for seq, n_answer, wrong_seq, n_wrong in zip(true_seqs, true_answers, wrong_seqs, wrong_answers):
         assert seq[:-n_answer] == wrong_seq[:-n_wrong]  # the same demonstration text
         assert seq[-n_answer:] != wrong_seq[-n_wrong:] and wrong_seq[-n_wrong:] in labels  # another label word
-    assert out.results["nulls"]["ft"]["wrong_label"]["n_relabelled"] == out.prompts.k
+    nulls = out.results["nulls"]["ft"]
+    assert nulls["wrong_label"]["n_relabelled"] == out.prompts.k
+    assert nulls["wrong_label"]["loss_on"] == "all" and nulls["wrong_label_answer_loss"]["loss_on"] == "answer"
+    # the wrong labels are drawn with the cell's own seed, derived from random_seed and the demonstration seed
+    true_labels = [d["label"] for d in out.results["demonstrations"]]
+    seeds = out.results["null_seeds"]
+    assert seeds == null_seeds(cfg.random_seed, cfg.seed)
+    assert nulls["wrong_label"]["labels"] == wrong_labels(true_labels, 2, seeds["wrong_label"])
+    assert nulls["wrong_label_answer_loss"]["labels"] == nulls["wrong_label"]["labels"]
+    # so are the shuffled pair's derangement and the random baseline's vector
+    runs = out.runs
+    pair = shuffled_pair(runs["zsl"].activations, runs["icl"].activations, runs["ft"].activations,
+                         "attn_scores", seeds["shuffled_pair"])
+    np.testing.assert_allclose(out.results["per_example"]["nulls"]["ft"]["shuffled_pair"]["simaou"],
+                               pair["simaou"].numpy(), atol=1e-6)
+    random_baseline = simaou_random_per_example(runs["zsl"].activations, runs["icl"].activations,
+                                                seed=seeds["simaou_random"])
+    np.testing.assert_allclose(out.results["per_example"]["simaou_random"], random_baseline.numpy(), atol=1e-6)
+
+    trained_on.clear()
+    answer_ft = run_experiment(tiny_gpt, get_task("sst2"), replace(cfg, finetune=FinetuneConfig(loss_on="answer"),
+                                                                   nulls=("wrong_label", "wrong_label_answer_loss")),
+                               progress=False).results
+    assert [call[3] for call in trained_on] == ["answer", "answer"]  # FT's loss is the answer's: one null run
+    assert answer_ft["nulls"]["ft"]["wrong_label_answer_loss"]["simaou"] == answer_ft["nulls"]["ft"]["wrong_label"]["simaou"]
 
     trained_on.clear()
     off = run_experiment(tiny_gpt, get_task("sst2"), replace(cfg, nulls=()), progress=False).results

@@ -8,7 +8,9 @@ import torch
 from transformer_lens import ActivationCache
 
 from icl_lens.training.finetune import FinetuneConfig, finetune
+from icl_lens.errors import ConfigError
 from icl_lens.nulls import (
+    gradient_span_model,
     jaccard_independence,
     random_direction_model,
     shuffled_pair,
@@ -101,3 +103,57 @@ def test_jaccard_independence_is_the_hypergeometric_expectation():
     assert jaccard_independence(zsl, icl, ft) == pytest.approx(p[1] / 6 + p[2] * 2 / 5)
     assert jaccard_independence(zsl, [1] * 10, [1] * 10) == pytest.approx(1.0)
     assert math.isnan(jaccard_independence(zsl, zsl, zsl))
+
+
+def test_null_seeds_are_drawn_per_demonstration_seed_and_per_null():
+    from icl_lens.nulls import SEEDED, null_seed, null_seeds
+    from icl_lens.results import NULL_SEED_NAMES
+
+    assert SEEDED == NULL_SEED_NAMES
+    by_seed = [null_seeds(0, seed) for seed in range(5)]
+    assert by_seed[0] == null_seeds(0, 0)  # deterministic
+    for name in SEEDED:
+        assert len({seeds[name] for seeds in by_seed}) == 5, name  # every demonstration seed its own draw
+        assert all(0 <= seeds[name] < 2**32 for seeds in by_seed)
+    assert len(set(by_seed[0].values())) == len(SEEDED)  # and every null its own
+    assert null_seeds(1, 0) != null_seeds(0, 0)  # the base seed still moves them all
+    assert null_seed(0, 3, "shuffled_pair") == by_seed[3]["shuffled_pair"]
+    with pytest.raises(ConfigError, match="no null seed named 'bogus'"):
+        null_seed(0, 0, "bogus")
+
+
+def _flat_layer_update(model, original, names, layer):
+    params = dict(model.named_parameters())
+    return torch.cat([(params[n].detach().double() - original[n].double()).flatten()
+                      for n in names if n.startswith(f"blocks.{layer}.")])
+
+
+def test_gradient_span_update_is_a_combination_of_the_demonstrations_gradients_of_gd_norm(tiny_gpt):
+    """Each layer's move lies in the span of the per-demonstration gradients at the model's weights
+    (each gradient read off an independent one-step SGD run at lr 1 on that demonstration alone), has
+    the Frobenius norm of GD's update of that layer, and touches nothing but the trained parameters."""
+    sequences = [[0, 5, 9, 12, 7], [0, 8, 3, 4], [0, 11, 6, 2, 9, 1], [0, 4, 4, 10, 3]]
+    answers = [1, 1, 2, 1]
+    cfg = FinetuneConfig(lr=1e-1)
+    tuned, _ = finetune(tiny_gpt, sequences, answers, cfg, progress=False)
+    moved = gradient_span_model(tiny_gpt, tuned, sequences, answers, cfg, seed=7)
+    assert update_norms(tiny_gpt, moved, "kv") == pytest.approx(update_norms(tiny_gpt, tuned, "kv"), rel=1e-5)
+    original = {name: p.detach().clone() for name, p in tiny_gpt.named_parameters()}
+    trained = sorted(trained_parameter_names(tiny_gpt, "kv"))
+    for name, param in moved.named_parameters():
+        if name not in trained:
+            assert torch.equal(param, original[name]), name
+    one_step = [finetune(tiny_gpt, [s], [a], FinetuneConfig(lr=1.0), progress=False)[0]
+                for s, a in zip(sequences, answers)]
+    for layer in range(tiny_gpt.cfg.n_layers):
+        gradients = torch.stack([-_flat_layer_update(m, original, trained, layer) for m in one_step], dim=1)
+        update = _flat_layer_update(moved, original, trained, layer)
+        coefficients = torch.linalg.lstsq(gradients, update.unsqueeze(1)).solution
+        residual = update - (gradients @ coefficients).squeeze(1)
+        assert float(residual.norm()) <= 1e-4 * float(update.norm())  # inside the span
+        gd = _flat_layer_update(tuned, original, trained, layer)
+        assert abs(float(torch.nn.functional.cosine_similarity(update, gd, dim=0))) < 0.99  # not GD's own
+    again = gradient_span_model(tiny_gpt, tuned, sequences, answers, cfg, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), moved.parameters()))
+    other = gradient_span_model(tiny_gpt, tuned, sequences, answers, cfg, seed=8)
+    assert not all(torch.equal(a, b) for a, b in zip(other.parameters(), moved.parameters()))

@@ -114,3 +114,28 @@ def test_accessors_read_what_the_per_query_values_give(cell):
     alpha = np.asarray(layout.per_example(cell, None, "alpha"))
     assert layout.metric_value(cell, None, "alpha") == pytest.approx(alpha.mean(), abs=1e-5)
     assert layout.metric_value(cell, "ft", "no_such_metric") is None
+
+
+def test_a_cell_records_the_rows_behind_its_numbers_and_its_null_seeds(cell):
+    from icl_lens.experiment import cell_rows
+    from icl_lens.nulls import null_seeds
+
+    ids = cell["query_ids"]
+    assert ids["eval"] == [e["row_index"] for e in cell["examples"]]  # the order of every per-query value
+    demos, queries, dev = cell_rows(get_task("sst2"), CFG)
+    assert ids["eval"] == [q["row_index"] for q in queries] and ids["dev"] == [r["row_index"] for r in dev]
+    assert [d["row_index"] for d in cell["demonstrations"]] == [d["row_index"] for d in demos][: len(cell["demonstrations"])]
+    assert (ids["eval_split"], ids["dev_split"]) == ("validation", "train") and len(ids["dev"]) == CFG.lr_dev_size
+    assert ids["dev_used_for"] == []  # the rate was given: nothing chosen
+    assert cell["null_seeds"] == null_seeds(CFG.random_seed, CFG.seed)
+
+
+def test_older_cells_without_the_format_4_keys_stay_valid(cell):
+    old = copy.deepcopy(cell)
+    for key in ("query_ids", "null_seeds"):
+        old.pop(key)
+    for null in ("wrong_label_answer_loss", "gradient_span"):
+        old["nulls"]["ft"].pop(null)
+        old["per_example"]["nulls"]["ft"].pop(null)
+    old["nulls"]["ft"]["wrong_label"].pop("loss_on")
+    validate_results(old)

@@ -124,3 +124,42 @@ def test_balanced_demonstrations_cycle_through_labels():
     for label in range(4):
         expected = [d["row_index"] for d in shuffled if d["label"] == label][:2]
         assert [d["row_index"] for d in demos if d["label"] == label] == expected
+
+
+@pytest.mark.parametrize("task_name", BUILTIN_TASK_NAMES)
+def test_dev_slice_is_disjoint_from_evaluation_queries_and_demonstrations_for_every_preset(task_name):
+    """What a cell chooses on (its dev slice) shares no row and no input text with the queries it
+    reports nor any row with its demonstrations: every built-in task, every preset, five seeds; and
+    the same for the task read with its train split as evaluation split."""
+    from icl_lens.experiment import cell_rows
+    from icl_lens.presets import PRESETS, preset_config
+
+    builtin = get_task(task_name)
+    train = load_split(builtin, builtin.train_split)
+    for task in (builtin, builtin.with_overrides(eval_split=builtin.train_split)):
+        evaluated = load_split(task, task.eval_split) if task.eval_split != task.train_split else train
+        for preset in PRESETS:
+            for seed in range(5):
+                cfg = preset_config(preset, task=task_name, seed=seed)
+                demos, queries, dev = cell_rows(task, cfg, train=train, eval_dataset=evaluated)
+                dev_rows = {(task.train_split, r["row_index"]) for r in dev}
+                assert len(dev_rows) == len(dev) and 0 < len(dev) <= cfg.lr_dev_size
+                assert len(dev) == cfg.lr_dev_size or task.eval_split == task.train_split  # CB's 250 rows run out
+                assert not dev_rows & {(task.eval_split, q["row_index"]) for q in queries}, (preset, seed)
+                assert not dev_rows & {(task.train_split, d["row_index"]) for d in demos}, (preset, seed)
+                assert not {task.format_input(r) for r in dev} & {task.format_input(q) for q in queries}
+                assert len(queries) == min(cfg.limit, len(evaluated)) and len(demos) == cfg.k
+
+
+def test_dev_slice_skips_train_rows_whose_input_is_an_evaluation_query():
+    """Some SST-5 validation sentences are also train rows: a dev slice never holds them."""
+    from icl_lens.training.lr_sweep import dev_slice
+
+    task = get_task("sst5")
+    train, evaluated = load_split(task, "train"), load_split(task, "validation")
+    eval_inputs = {task.format_input(row) for row in evaluated}
+    shared = {i for i, row in enumerate(train) if task.format_input(row) in eval_inputs}
+    assert shared
+    everything = dev_slice(train, len(train), 0, task=task, query_inputs=eval_inputs)
+    assert len(everything) == len(train) - len(shared) and not shared & {r["row_index"] for r in everything}
+    assert len(dev_slice(train, len(train), 0, task=task)) == len(train)

@@ -44,22 +44,42 @@ Criterion = Literal["dev", "demos"]
 
 
 def dev_slice(
-    train, size: int, seed: int, exclude_rows: Iterable[int] = (), *, task=None, query_rows: Iterable[int] = ()
+    train,
+    size: int,
+    seed: int,
+    exclude_rows: Iterable[int] = (),
+    *,
+    task=None,
+    query_rows: Iterable[int] = (),
+    query_inputs: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """``size`` train rows (with ``row_index``) for choosing something, disjoint from what is reported.
 
     Rows come in the order of the seeded train shuffle (:func:`icl_lens.tasks.shuffled_indices`, the
     one demonstrations are drawn from), skipping ``exclude_rows`` (the demonstrations) and, when
-    ``task`` draws its evaluation queries from its train split, ``query_rows`` too: nothing chosen on
-    this slice has seen a reported query or a demonstration.
+    ``task`` draws its evaluation queries from its train split, ``query_rows`` too; with ``task``, a
+    row whose input (``task.format_input``) is one of ``query_inputs`` (the evaluation queries'
+    inputs) is skipped as well, so a text both splits hold (SST-5's "hey arnold !" is a train row and
+    two validation rows) is never chosen on: nothing chosen on this slice has seen a reported query
+    or a demonstration.
     """
     from icl_lens.tasks import shuffled_indices
 
     excluded = set(int(i) for i in exclude_rows)
     if task is not None and task.eval_split == task.train_split:
         excluded |= set(int(i) for i in query_rows)
-    order = [i for i in shuffled_indices(len(train), seed) if i not in excluded][:size]
-    return [dict(train[i], row_index=i) for i in order]
+    reported = set(query_inputs) if task is not None else set()
+    chosen: list[dict[str, Any]] = []
+    for i in shuffled_indices(len(train), seed):
+        if len(chosen) == size:
+            break
+        if i in excluded:
+            continue
+        row = dict(train[i], row_index=i)
+        if reported and task.format_input(row) in reported:
+            continue
+        chosen.append(row)
+    return chosen
 
 
 Trainer = Callable[..., tuple[Model, Any]]
