@@ -9,6 +9,13 @@
 Explicit values win over the preset's: ``preset_config("reference", k=16)`` has k = 16 and
 everything else of the reference preset. The preset's name is recorded in the config
 (``config["preset"]``).
+
+A preset also names the demonstration seeds a findings run (``experiments/reproduce_tables.py``)
+uses per task: :data:`PRESET_SEEDS`, five for both presets. An interval over seeds (a t interval
+over the seed means, df = seeds − 1) needs that many to be of any use: with three its t quantile is
+4.30, with five 2.78. A run of the six tasks is then 30 cells (each with its own learning-rate
+sweep, ZSL, ICL, FT, LCGD and every null), 60 with the untrained baseline on every seed; the
+CHANGELOG records what a cell measured.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Preset name -> the config values it sets; nested configs (``prompt``) as dicts of their fields."""
 
+FINDINGS_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4)
+"""The demonstration seeds of a findings run (one cell per task and seed)."""
+
+PRESET_SEEDS: dict[str, tuple[int, ...]] = {"default": FINDINGS_SEEDS, "reference": FINDINGS_SEEDS}
+"""Preset name -> the demonstration seeds a findings run of that preset uses by default."""
+
 _NESTED = {"prompt": PromptFormat, "record": RecordSpec, "finetune": FinetuneConfig}
 
 
@@ -42,6 +55,13 @@ def preset_values(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return {key: dict(value) if isinstance(value, dict) else value for key, value in PRESETS[name].items()}
+
+
+def preset_seeds(name: str) -> tuple[int, ...]:
+    """The demonstration seeds a findings run of preset ``name`` uses by default."""
+    if name not in PRESET_SEEDS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESET_SEEDS)}")
+    return PRESET_SEEDS[name]
 
 
 def preset_config(name: str, **overrides: Any) -> ExperimentConfig:
@@ -67,4 +87,4 @@ def preset_config(name: str, **overrides: Any) -> ExperimentConfig:
     return ExperimentConfig(**values)
 
 
-__all__ = ["PRESETS", "preset_config", "preset_values"]
+__all__ = ["FINDINGS_SEEDS", "PRESETS", "PRESET_SEEDS", "preset_config", "preset_seeds", "preset_values"]

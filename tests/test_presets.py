@@ -120,3 +120,10 @@ def test_reproduce_tables_reference_preset_and_untrained_init(tmp_path, monkeypa
         assert cell["lr"] == {"lr": 5e-4, "mode": "reference"}  # the paper's SST-2 rate, no sweep
     (untrained,) = [c for c in cells if c["config"]["untrained"]]
     assert untrained["model"]["untrained_init"] == "normal"
+
+
+def test_presets_name_five_seeds_for_a_findings_run():
+    from icl_lens.presets import PRESET_SEEDS, preset_seeds
+
+    assert preset_seeds("default") == preset_seeds("reference") == (0, 1, 2, 3, 4)
+    assert set(PRESET_SEEDS) == {"default", "reference"} and all(len(s) >= 5 for s in PRESET_SEEDS.values())
