@@ -465,3 +465,12 @@ def units_to_detect(
         if min_detectable_effect(sd / math.sqrt(n), n - 1, alpha, power) <= abs(effect):
             return n
     return None
+
+
+def min_equivalence_margin(se: float, df: float, alpha: float = 1 - DEFAULT_CONFIDENCE, power: float = 0.8) -> float:
+    """Narrowest margin :func:`tost` at level α confirms with probability ``power`` when the true
+    difference is 0: (t_{1−α, df} + t_{1−(1−power)/2, df}) · se (each one-sided test needs
+    margin/se − t_{1−α} ≥ t_{1−(1−power)/2} for both to pass together with that power)."""
+    if se < 0 or not df > 0 or not 0 < power < 1 or not 0 < alpha < 1:
+        raise MetricInputError(f"need se >= 0, df > 0, alpha and power in (0, 1); got {se}, {df}, {alpha}, {power}")
+    return float((t_quantile(1 - alpha, df) + t_quantile(1 - (1 - power) / 2, df)) * se)

@@ -1,13 +1,29 @@
-"""Claims and verdicts (icl_lens.reporting.findings), the findings CLI and the report's dashboard, on
-synthetic cells (tests/findings_fixtures.py) that follow the results contract."""
+"""Claims and verdicts (icl_lens.reporting.findings, .claims, .verdicts), the findings CLI, the README
+table and the report's dashboard, on synthetic cells (tests/findings_fixtures.py) that follow the
+results contract."""
 
 import json
+import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from findings_fixtures import study, synthetic_cell, write_cells
 from icl_lens.cli import main
-from icl_lens.reporting.findings import CLAIM_IDS, POOLED, evaluate_findings, verdict
+from icl_lens.reporting.findings import (
+    CLAIM_IDS,
+    FINDINGS_FORMAT,
+    POOLED,
+    THESE_TASKS,
+    check_readme_table,
+    evaluate_findings,
+    readme_table,
+    verdict,
+)
+from icl_lens.stats import clopper_pearson, holm_adjust
+
+TASK_COLUMNS = [POOLED, THESE_TASKS]
 
 
 def rows_of(findings, claim, task=None):
@@ -30,38 +46,131 @@ def test_verdict_rule(interval, side, expected):
 
 
 def test_verdicts_hold_fail_and_are_inconclusive_on_constructed_cells():
-    holds = evaluate_findings(study(icl_gain=0.4))
+    tasks = ("sst2", "subj", "cb")
+    holds = evaluate_findings(study(tasks=tasks, icl_gain=0.4))
     assert {r["verdict"] for r in rows_of(holds, "icl_beats_zsl")} == {"holds"}
-    # ICL breaks a third of ZSL's right answers: the claim fails on every task and pooled
-    fails = evaluate_findings(study(icl_gain=-0.6))
+    # ICL breaks most of ZSL's right answers: the claim fails on every task and pooled
+    fails = evaluate_findings(study(tasks=tasks, icl_gain=-0.6))
     assert {r["verdict"] for r in rows_of(fails, "icl_beats_zsl")} == {"fails"}
     assert all(r["interval"][1] < 0 for r in rows_of(fails, "icl_beats_zsl"))
-    # ICL predicts exactly as ZSL: every resample's difference is 0, so the interval is the point 0
+    # ICL predicts exactly as ZSL in every seed: the effect is 0, never a verdict
     same = evaluate_findings(study(icl_gain=0.0))
     for row in rows_of(same, "icl_beats_zsl"):
-        assert row["interval"] == [0.0, 0.0] and row["effect"] == 0.0 and row["verdict"] == "inconclusive"
+        assert row["effect"] == 0.0 and row["verdict"] == "inconclusive"
     # SimAOU at the null's level: inconclusive; far above: holds; below: fails
     for null, expected in [(0.3, "inconclusive"), (0.0, "holds"), (0.6, "fails")]:
-        found = evaluate_findings(study(null_simaou=null, noise=0.05))
+        found = evaluate_findings(study(tasks=tasks, null_simaou=null, noise=0.05))
         row = one(found, "simaou_above_shuffled_pair")
         assert row["verdict"] == expected, (null, row)
         assert row["effect"] == pytest.approx(0.3 - null, abs=0.02)
 
 
-def test_every_claim_has_a_pooled_row_and_per_task_rows():
+def test_within_a_task_the_interval_is_the_t_interval_over_seed_values():
+    cells = study(tasks=("sst2",), seeds=(0, 1, 2, 3))
+    findings = evaluate_findings(cells)
+    per_seed = [c["accuracy"]["icl"] - c["accuracy"]["zsl"] for c in cells if not c["config"]["untrained"]]
+    row = one(findings, "icl_beats_zsl", "sst2")
+    low, high = stats.t.interval(0.95, 3, loc=np.mean(per_seed), scale=stats.sem(per_seed))
+    assert row["effect"] == pytest.approx(np.mean(per_seed)) and row["interval"] == pytest.approx([low, high])
+    assert row["df"] == 3 and row["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert row["test"].startswith("t over 4 seed values (df 3)")
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue)
+
+
+def test_pooled_rows_tasks_like_these_and_these_tasks():
+    findings = evaluate_findings(study(tasks=("sst2", "subj", "cb"), seeds=(0, 1)))
+    per_task = [one(findings, "simaou_above_random", t) for t in ("cb", "sst2", "subj")]
+    effects = [r["effect"] for r in per_task]
+    random_effect = one(findings, "simaou_above_random", POOLED)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(effects), scale=stats.sem(effects))
+    assert random_effect["interval"] == pytest.approx([low, high]) and random_effect["df"] == 2
+    assert random_effect["test"].startswith("tasks like these: t over 3 task values (df 2)")
+    fixed = one(findings, "simaou_above_random", THESE_TASKS)
+    assert fixed["se"] == pytest.approx(math.sqrt(sum(r["se"] ** 2 for r in per_task)) / 3)
+    assert fixed["effect"] == pytest.approx(np.mean(effects)) and fixed["n_seeds"] == 6
+    # one task: no random-effect interval, the fixed row still has one
+    single = evaluate_findings(study(tasks=("sst2",), seeds=(0, 1)))
+    assert one(single, "simaou_above_random")["verdict"].startswith("missing: interval: tasks as a random effect")
+    assert one(single, "simaou_above_random", THESE_TASKS)["verdict"] == "holds"
+
+
+def test_holm_within_each_family_raw_and_adjusted_p_kept():
+    findings = evaluate_findings(study(tasks=("sst2", "subj", "cb"), seeds=(0, 1, 2), icl_gain=0.05))
+    assert "Holm" in findings["settings"]["multiplicity"]
+    family = [r for r in findings["rows"] if r["claim"] == "icl_beats_zsl"]
+    assert [r["task"] for r in family] == ["cb", "sst2", "subj", *TASK_COLUMNS]
+    assert {r["family"] for r in family} == {"tiny · k=4 / icl_beats_zsl"}
+    assert [r["p_adjusted"] for r in family] == pytest.approx(holm_adjust([r["p_value"] for r in family]))
+    for r in family:  # the verdict follows the adjusted p
+        significant = r["p_adjusted"] < 0.05
+        assert (r["verdict"] != "inconclusive") == significant, r
+    assert any(r["p_adjusted"] > r["p_value"] for r in family)
+
+
+def test_inconclusive_rows_state_the_detectable_effect():
+    findings = evaluate_findings(study(tasks=("sst2", "subj", "cb"), icl_gain=0.02, seeds=(0, 1, 2)))
+    inconclusive = [r for r in rows_of(findings, "icl_beats_zsl") if r["verdict"] == "inconclusive"]
+    assert inconclusive
+    for r in inconclusive:
+        mde = (stats.t.ppf(0.975, r["df"]) + stats.t.ppf(0.8, r["df"])) * r["se"]
+        assert r["mde"] == pytest.approx(mde) and f"{mde:.3g}" in r["note"] and "80%" in r["note"]
+    holds = [r for r in findings["rows"] if r["verdict"] == "holds"]
+    assert holds and all("detectable" not in r["note"] for r in holds)
+
+
+def test_untrained_claims_are_equivalence_tests_against_a_declared_margin():
+    margins = evaluate_findings(study())["settings"]["equivalence_margins"]
+    assert margins == {"simaou": 0.05, "simam": 0.05, "accuracy": 0.05}
+    comparable = evaluate_findings(study(untrained={"icl_gain": 0.0, "simaou": 0.3}))
+    rows = rows_of(comparable, "untrained_simaou_comparable")
+    assert {r["verdict"] for r in rows if r["task"] != POOLED} == {"holds"}
+    assert all(r["side"] == "≈" and r["margin"] == 0.05 and r["test"].startswith("TOST against ±0.05") for r in rows)
+    # one untrained seed: paired with the trained cell of that seed on the same queries, within-seed SE
+    assert "one seed: SE from the within-seed query bootstrap" in one(comparable, "untrained_simaou_comparable", "sst2")["test"]
+    lower = evaluate_findings(study(untrained={"icl_gain": 0.0, "simaou": 0.0}))
+    assert {r["verdict"] for r in rows_of(lower, "untrained_simaou_comparable") if r["task"] != POOLED} == {"fails"}
+    assert one(lower, "untrained_simaou_comparable", "sst2")["effect"] == pytest.approx(-0.3, abs=0.02)
+    # a difference at the margin itself: neither equivalent nor credibly beyond it
+    edge = evaluate_findings(study(untrained={"icl_gain": 0.0, "simaou": 0.25}))
+    assert one(edge, "untrained_simaou_comparable", "sst2")["verdict"] == "inconclusive"
+    # the untrained model's ICL: equivalent to ZSL when it changes nothing, fails when it gains a lot
+    assert one(comparable, "untrained_icl_no_gain", "sst2")["verdict"] == "holds"
+    icl_works = evaluate_findings(study(untrained={"icl_gain": 0.5, "simaou": 0.3}))
+    assert one(icl_works, "untrained_icl_no_gain", "sst2")["verdict"] == "fails"
+
+
+def test_proportions_get_exact_intervals_and_a_zero_denominator_is_undefined():
+    # ICL right wherever FT is: Rec2FTP 100 % in every seed, yet the interval is not the point [100, 100]
+    cells = [synthetic_cell("sst2", s, icl_gain=1.0) for s in (0, 1, 2)]
+    row = one(evaluate_findings(cells), "rec2ftp_majority", "sst2")
+    fixes = [sum(1 for e in c["examples"] if e["prediction"]["zsl"] != e["label"] == e["prediction"]["ft"])
+             for c in cells]
+    assert row["effect"] == 100.0 and row["verdict"] == "holds"
+    assert row["interval"] == pytest.approx([100 * clopper_pearson(sum(fixes), sum(fixes))[0], 100.0])
+    assert "Clopper–Pearson" in row["test"]
+    # FT fixes nothing on subj: Rec2FTP is 0/0, "undefined", never a verdict; the pool leaves subj out
+    cells = study(seeds=(0, 1), tasks=("sst2",)) + [synthetic_cell("subj", s, ft_gain=0.0) for s in (0, 1)]
+    findings = evaluate_findings(cells)
+    assert one(findings, "rec2ftp_majority", "subj")["verdict"].startswith("undefined: ")
+    fixed, sst2 = one(findings, "rec2ftp_majority", THESE_TASKS), one(findings, "rec2ftp_majority", "sst2")
+    assert fixed["effect"] == sst2["effect"] and "undefined on task subj, left out" in fixed["test"]
+
+
+def test_every_claim_has_a_source_and_rows_per_task_and_pooled():
     findings = evaluate_findings(study(tasks=("sst2", "subj", "cb"), seeds=(0, 1)))
     claims = [r["claim"] for r in findings["rows"]]
     assert list(dict.fromkeys(claims)) == list(CLAIM_IDS)
-    for claim in ("icl_beats_zsl", "lcgd_simaou_above_gd", "untrained_comparable", "rec2ftp_majority"):
-        assert [r["task"] for r in rows_of(findings, claim)] == ["cb", "sst2", "subj", POOLED]
-    pooled = one(findings, "simaou_above_random")
-    per_task = [r["effect"] for r in rows_of(findings, "simaou_above_random") if r["task"] != POOLED]
-    assert pooled["effect"] == pytest.approx(sum(per_task) / 3)
-    assert pooled["n_seeds"] == 6 and pooled["verdict"] == "holds"
+    assert findings["findings_format"] == FINDINGS_FORMAT == 2
+    for claim in ("icl_beats_zsl", "icl_beats_ft", "lcgd_simaou_above_gd", "untrained_simaou_comparable",
+                  "rec2ftp_majority", "jaccard_below_half", "simam_ft_above_zsl", "low_overlap_cosine"):
+        assert [r["task"] for r in rows_of(findings, claim)] == ["cb", "sst2", "subj", *TASK_COLUMNS], claim
+    for r in findings["rows"]:
+        assert r["source"].startswith(("Dai et al. 2023", "Deutch et al. 2024", "Shen et al. 2023", "icl_lens nulls")), r
+    assert one(findings, "jaccard_below_half", "sst2")["side"] == "<"  # Deutch: J < 0.5
     assert rows_of(findings, "icl_beats_zsl", "sst2")[0]["test"].endswith("p=0.04, 0.04 (per seed)")
 
 
-def test_missing_inputs_say_missing_never_a_verdict():
+def test_missing_inputs_say_missing_and_name_the_run():
     old = [synthetic_cell("sst2", 0, with_nulls=False, with_per_example=False)]
     for r in old:  # an older file: no intervals, tests or token overlap
         for key in ("accuracy_ci", "tests", "uncertainty"):
@@ -74,48 +183,100 @@ def test_missing_inputs_say_missing_never_a_verdict():
                   "jaccard_below_independence"):
         for row in rows_of(findings, claim):
             assert row["verdict"].startswith("missing: ") and "nulls" in row["verdict"] and row["effect"] is None
-    assert one(findings, "low_token_overlap", "sst2")["verdict"] == "missing: metrics.ft.token_overlap (seed 0)"
-    assert one(findings, "untrained_comparable")["verdict"] == "missing: untrained cells"
-    assert one(findings, "icl_more_order_sensitive")["verdict"].startswith("missing: order-sensitivity")
+    for claim in ("simaou_above_gradient_span", "simaou_above_wrong_label_answer_loss"):
+        assert "run: a run of results format 4" in one(findings, claim, "sst2")["verdict"]
+    assert one(findings, "low_token_overlap", "sst2")["verdict"] == "missing: metrics.ft.token_overlap.token_overlap (seed 0)"
+    assert one(findings, "untrained_simaou_comparable")["verdict"].startswith("missing: untrained cells — run: ")
+    assert one(findings, "order_sensitivity_differs")["verdict"].startswith("missing: order-sensitivity outputs")
+    assert "experiments/shen_analyses.py order" in one(findings, "order_sensitivity_differs")["verdict"]
     assert one(findings, "attention_not_sparse")["verdict"].startswith("missing: sparsity")
+    assert "experiments/lcgd_clipping.py" in one(findings, "clipping_restores_lcgd_simam")["verdict"]
+    assert "two models" in one(findings, "gap_varies_with_model")["verdict"]
     # one seed, no per-query values, no cell interval: the value is known, its interval is not
     row = one(findings, "simaou_above_random", "sst2")
     assert row["effect"] is not None and row["verdict"].startswith("missing: interval")
-    # accuracy still has per-query values (from "examples"): a verdict
-    assert one(findings, "icl_beats_zsl", "sst2")["verdict"] in ("holds", "fails", "inconclusive")
+    # accuracy still has per-query values (from "examples"): a verdict, from the within-seed query spread
+    row = one(findings, "icl_beats_zsl", "sst2")
+    assert row["verdict"] in ("holds", "fails", "inconclusive") and row["test"].startswith("one seed")
 
 
-def test_untrained_claim():
-    comparable = evaluate_findings(study(untrained={"icl_gain": 0.0, "simaou": 0.3}))
-    assert {r["verdict"] for r in rows_of(comparable, "untrained_comparable")} == {"holds"}
-    lower = evaluate_findings(study(untrained={"icl_gain": 0.0, "simaou": 0.0}))
-    assert {r["verdict"] for r in rows_of(lower, "untrained_comparable")} == {"fails"}
-    assert one(lower, "untrained_comparable")["effect"] == pytest.approx(-0.3, abs=0.02)
-    icl_works = evaluate_findings(study(untrained={"icl_gain": 0.5, "simaou": 0.3}))
-    assert {r["verdict"] for r in rows_of(icl_works, "untrained_comparable")} == {"fails"}
+def _order_output(task, seed, icl=0.3, sgd=(0.1, 0.0), adam=None, n=40):
+    per_query = lambda v: [v + 0.01 * ((i * (seed + 3)) % 7) for i in range(n)]
+    settings = [{"setting": "icl", "optimizer": None, "batch_size": None, "output_std": icl,
+                 "per_example_output_std": per_query(icl)}]
+    for batch, value in zip((1, 4), sgd):
+        settings.append({"setting": f"sgd_bs{batch}", "optimizer": "sgd", "batch_size": batch, "output_std": value,
+                         "per_example_output_std": per_query(value)})
+    for batch, value in zip((1, 4), adam or ()):
+        settings.append({"setting": f"adam_bs{batch}", "optimizer": "adam", "batch_size": batch, "output_std": value,
+                         "per_example_output_std": per_query(value)})
+    return {"analysis": "order_sensitivity", "task": task, "model": "tiny", "k": 4, "config": {"seed": seed},
+            "settings": settings}
 
 
-def test_order_and_sparsity_claims_read_the_shen_outputs():
-    per_query = lambda v, n=40: [v + 0.01 * (i % 5) for i in range(n)]
-    order = [{"analysis": "order_sensitivity", "task": task, "model": "tiny", "k": 4, "settings": [
-        {"setting": "icl", "optimizer": None, "output_std": 0.3, "per_example_output_std": per_query(0.3)},
-        {"setting": "sgd_bs1", "optimizer": "sgd", "output_std": 0.1, "per_example_output_std": per_query(0.1)},
-        {"setting": "sgd_bs4", "optimizer": "sgd", "output_std": 0.0, "per_example_output_std": per_query(0.0)},
-    ]} for task in ("sst2", "subj")]
+def test_order_sensitivity_differs_two_sided_for_each_sgd_setting_over_seeds():
+    order = [_order_output(t, s, adam=(0.2, 0.2)) for t in ("sst2", "subj") for s in (0, 1, 2)]
+    findings = evaluate_findings(study(), order)
+    rows = rows_of(findings, "order_sensitivity_differs")
+    statements = list(dict.fromkeys(r["statement"] for r in rows))
+    assert statements == ["ICL's and SGD's (batch 1) order sensitivity differ",
+                          "ICL's and SGD's (batch 4) order sensitivity differ"]
+    first = [r for r in rows if r["statement"] == statements[0]]
+    assert [r["task"] for r in first] == ["sst2", "subj", *TASK_COLUMNS]
+    assert first[0]["n_seeds"] == 3 and first[0]["side"] == "≠" and first[0]["effect"] == pytest.approx(0.2)
+    assert first[0]["verdict"] == "holds" and first[0]["family"].endswith("icl − sgd_bs1")
+    # ICL less order-sensitive than SGD: they still differ (the paper's claim is two-sided)
+    less = evaluate_findings(study(), [_order_output("sst2", s, icl=0.05, sgd=(0.4, 0.3)) for s in (0, 1)])
+    row = [r for r in rows_of(less, "order_sensitivity_differs", "sst2")][0]
+    assert row["effect"] == pytest.approx(-0.35) and row["verdict"] == "holds"
+    # Adam vs SGD at each batch size, and the batch effect
+    adam = rows_of(findings, "order_sensitivity_adam_vs_sgd", "sst2")
+    assert [r["effect"] for r in adam] == pytest.approx([0.1, 0.2])
+    batch = rows_of(findings, "order_sensitivity_batch", "sst2")
+    assert [r["statement"] for r in batch] == ["SGD's order sensitivity differs between batch 4 and 1",
+                                               "Adam's order sensitivity differs between batch 4 and 1"]
+    assert batch[0]["effect"] == pytest.approx(-0.1) and batch[1]["effect"] == pytest.approx(0.0)
+
+
+def test_sparsity_reads_the_shen_output():
     sparsity = {"analysis": "sparsity", "handbuilt": 0.75, "models": [
         {"model": "tiny", "thresholds": [1e-4, 1e-3, 1e-2], "scale": "absolute", "pooled": [0.01, 0.05, 0.4]}]}
-    findings = evaluate_findings(study(), [*order, sparsity])
-    rows = rows_of(findings, "icl_more_order_sensitive")
-    assert [r["verdict"] for r in rows] == ["holds"] * 3
-    assert rows[0]["effect"] == pytest.approx(0.2) and "sgd_bs1" in rows[0]["note"]
-    row = one(findings, "attention_not_sparse")
+    row = one(evaluate_findings(study(), [sparsity]), "attention_not_sparse")
     assert row["effect"] == 0.05 and row["interval"] == [0.05, 0.05] and row["verdict"] == "holds"
+    assert row["p_value"] is None and "no family" in row["test"]
     dense_not = {**sparsity, "models": [{**sparsity["models"][0], "pooled": [0.8, 0.9, 0.99]}]}
     assert one(evaluate_findings(study(), [dense_not]), "attention_not_sparse")["verdict"] == "fails"
 
 
+def test_gap_against_k_and_between_models_from_the_demonstration_sweep():
+    rows = [{"model": model, "task": "sst2", "k": k, "seed": seed,
+             "gap_accuracy": slope * math.log2(k) + 0.01 * seed + offset}
+            for model, slope, offset in (("tiny", 0.05, 0.0), ("other", 0.05, 0.2))
+            for k in (1, 2, 4, 8) for seed in (0, 1, 2)]
+    sweep = {"analysis": "demo_sweep", "rows": rows}
+    findings = evaluate_findings(study(), [sweep])
+    row = one(findings, "gap_varies_with_k", "sst2")
+    assert row["effect"] == pytest.approx(0.05) and row["n_seeds"] == 3
+    between = [r for r in findings["rows"] if r["claim"] == "gap_varies_with_model" and r["task"] == "sst2"]
+    assert between[0]["study"] == "across models" and between[0]["effect"] == pytest.approx(0.2)
+    assert between[0]["statement"].endswith("other − tiny")
+
+
+def test_clipping_claim_pairs_clipped_and_unclipped_lcgd_cells_by_seed():
+    cells = study(tasks=("subj",), seeds=(0, 1))
+    for seed in (0, 1):
+        clipped = synthetic_cell("subj", seed)
+        clipped["config"]["finetune"] = {"clip_global_norm": 12.0}
+        per_query = np.asarray(clipped["per_example"]["lcgd"]["simam"]) + 0.2
+        clipped["per_example"]["lcgd"]["simam"] = per_query.tolist()
+        clipped["metrics"]["lcgd"]["simam"]["mean"] += 0.2
+        cells.append(clipped)
+    row = one(evaluate_findings(cells), "clipping_restores_lcgd_simam", "subj")
+    assert row["effect"] == pytest.approx(0.2) and row["n_seeds"] == 2 and row["verdict"] == "holds"
+
+
 def test_findings_are_seeded():
-    cells = study(seeds=(0, 1))
+    cells = study(seeds=(0,))
     assert evaluate_findings(cells, seed=3) == evaluate_findings(cells, seed=3)
     assert evaluate_findings(cells, seed=3)["rows"] != evaluate_findings(cells, seed=4)["rows"]
 
@@ -127,11 +288,32 @@ def test_findings_cli_writes_json_and_markdown(tmp_path, capsys):
     findings = json.loads((root / "findings.json").read_text())
     markdown = (root / "findings.md").read_text()
     assert out == markdown and "| verdict |" in markdown and "ICL beats ZSL" in markdown
+    assert "Holm" in markdown and "Equivalence margins" in markdown and "tasks like these" in markdown
     assert findings["settings"]["n_resamples"] == 200
     assert len(findings["rows"]) == markdown.count("\n| tiny")
     assert main(["findings", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no finished cell" in err
+
+
+def test_readme_table_is_rendered_from_findings_json_and_checked(tmp_path, capsys):
+    root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
+    assert main(["findings", str(root), "--n-resamples", "100"]) == 0
+    capsys.readouterr()
+    assert main(["findings", str(root), "--readme-table"]) == 0
+    block = capsys.readouterr().out
+    findings = json.loads((root / "findings.json").read_text())
+    assert block == readme_table(findings)
+    assert block.startswith("<!-- findings-table:start -->\n") and block.endswith("<!-- findings-table:end -->\n")
+    assert "| claim | source | sst2 | subj | tasks like these | these tasks |" in block
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nText.\n\n" + block + "\nMore text.\n")
+    assert check_readme_table(readme, root / "findings.json") == []
+    readme.write_text(readme.read_text().replace("holds", "fails", 1))
+    assert check_readme_table(readme, findings) == [
+        f"{readme}: the findings table differs from findings.json; paste the output of --readme-table"]
+    readme.write_text("no table\n")
+    assert "no <!-- findings-table:start -->" in check_readme_table(readme, findings)[0]
 
 
 def test_matrix_puts_each_claim_on_a_row_and_each_task_in_a_column():
@@ -147,14 +329,14 @@ def test_matrix_puts_each_claim_on_a_row_and_each_task_in_a_column():
         "verdicts": "holds: ...",
         "rows": [
             row("A", "sst2", 0.1, [0.05, 0.15], "holds"),
-            row("A", "all tasks (pooled)", 0.1, [0.05, 0.15], "holds"),
+            row("A", POOLED, 0.1, [0.05, 0.15], "holds"),
             row("A", "cb", -0.2, [-0.3, -0.1], "fails"),
             row("B", "sst2", None, None, "missing: no untrained cell"),
             row("A", "sst2", 0.5, [0.0, 1.0], "inconclusive", study="other · k=8"),
         ],
     }
     first, second = matrix_tables(findings)
-    assert first.caption == "m · k=4" and list(first.header) == ["claim", "cb", "sst2", "pooled"]
+    assert first.caption == "m · k=4" and list(first.header) == ["claim", "cb", "sst2", "tasks like these"]
     assert [list(r) for r in first.rows] == [
         ["A", "-0.200 [-0.300, -0.100] **fails**", "0.100 [0.050, 0.150] **holds**", "0.100 [0.050, 0.150] **holds**"],
         ["B", "–", "**missing: no untrained cell**", "–"],
@@ -176,12 +358,3 @@ def test_report_index_is_a_dashboard_with_the_findings(tmp_path):
     assert "Across cells" in index and "sst2" in index and "[" in index  # intervals in the cross-cell table
     assert index.count('src="data:image/png;base64,') == 2  # SimAOU and SimAM_Δ across tasks
     assert 'href="sst2__tiny__seed0/report.html"' in index
-
-
-def test_an_undefined_rec2ftp_is_left_out_not_averaged_as_zero():
-    # FT fixes nothing on subj (FT predicts as ZSL): Rec2FTP is undefined there
-    cells = study(seeds=(0, 1), tasks=("sst2",)) + [synthetic_cell("subj", s, ft_gain=0.0) for s in (0, 1)]
-    findings = evaluate_findings(cells)
-    assert one(findings, "rec2ftp_majority", "subj")["verdict"] == "missing: metrics.ft.rec2ftp undefined in every seed"
-    pooled, sst2 = one(findings, "rec2ftp_majority"), one(findings, "rec2ftp_majority", "sst2")
-    assert pooled["effect"] == sst2["effect"] and "undefined on task subj, left out" in pooled["test"] + pooled["note"]

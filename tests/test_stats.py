@@ -199,3 +199,10 @@ def test_satterthwaite_by_hand():
 
     # two estimates of SE 1 with 2 df each: (1 + 1)² / (1/2 + 1/2) = 4
     assert satterthwaite_df([1.0, 1.0], [2, 2]) == pytest.approx(4.0)
+
+
+def test_min_equivalence_margin_by_hand():
+    from icl_lens.stats import min_equivalence_margin
+
+    # (t_{0.95, inf} + t_{0.9, inf}) · 1 = 1.644854 + 1.281552
+    assert min_equivalence_margin(1.0, 1e9) == pytest.approx(2.926405, abs=1e-5)

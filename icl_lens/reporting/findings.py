@@ -2,37 +2,27 @@
 ``icl-lens findings RESULTS_DIR``.
 
 Every ``results.json`` under the folder (any depth) is one cell; cells are grouped into studies
-(model, k, and the preset when the run records one) and, within a study, indexed by task, seed and
-whether the model is untrained. Shen et al.'s analyses written under the same folder
-(``experiments/shen_analyses.py``: order-sensitivity and sparsity JSON) are read too.
+(model, k, the preset when the run records one, dtype and device kind) and, within a study, indexed
+by task, seed and whether the model is untrained. Shen et al.'s analyses written under the same
+folder (``experiments/shen_analyses.py``: order sensitivity, sparsity, the demonstration-count sweep)
+are read too, and LCGD cells with a clipped gradient (``experiments/lcgd_clipping.py``).
 
-For each claim, one row per task and one pooled over tasks, with an effect size, its interval,
-the test and a verdict:
+Each claim (:mod:`icl_lens.reporting.claims`: stated in the paper's direction, with its source) gets
+one row per task and two pooled rows, **tasks like these** (the tasks a random sample: t over task
+values) and **these tasks** (the tasks fixed). The inference (:mod:`icl_lens.reporting.verdicts`):
+within a task, a t interval over the seed values (df = seeds − 1), exact Clopper–Pearson intervals
+for proportions, two one-sided tests against a declared margin for "comparable" claims, Holm's
+adjustment within each claim's family. Verdicts:
 
-* **holds** — the interval excludes the null value on the claimed side;
-* **fails** — it excludes the null value on the other side;
-* **inconclusive** — it contains the null value;
-* **missing: <what>** — the cells lack an input; never a verdict then.
+* **holds** — the Holm-adjusted p < α with the effect on the claimed side (equivalence: within the margin);
+* **fails** — adjusted p < α on the other side (equivalence: credibly beyond the margin);
+* **inconclusive** — neither; the row says what the run could have detected at 80 % power;
+* **undefined** — a ratio whose denominator is 0 (e.g. Rec2FTP where finetuning fixed nothing);
+* **missing: <what>** — the cells lack an input; the row names the run that would test the claim.
 
-Intervals (percentile, ``--confidence``): per task, the two-level bootstrap of
-:mod:`icl_lens.reporting.aggregate` (resample seeds, then queries within each drawn seed); pooled, the tasks
-are fixed and each task's draws are averaged over tasks. Every draw is seeded (``--seed``, plus a
-stable hash of claim and task). Definitions the papers leave open, chosen here:
-
-* "≫ random", "above a null": the interval of the per-query paired difference lies above 0;
-* untrained model *comparable* (Deutch et al. 2024, §6): the interval of untrained − trained
-  SimAOU (FT) reaches 0 or above (the untrained model is not credibly lower) **and** the
-  untrained model's ICL − ZSL accuracy interval reaches 0 or below (its ICL does not credibly beat
-  ZSL): holds when both, fails otherwise (this claim is never inconclusive);
-* Rec2FTP (Dai et al. 2023): ICL recovers *most* of what FT fixes — the interval lies above
-  :data:`REC2FTP_THRESHOLD` (50 %);
-* low ICL/FT token overlap (Shen et al. 2023): the top-10 next-token overlap interval lies below
-  :data:`LOW_OVERLAP` (0.5);
-* order sensitivity (Shen et al. 2023): per query, ICL's output spread over demonstration orders
-  minus that of the most order-sensitive SGD setting; holds when the interval lies above 0;
-* attention weights not sparse (Shen et al. 2023): the fraction of W_Q/W_K/W_V entries with
-  |w| < :data:`SPARSITY_THRESHOLD` (or :data:`SPARSITY_RMS_THRESHOLD` × RMS) below the hand-built
-  constructions' 75 %; the weights are fixed, so the "interval" is the value itself.
+``icl-lens findings --calibration`` prints the simulation of this rule's coverage and false-"holds"
+rate (:mod:`icl_lens.reporting.calibration`); ``--readme-table`` the claim × task table the README
+embeds (:func:`readme_table`).
 """
 
 from __future__ import annotations
@@ -41,11 +31,10 @@ import argparse
 import json
 import logging
 import math
-import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,53 +44,82 @@ from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.reporting.aggregate import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
-    QUANTITIES,
-    UNDEFINED,
-    CellDraws,
     Quantity,
-    cell_draws,
     column_mean,
-    correct_flags,
-    jaccard_statistic,
-    layer_mean_per_example,
-    layer_means,
-    percentile_interval,
-    prediction_quantity,
-    rec2ftp_statistic,
     stable_rng,
-    two_level_draws,
+)
+from icl_lens.reporting.claims import (
+    ADAM_VS_SGD,
+    BATCH_EFFECT,
+    CELL_CLAIMS,
+    CLAIM_IDS,
+    CLIPPING,
+    EQUIVALENCE_MARGINS,
+    GAP_VS_K,
+    GAP_VS_MODEL,
+    JACCARD_THRESHOLD,
+    LOW_OVERLAP,
+    ORDER_DIFFERS,
+    REC2FTP_THRESHOLD,
+    SPARSITY,
+    SPARSITY_RMS_THRESHOLD,
+    SPARSITY_THRESHOLD,
+    AnalysisClaim,
+    Claim,
+    layer_metric,
+    metric,
 )
 from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.reporting.tables import MISSING, Table, format_interval
-from icl_lens.results import (
-    NULL_KINDS,
-    RESULTS_FILE,
-    accuracy,
-    atomic_write_text,
-    dig,
-    jaccard_independence,
-    metric_interval,
-    metric_path,
-    metric_summary,
-    metric_value,
-    null_per_example,
-    null_summary,
-    paired_test,
-    per_example,
-    precision_of,
-    read_results,
+from icl_lens.reporting.verdicts import (
+    MULTIPLICITY,
+    VERDICTS,
+    Estimate,
+    Row,
+    adjust_and_decide,
+    estimate_row,
+    pooled_fixed,
+    pooled_random,
+    task_estimate,
+    verdict,
 )
+from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "CLAIM_IDS",
+    "FINDINGS_FORMAT",
+    "FINDINGS_JSON",
+    "FINDINGS_MD",
+    "POOLED",
+    "THESE_TASKS",
+    "VERDICTS",
+    "Study",
+    "check_readme_table",
+    "evaluate_findings",
+    "find_analyses",
+    "find_results",
+    "findings_markdown",
+    "group_studies",
+    "matrix_tables",
+    "readme_table",
+    "table_rows",
+    "verdict",
+    "write_findings",
+]
+
 FINDINGS_JSON = "findings.json"
 FINDINGS_MD = "findings.md"
-POOLED = "all tasks (pooled)"
-REC2FTP_THRESHOLD = 50.0
-LOW_OVERLAP = 0.5
-SPARSITY_THRESHOLD = 1e-3
-SPARSITY_RMS_THRESHOLD = 0.05
-VERDICTS = ("holds", "fails", "inconclusive")
+FINDINGS_FORMAT = 2
+"""Layout of findings.json. 1: rows with effect, interval and verdict (bootstrap over seeds);
+2: rows add source, margin, se, df, raw and Holm-adjusted p-values, family and the detectable effect;
+two pooled rows (tasks like these / these tasks); verdicts may be "undefined"."""
+POOLED = "tasks like these (pooled)"
+THESE_TASKS = "these tasks (pooled)"
+ANALYSES = ("order_sensitivity", "sparsity", "demo_sweep")
+README_START = "<!-- findings-table:start -->"
+README_END = "<!-- findings-table:end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +136,7 @@ class Study:
     preset: str | None
     precision: str = "float32/cpu"
     cells: dict[tuple[str, bool], list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    clipped: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def label(self) -> str:
@@ -126,6 +145,12 @@ class Study:
 
     def tasks(self, untrained: bool = False) -> list[str]:
         return sorted({task for task, u in self.cells if u == untrained})
+
+
+def is_clipped(results: dict[str, Any]) -> bool:
+    """Whether the cell's finetuning clipped the gradient (any of the clips of FinetuneConfig)."""
+    finetune = dig(results, "config", "finetune") or {}
+    return any(finetune.get(name) is not None for name in ("clip_value", "clip_norm", "clip_global_norm"))
 
 
 def find_results(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -140,7 +165,8 @@ def find_results(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def find_analyses(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Shen et al. analysis outputs (order sensitivity, sparsity) anywhere under ``results_dir``."""
+    """Shen et al. analysis outputs (order sensitivity, sparsity, the demonstration-count sweep)
+    anywhere under ``results_dir``."""
     out = []
     for path in sorted(Path(results_dir).rglob("*.json")):
         if path.name in (RESULTS_FILE, FINDINGS_JSON):
@@ -149,14 +175,15 @@ def find_analyses(results_dir: str | Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("analysis") in ("order_sensitivity", "sparsity"):
+        if isinstance(data, dict) and data.get("analysis") in ANALYSES:
             out.append(data)
     return out
 
 
 def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
     """Group cells by (model, k, preset, dtype/device kind); within a study by task, untrained and seed (a second
-    cell with the same task, untrained and seed is left out with a warning)."""
+    cell with the same task, untrained and seed is left out with a warning). Cells whose LCGD gradient
+    was clipped (``experiments/lcgd_clipping.py``) are kept apart, for the clipping claim."""
     studies: dict[tuple, Study] = {}
     seen: set[tuple] = set()
     for r in results:
@@ -168,6 +195,9 @@ def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
         key = (str(cfg["model"]), cfg.get("k"), cfg.get("preset"), precision_of(r))
         study = studies.setdefault(key, Study(*key))
         untrained = bool(cfg.get("untrained"))
+        if is_clipped(r):
+            study.clipped[task].append(r)
+            continue
         cell_key = (*key, task, untrained, cfg.get("seed"))
         if cell_key in seen:
             logger.warning(
@@ -187,581 +217,331 @@ def group_studies(results: Sequence[dict[str, Any]]) -> list[Study]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Verdicts
-
-
-def verdict(interval: Sequence[float] | None, null: float, side: str) -> str:
-    """holds / fails / inconclusive: does the interval exclude ``null`` on the claimed ``side``
-    (``>``: the claim says the effect is above ``null``; ``<``: below)?"""
-    if side not in (">", "<"):
-        raise ConfigError(f"side must be '>' or '<', got {side!r}")
-    if interval is None:
-        return "missing: interval"
-    lo, hi = float(interval[0]), float(interval[1])
-    above, below = lo > null, hi < null
-    if side == ">":
-        return "holds" if above else "fails" if below else "inconclusive"
-    return "holds" if below else "fails" if above else "inconclusive"
+# Rows
 
 
 @dataclass
-class Row:
-    """One claim on one task (or pooled): effect, interval, test and verdict."""
+class _Context:
+    """What every row of one evaluation shares."""
 
-    study: str
-    claim: str
-    statement: str
-    task: str
-    verdict: str
-    effect: float | None = None
-    interval: list[float] | None = None
-    null: float | None = None
-    side: str | None = None
-    test: str = ""
-    n_seeds: int | None = None
-    std: float | None = None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    n_resamples: int
+    confidence: float
+    seed: int
+    rows: list[Row] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A claim tested as "the quantity is above (``>``) / below (``<``) ``null``"."""
-
-    id: str
-    statement: str
-    source: str
-    quantity: Quantity
-    null: float = 0.0
-    side: str = ">"
-    setting: str = "trained"  # trained or untrained cells
-    cell_test: Callable[[dict[str, Any]], str | None] = lambda r: None
+def _with_run(missing: str, run: str) -> str:
+    return f"{missing} — run: {run}" if run else missing
 
 
-def _diff(
-    a: Callable[[dict], np.ndarray | None], b: Callable[[dict], np.ndarray | None]
-) -> Callable[[dict], np.ndarray | None]:
-    def rows(r: dict) -> np.ndarray | None:
-        x, y = a(r), b(r)
-        if x is None or y is None or len(x) != len(y):
-            return None
-        return np.stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)], axis=1)
-
+def _rows_of_tasks(
+    ctx: _Context,
+    study: str,
+    claim_id: str,
+    statement: str,
+    source: str,
+    per_task: dict[str, Estimate],
+    null: float,
+    side: str,
+    margin: float | None = None,
+    run: str = "",
+    family: str | None = None,
+    notes: dict[str, str] | None = None,
+) -> list[Row]:
+    """A row per task, then the two pooled rows (tasks like these, these tasks)."""
+    notes = notes or {}
+    ests = [*per_task.items(), (POOLED, pooled_random(per_task)), (THESE_TASKS, pooled_fixed(per_task))]
+    rows = []
+    for task, est in ests:
+        if est.value is None and not est.undefined and est.missing:
+            est.missing = _with_run(est.missing, run)
+        row = estimate_row(
+            study,
+            claim_id,
+            statement,
+            source,
+            task,
+            est,
+            null,
+            side,
+            ctx.confidence,
+            margin,
+            family,
+            notes.get(task, ""),
+        )
+        rows.append(row)
     return rows
 
 
-def _value_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[dict], float | None]:
-    def value(r: dict) -> float | None:
-        x, y = a(r), b(r)
+def _missing_row(study: str, claim: AnalysisClaim | Claim, what: str, task: str = POOLED) -> Row:
+    return Row(study, claim.id, claim.statement, task, f"missing: {_with_run(what, claim.run)}", claim.source)
+
+
+def _same_queries(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two cells scored the same queries in the same order (``query_ids.eval``, else the
+    examples' row indices)."""
+    ids_a, ids_b = dig(a, "query_ids", "eval"), dig(b, "query_ids", "eval")
+    if ids_a is not None and ids_b is not None:
+        return list(ids_a) == list(ids_b)
+    rows_a = [e.get("row_index") for e in a.get("examples") or []]
+    rows_b = [e.get("row_index") for e in b.get("examples") or []]
+    return bool(rows_a) and rows_a == rows_b
+
+
+def paired_difference(quantity: Quantity, first: str = "untrained", second: str = "trained") -> Quantity:
+    """``quantity`` of ``pair[first]`` minus that of ``pair[second]``, per query when the two cells
+    scored the same queries (paired), else of the values (the interval from the two cell intervals,
+    as if independent, said in the method)."""
+
+    def rows(pair: dict[str, Any]) -> np.ndarray | None:
+        a, b = pair[first], pair[second]
+        x, y = quantity.per_example(a), quantity.per_example(b)
+        if x is None or y is None or len(x) != len(y) or not _same_queries(a, b):
+            return None
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        return np.stack([x.reshape(len(x), -1)[:, 0], y.reshape(len(y), -1)[:, 0]], axis=1)
+
+    def value(pair: dict[str, Any]) -> float | None:
+        x, y = quantity.value(pair[first]), quantity.value(pair[second])
         return None if x is None or y is None else float(x) - float(y)
 
-    return value
-
-
-def _ci_diff(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[dict], list[float] | None]:
-    """Interval of a − b from the two intervals (half-widths added in quadrature: independence)."""
-
-    def interval(r: dict) -> list[float] | None:
-        x, y = a(r), b(r)
+    def interval(pair: dict[str, Any]) -> list[float] | None:
+        x, y = quantity.interval(pair[first]), quantity.interval(pair[second])
         if not x or not y:
             return None
         mid = (x[0] + x[1]) / 2 - (y[0] + y[1]) / 2
-        half = math.hypot((x[1] - x[0]) / 2, (y[1] - y[0]) / 2)
-        return [mid - half, mid + half]
-
-    return interval
-
-
-def _test_of(name: str, label: str) -> Callable[[dict[str, Any]], str | None]:
-    def describe(r: dict) -> str | None:
-        p = dig(paired_test(r, name), "p_value")
-        return None if p is None else f"{label} p={float(p):.3g}"
-
-    return describe
-
-
-def _accuracy_claim(cid: str, setting: str, source: str, statement: str, untrained: bool = False) -> Claim:
-    return Claim(
-        cid,
-        statement,
-        source,
-        Quantity(
-            per_example=_diff(lambda r: correct_flags(r, setting), lambda r: correct_flags(r, "zsl")),
-            value=_value_diff(lambda r: accuracy(r, setting), lambda r: accuracy(r, "zsl")),
-            interval=lambda r: dig(paired_test(r, f"{setting}_vs_zsl"), "ci"),
-            needs=f"accuracy.{setting} and accuracy.zsl",
-        ),
-        setting="untrained" if untrained else "trained",
-        cell_test=_test_of(f"{setting}_vs_zsl", "exact McNemar"),
-    )
-
-
-@dataclass(frozen=True)
-class Layered:
-    """A per-layer metric a claim compares: its per-query rows, its summary in the results, and where."""
-
-    rows: Callable[[dict[str, Any]], np.ndarray | None]
-    summary: Callable[[dict[str, Any]], dict[str, Any] | None]
-    where: str
-
-
-def _metric(setting: str | None, metric: str) -> Layered:
-    return Layered(
-        lambda r: layer_mean_per_example(r, setting, metric),
-        lambda r: metric_summary(r, setting, metric),
-        ".".join(metric_path(setting, metric)),
-    )
-
-
-def _null(setting: str, kind: str, metric: str) -> Layered:
-    return Layered(
-        lambda r: layer_means(null_per_example(r, setting, kind, metric)),
-        lambda r: null_summary(r, setting, kind, metric),
-        f"nulls.{setting}.{kind}.{metric}",
-    )
-
-
-def _layer_diff_claim(cid: str, statement: str, source: str, a: Layered, b: Layered, test: str | None = None) -> Claim:
-    """a − b of two per-layer metrics, per query (means over layers) and of their summaries; the
-    cell's interval is the paired test's when one is named, else the difference of the two intervals."""
-    cell_interval = (
-        (lambda r: dig(paired_test(r, test), "ci"))
-        if test
-        else _ci_diff(lambda r: dig(a.summary(r), "ci"), lambda r: dig(b.summary(r), "ci"))
-    )
-    return Claim(
-        cid,
-        statement,
-        source,
-        Quantity(
-            per_example=_diff(a.rows, b.rows),
-            value=_value_diff(lambda r: dig(a.summary(r), "mean"), lambda r: dig(b.summary(r), "mean")),
-            interval=cell_interval,
-            needs=f"{a.where} and {b.where}",
-        ),
-        cell_test=_test_of(test, "paired bootstrap") if test else lambda r: None,
-    )
-
-
-def _null_claim(kind: str) -> Claim:
-    return _layer_diff_claim(
-        f"simaou_above_{kind}",
-        f"SimAOU (FT) above the {kind.replace('_', '-')} null",
-        "icl_lens nulls",
-        _metric("ft", "simaou"),
-        _null("ft", kind, "simaou"),
-    )
-
-
-def _jaccard_minus_expected() -> Quantity:
-    """Jaccard (FT) minus the cell's independence expectation (held fixed while queries resample)."""
-
-    def expected(r: dict) -> float | None:
-        value = dig(jaccard_independence(r, "ft"), "expected")
-        return None if value is None else float(value)
-
-    def rows(r: dict) -> np.ndarray | None:
-        e = expected(r)
-        base = prediction_quantity("ft", jaccard_statistic, "jaccard").per_example(r)
-        if e is None or base is None:
-            return None
-        return np.concatenate([base, np.full((len(base), 1), e)], axis=1)
-
-    return Quantity(
-        per_example=rows,
-        statistic=lambda s: jaccard_statistic(s[..., :4]) - s[..., 0, 4],
-        value=_value_diff(lambda r: dig(jaccard_independence(r, "ft"), "observed"), expected),
-        interval=lambda r: (
-            None
-            if expected(r) is None or not dig(jaccard_independence(r, "ft"), "observed_ci")
-            else [v - expected(r) for v in dig(jaccard_independence(r, "ft"), "observed_ci")]
-        ),
-        needs="nulls.ft.jaccard_independence",
-    )
-
-
-def _token_overlap() -> Quantity:
-    """ICL/FT top-k token overlap: resampled from the cell's per-query overlaps when recorded
-    (``per_example.ft.token_overlap``), else from the cell's own interval."""
-    return Quantity(
-        per_example=lambda r: per_example(r, "ft", "token_overlap"),
-        value=lambda r: metric_value(r, "ft", "token_overlap"),
-        interval=lambda r: metric_interval(r, "ft", "token_overlap"),
-        needs="metrics.ft.token_overlap",
-    )
-
-
-CELL_CLAIMS: tuple[Claim, ...] = (
-    _accuracy_claim("icl_beats_zsl", "icl", "Dai et al. 2023", "ICL beats ZSL (accuracy)"),
-    _accuracy_claim("ft_beats_zsl", "ft", "Dai et al. 2023", "FT beats ZSL (accuracy)"),
-    _layer_diff_claim(
-        "simaou_above_random",
-        "SimAOU (FT) ≫ the uniform-random baseline",
-        "Dai et al. 2023",
-        _metric("ft", "simaou"),
-        _metric(None, "simaou_random"),
-    ),
-    *(_null_claim(kind) for kind in NULL_KINDS),
-    _layer_diff_claim(
-        "lcgd_simaou_above_gd",
-        "LCGD SimAOU above GD's",
-        "Deutch et al. 2024",
-        _metric("lcgd", "simaou"),
-        _metric("ft", "simaou"),
-        test="lcgd_vs_ft_simaou",
-    ),
-    _layer_diff_claim(
-        "lcgd_simam_delta_above_gd",
-        "LCGD SimAM_Δ above GD's",
-        "Deutch et al. 2024",
-        _metric("lcgd", "simam_delta"),
-        _metric("ft", "simam_delta"),
-        test="lcgd_vs_ft_simam_delta",
-    ),
-    Claim(
-        "jaccard_below_independence",
-        "Jaccard (ICL, FT changes) below the independence expectation",
-        "Deutch et al. 2024",
-        _jaccard_minus_expected(),
-        side="<",
-    ),
-    Claim(
-        "rec2ftp_majority",
-        f"Rec2FTP above {REC2FTP_THRESHOLD:g} % (ICL covers most of what FT fixes)",
-        "Dai et al. 2023",
-        prediction_quantity("ft", rec2ftp_statistic, "rec2ftp"),
-        null=REC2FTP_THRESHOLD,
-    ),
-    Claim(
-        "low_token_overlap",
-        f"ICL/FT top-10 token overlap below {LOW_OVERLAP:g}",
-        "Shen et al. 2023",
-        _token_overlap(),
-        null=LOW_OVERLAP,
-        side="<",
-    ),
-)
-UNTRAINED_CLAIM = (
-    "untrained_comparable",
-    "untrained model: SimAOU comparable to the trained model's, while its ICL does not beat ZSL",
-    "Deutch et al. 2024",
-)
-ORDER_CLAIM = ("icl_more_order_sensitive", "ICL more order-sensitive than SGD", "Shen et al. 2023")
-SPARSITY_CLAIM = (
-    "attention_not_sparse",
-    "attention weights not sparse like the hand-built constructions (75 %)",
-    "Shen et al. 2023",
-)
-#: The order of the findings table (the numbering of the README's claims).
-CLAIM_IDS = (
-    "icl_beats_zsl",
-    "ft_beats_zsl",
-    "simaou_above_random",
-    *(f"simaou_above_{k}" for k in NULL_KINDS),
-    "lcgd_simaou_above_gd",
-    "lcgd_simam_delta_above_gd",
-    UNTRAINED_CLAIM[0],
-    "jaccard_below_independence",
-    "rec2ftp_majority",
-    ORDER_CLAIM[0],
-    "low_token_overlap",
-    SPARSITY_CLAIM[0],
-)
-
-
-@dataclass
-class TaskEstimate:
-    """A task's value (mean over seeds), sample std, n seeds and draws of the mean (or why missing)."""
-
-    value: float | None
-    std: float | None = None
-    n: int = 0
-    draws: np.ndarray | None = None
-    method: str = ""
-    missing: str = ""
-    tests: list[str] = field(default_factory=list)
-
-
-def estimate(
-    cells: Sequence[dict[str, Any]],
-    quantity: Quantity,
-    n_resamples: int,
-    confidence: float,
-    rng: np.random.Generator,
-    cell_test: Callable[[dict], str | None] = lambda r: None,
-) -> TaskEstimate:
-    """The two-level bootstrap estimate of ``quantity`` over a task's seed cells."""
-    if not cells:
-        return TaskEstimate(None, missing="no cell")
-    draws = [cell_draws(r, quantity, n_resamples, rng, confidence) for r in cells]
-    if any(d is None for d in draws):
-        lacking = [str(r["config"].get("seed")) for r, d in zip(cells, draws) if d is None]
-        return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} (seed {', '.join(lacking)})")
-    present = [d for d in draws if d is not None]  # all of them (returned above otherwise)
-    undefined = [str(r["config"].get("seed")) for r, d in zip(cells, present) if d.method == UNDEFINED]
-    got: list[CellDraws] = [d for d in present if d.method != UNDEFINED]
-    if not got:
-        return TaskEstimate(None, n=len(cells), missing=f"{quantity.needs} undefined in every seed")
-    values = [d.value for d in got]
-    std = statistics.stdev(values) if len(values) > 1 else None
-    tests = _per_seed_tests([cell_test(r) for r in cells])
-    if len(got) < 2 and got[0].draws is None:
-        return TaskEstimate(
-            statistics.fmean(values),
-            std,
-            len(values),
-            None,
-            tests=tests,
-            missing="interval (one seed, no per-query values or cell interval)",
-        )
-    methods = {d.method for d in got}
-    method = "seeds only" if methods == {"value only"} else "seeds × " + " / ".join(sorted(methods - {"value only"}))
-    if undefined:
-        method += f"; undefined in seed {', '.join(undefined)}, left out"
-    return TaskEstimate(
-        statistics.fmean(values), std, len(values), two_level_draws(got, n_resamples, rng), method, tests=tests
-    )
-
-
-def _per_seed_tests(described: Sequence[str | None]) -> list[str]:
-    """``["exact McNemar p=0.01", "exact McNemar p=0.2"]`` -> ``["exact McNemar p=0.01, 0.2 (per seed)"]``."""
-    got = [t for t in described if t]
-    if len(got) < 2:
-        return got
-    names = {t.split(" p=")[0] for t in got}
-    if len(names) != 1:
-        return got
-    return [f"{names.pop()} p=" + ", ".join(t.split(" p=")[1] for t in got) + " (per seed)"]
-
-
-def _interval(draws: np.ndarray | None, confidence: float) -> list[float] | None:
-    interval = None if draws is None else percentile_interval(draws, confidence)
-    return None if interval is None else list(interval)
-
-
-def _row(
-    study: Study,
-    claim_id: str,
-    statement: str,
-    task: str,
-    est: TaskEstimate,
-    null: float,
-    side: str,
-    confidence: float,
-    test: str = "",
-    note: str = "",
-) -> Row:
-    if est.value is None:
-        return Row(
-            study.label,
-            claim_id,
-            statement,
-            task,
-            f"missing: {est.missing}",
-            n_seeds=est.n or None,
-            null=null,
-            side=side,
-            note=note,
-        )
-    interval = _interval(est.draws, confidence)
-    if interval is None:
-        result = f"missing: {est.missing or 'interval'}"
-    else:
-        result = verdict(interval, null, side)
-    test = test or "; ".join(
-        filter(None, [f"two-level bootstrap ({est.method})" if est.draws is not None else "", *est.tests])
-    )
-    return Row(
-        study.label, claim_id, statement, task, result, est.value, interval, null, side, test, est.n, est.std, note
-    )
-
-
-def _pooled(tasks: dict[str, TaskEstimate], n_resamples: int) -> TaskEstimate:
-    """Tasks fixed: the mean over tasks of each task's value and draws."""
-    undefined = [t for t, e in tasks.items() if e.value is None and e.missing.endswith("undefined in every seed")]
-    if undefined and len(undefined) < len(tasks):
-        pooled = _pooled({t: e for t, e in tasks.items() if t not in undefined}, n_resamples)
-        pooled.method += f"; undefined on task {', '.join(undefined)}, left out"
-        return pooled
-    if not tasks:
-        return TaskEstimate(None, missing="no task")
-    lacking = [t for t, e in tasks.items() if e.value is None]
-    if lacking:
-        what = sorted({tasks[t].missing.split(" (seed")[0] for t in lacking})
-        return TaskEstimate(None, missing=f"{'; '.join(what)} (task {', '.join(lacking)})")
-    value = statistics.fmean(e.value for e in tasks.values())  # type: ignore[misc]
-    n = sum(e.n for e in tasks.values())
-    if any(e.draws is None for e in tasks.values()):
-        no = [t for t, e in tasks.items() if e.draws is None]
-        return TaskEstimate(value, None, n, None, missing=f"interval of task(s) {', '.join(no)}")
-    draws = np.mean(np.stack([e.draws for e in tasks.values()]), axis=0)  # type: ignore[misc]
-    methods = sorted({e.method for e in tasks.values()})
-    return TaskEstimate(value, None, n, draws, "tasks fixed; " + " / ".join(methods))
-
-
-def _claim_rows(study: Study, claim: Claim, n_resamples: int, confidence: float, seed: int) -> list[Row]:
-    untrained = claim.setting == "untrained"
-    per_task = {}
-    for task in study.tasks(untrained):
-        rng = stable_rng(seed, study.label, claim.id, task)
-        per_task[task] = estimate(
-            study.cells[(task, untrained)], claim.quantity, n_resamples, confidence, rng, claim.cell_test
-        )
-    rows = [
-        _row(study, claim.id, claim.statement, task, est, claim.null, claim.side, confidence)
-        for task, est in per_task.items()
-    ]
-    pooled = _pooled(per_task, n_resamples)
-    rows.append(_row(study, claim.id, claim.statement, POOLED, pooled, claim.null, claim.side, confidence))
-    return rows
-
-
-def _untrained_rows(study: Study, n_resamples: int, confidence: float, seed: int) -> list[Row]:
-    cid, statement, _ = UNTRAINED_CLAIM
-    simaou = QUANTITIES["simaou_ft"]
-    icl = _accuracy_claim("untrained_icl", "icl", "", "", untrained=True)
-    tasks = study.tasks(untrained=True)
-    if not tasks:
-        return [Row(study.label, cid, statement, POOLED, "missing: untrained cells")]
-    diffs: dict[str, TaskEstimate] = {}
-    icls: dict[str, TaskEstimate] = {}
-    for task in tasks:
-        rng = stable_rng(seed, study.label, cid, task)
-        u = estimate(study.cells[(task, True)], simaou, n_resamples, confidence, rng)
-        t = estimate(study.cells.get((task, False), []), simaou, n_resamples, confidence, rng)
-        if u.value is None or t.value is None:
-            diffs[task] = TaskEstimate(
-                None, missing=("untrained " + u.missing) if u.value is None else ("trained " + t.missing)
-            )
-        else:
-            draws = None if u.draws is None or t.draws is None else u.draws - t.draws
-            diffs[task] = TaskEstimate(
-                u.value - t.value,
-                None,
-                u.n,
-                draws,
-                "independent: untrained − trained",
-                missing="" if draws is not None else "interval",
-            )
-        icls[task] = estimate(study.cells[(task, True)], icl.quantity, n_resamples, confidence, rng, icl.cell_test)
-    rows = []
-    for task, diff, icl_est in [
-        *((t, diffs[t], icls[t]) for t in tasks),
-        (POOLED, _pooled(diffs, n_resamples), _pooled(icls, n_resamples)),
-    ]:
-        diff_ci, icl_ci = _interval(diff.draws, confidence), _interval(icl_est.draws, confidence)
-        note = (
-            "untrained ICL − ZSL accuracy: "
-            + format_interval(icl_est.value, icl_ci)
-            + "; comparable = untrained − trained SimAOU interval reaches 0 or above; ICL does not beat ZSL = "
-            "its interval reaches 0 or below"
-        )
-        if diff.value is None or icl_est.value is None:
-            what = diff.missing if diff.value is None else "untrained ICL − ZSL: " + icl_est.missing
-            rows.append(Row(study.label, cid, statement, task, f"missing: {what}", note=note))
-            continue
-        if diff_ci is None or icl_ci is None:
-            rows.append(
-                Row(
-                    study.label,
-                    cid,
-                    statement,
-                    task,
-                    "missing: interval",
-                    diff.value,
-                    diff_ci,
-                    0.0,
-                    "≥",
-                    n_seeds=diff.n,
-                    note=note,
-                )
-            )
-            continue
-        comparable, no_icl_gain = diff_ci[1] >= 0, icl_ci[0] <= 0
-        result = "holds" if comparable and no_icl_gain else "fails"
-        rows.append(
-            Row(
-                study.label,
-                cid,
-                statement,
-                task,
-                result,
-                diff.value,
-                diff_ci,
-                0.0,
-                "≥",
-                "two-level bootstrap of each model, difference of draws" + "".join(f"; {t}" for t in icl_est.tests),
-                diff.n,
-                None,
-                note,
-            )
-        )
-    return rows
-
-
-def _order_rows(
-    study: Study, analyses: Sequence[dict[str, Any]], n_resamples: int, confidence: float, seed: int
-) -> list[Row]:
-    cid, statement, _ = ORDER_CLAIM
-    mine = [
-        a
-        for a in analyses
-        if a.get("analysis") == "order_sensitivity" and study.model in (dig(a, "request", "model"), a.get("model"))
-    ]
-    if not mine:
         return [
-            Row(
-                study.label,
-                cid,
-                statement,
-                POOLED,
-                "missing: order-sensitivity outputs (experiments/shen_analyses.py order) under the results folder",
-            )
+            mid - math.hypot((x[1] - x[0]) / 2, (y[1] - y[0]) / 2),
+            mid + math.hypot((x[1] - x[0]) / 2, (y[1] - y[0]) / 2),
         ]
-    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for a in mine:
-        by_task[a["task"]].append(a)
-    quantity = Quantity(
-        per_example=lambda r: r.get("rows"), value=lambda r: None, statistic=column_mean, needs="ICL and SGD settings"
-    )
-    per_task: dict[str, TaskEstimate] = {}
-    notes: dict[str, str] = {}
-    for task, files in sorted(by_task.items()):
-        cells = []
-        for a in files:
-            settings = {s["setting"]: s for s in a.get("settings", [])}
-            sgd = [s for s in settings.values() if s.get("optimizer") == "sgd"]
-            if "icl" not in settings or not sgd:
-                continue
-            worst = max(sgd, key=lambda s: s["output_std"])
-            notes[task] = f"ICL vs {worst['setting']} (the most order-sensitive SGD setting); per-query output spread"
-            cells.append(
-                {
-                    "config": {"seed": a.get("k")},
-                    "rows": np.stack(
-                        [
-                            np.asarray(settings["icl"]["per_example_output_std"], dtype=float),
-                            np.asarray(worst["per_example_output_std"], dtype=float),
-                        ],
-                        axis=1,
-                    ),
-                }
-            )
-        rng = stable_rng(seed, study.label, cid, task)
-        per_task[task] = estimate(cells, quantity, n_resamples, confidence, rng)
-    rows = [
-        _row(study, cid, statement, task, est, 0.0, ">", confidence, note=notes.get(task, ""))
-        for task, est in per_task.items()
+
+    return Quantity(per_example=rows, value=value, statistic=column_mean, interval=interval, needs=quantity.needs)
+
+
+def _pairs(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+    """Cells of the same seed, paired: ``{"config": {"seed": s}, a: cell, b: cell}``."""
+    by_seed = {r["config"].get("seed"): r for r in second}
+    return [
+        {"config": {"seed": r["config"].get("seed")}, a: r, b: by_seed[r["config"].get("seed")]}
+        for r in first
+        if r["config"].get("seed") in by_seed
     ]
-    pooled = _pooled(per_task, n_resamples)
-    rows.append(_row(study, cid, statement, POOLED, pooled, 0.0, ">", confidence))
+
+
+def _claim_rows(ctx: _Context, study: Study, claim: Claim) -> list[Row]:
+    label = study.label
+    per_task: dict[str, Estimate] = {}
+    if claim.setting == "untrained-trained":
+        tasks = study.tasks(untrained=True)
+        if not tasks:
+            return [_missing_row(label, claim, "untrained cells")]
+        quantity = paired_difference(claim.quantity)
+        for task in tasks:
+            pairs = _pairs(study.cells[(task, True)], study.cells.get((task, False), []), "untrained", "trained")
+            rng = stable_rng(ctx.seed, label, claim.id, task)
+            if not pairs:
+                per_task[task] = Estimate(None, missing="trained and untrained cells of the same seed")
+                continue
+            per_task[task] = task_estimate(pairs, quantity, ctx.n_resamples, ctx.confidence, rng)
+    else:
+        untrained = claim.setting == "untrained"
+        tasks = study.tasks(untrained)
+        if not tasks:
+            return [_missing_row(label, claim, "untrained cells" if untrained else "trained cells")]
+        for task in tasks:
+            rng = stable_rng(ctx.seed, label, claim.id, task)
+            per_task[task] = task_estimate(
+                study.cells[(task, untrained)], claim.quantity, ctx.n_resamples, ctx.confidence, rng,
+                claim.counts, claim.scale, claim.cell_test,
+            )  # fmt: skip
+    return _rows_of_tasks(
+        ctx, label, claim.id, claim.statement, claim.source, per_task, claim.null, claim.side, claim.margin, claim.run
+    )
+
+
+SERIES = Quantity(per_example=lambda r: r.get("rows"), value=lambda r: r.get("value"), needs="the analysis")
+"""Pseudo-cells built from analysis outputs: per-query ``rows`` ([n, 2]: a paired difference) or a ``value``."""
+
+
+def _order_files(study: Study, analyses: Sequence[dict[str, Any]]) -> dict[str, dict[Any, dict[str, Any]]]:
+    """This model's order-sensitivity outputs, task -> demonstration seed -> output."""
+    by_task: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
+    for a in analyses:
+        if a.get("analysis") != "order_sensitivity" or study.model not in (dig(a, "request", "model"), a.get("model")):
+            continue
+        seed = dig(a, "config", "seed")
+        if seed in by_task[a["task"]]:
+            logger.warning("a second order-sensitivity output for %s, seed %s: left out", a["task"], seed)
+            continue
+        by_task[a["task"]][seed] = a
+    return by_task
+
+
+def _order_contrast_rows(
+    ctx: _Context,
+    study: Study,
+    files: dict[str, dict[Any, dict[str, Any]]],
+    claim: AnalysisClaim,
+    contrasts: Sequence[tuple[str, str, str]],
+) -> list[Row]:
+    """Rows of ``(a, b, statement)`` contrasts: per query, a's output spread over orders minus b's,
+    two-sided ("differ"), each contrast its own family."""
+    rows: list[Row] = []
+    for a_name, b_name, statement in contrasts:
+        per_task: dict[str, Estimate] = {}
+        for task, by_seed in sorted(files.items()):
+            cells = []
+            for seed, output in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
+                settings = {s["setting"]: s for s in output.get("settings", [])}
+                if a_name in settings and b_name in settings:
+                    a = np.asarray(settings[a_name]["per_example_output_std"], dtype=float)
+                    b = np.asarray(settings[b_name]["per_example_output_std"], dtype=float)
+                    cells.append({"config": {"seed": seed}, "rows": np.stack([a, b], axis=1)})
+            if cells:
+                rng = stable_rng(ctx.seed, study.label, claim.id, a_name, b_name, task)
+                per_task[task] = task_estimate(cells, SERIES, ctx.n_resamples, ctx.confidence, rng)
+        if per_task:
+            rows += _rows_of_tasks(
+                ctx, study.label, claim.id, statement, claim.source, per_task, 0.0, "≠", run=claim.run,
+                family=f"{study.label} / {claim.id} / {a_name} − {b_name}",
+                notes={t: f"{a_name} − {b_name}: per-query output spread over demonstration orders" for t in per_task},
+            )  # fmt: skip
     return rows
+
+
+def _order_rows(ctx: _Context, study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+    """ICL vs each SGD setting (Shen et al.: they differ); Adam vs SGD at each batch size; the largest
+    vs the smallest batch of each optimizer."""
+    files = _order_files(study, analyses)
+    if not files:
+        return [
+            _missing_row(study.label, c, "order-sensitivity outputs")
+            for c in (ORDER_DIFFERS, ADAM_VS_SGD, BATCH_EFFECT)
+        ]
+    settings: dict[str, dict[str, Any]] = {}
+    for by_seed in files.values():
+        for output in by_seed.values():
+            for s in output.get("settings", []):
+                settings.setdefault(s["setting"], s)
+    sgd = sorted((s for s in settings.values() if s.get("optimizer") == "sgd"), key=lambda s: s.get("batch_size") or 0)
+    adam = {s.get("batch_size"): s for s in settings.values() if s.get("optimizer") == "adam"}
+    rows: list[Row] = []
+    icl_contrasts = [
+        ("icl", s["setting"], f"ICL's and SGD's (batch {s.get('batch_size')}) order sensitivity differ") for s in sgd
+    ]
+    rows += _order_contrast_rows(ctx, study, files, ORDER_DIFFERS, icl_contrasts if "icl" in settings else [])
+    if not any(r.claim == ORDER_DIFFERS.id for r in rows):
+        rows.append(_missing_row(study.label, ORDER_DIFFERS, "ICL and SGD settings in the order-sensitivity outputs"))
+    optimizer_contrasts = [
+        (
+            adam[s.get("batch_size")]["setting"],
+            s["setting"],
+            f"Adam's and SGD's order sensitivity differ (batch {s.get('batch_size')})",
+        )
+        for s in sgd
+        if s.get("batch_size") in adam
+    ]
+    rows += _order_contrast_rows(ctx, study, files, ADAM_VS_SGD, optimizer_contrasts)
+    if not optimizer_contrasts:
+        rows.append(_missing_row(study.label, ADAM_VS_SGD, "Adam and SGD at one batch size"))
+    batch_contrasts = []
+    for optimizer, members in (("SGD", sgd), ("Adam", sorted(adam.values(), key=lambda s: s.get("batch_size") or 0))):
+        if len(members) >= 2:
+            low, high = members[0], members[-1]
+            sizes = f"batch {high.get('batch_size')} and {low.get('batch_size')}"
+            batch_contrasts.append(
+                (high["setting"], low["setting"], f"{optimizer}'s order sensitivity differs between {sizes}")
+            )
+    rows += _order_contrast_rows(ctx, study, files, BATCH_EFFECT, batch_contrasts)
+    if not batch_contrasts:
+        rows.append(_missing_row(study.label, BATCH_EFFECT, "two batch sizes of one optimizer"))
+    return rows
+
+
+def _sweep_rows(analyses: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for a in analyses if a.get("analysis") == "demo_sweep" for row in a.get("rows", [])]
+
+
+def _gap_k_rows(ctx: _Context, study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+    """Per task and seed, the least-squares slope of the ICL − GD accuracy gap over log₂ k; t over seeds."""
+    mine = [r for r in _sweep_rows(analyses) if r.get("model") == study.model and r.get("gap_accuracy") is not None]
+    by_cell: dict[tuple[str, Any], dict[Any, float]] = defaultdict(dict)
+    for r in mine:
+        by_cell[(r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
+    per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (task, seed), gaps in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
+        if len(gaps) >= 2:
+            ks = np.log2(np.asarray(list(gaps), dtype=float))
+            slope = float(np.polyfit(ks, np.asarray(list(gaps.values())), 1)[0])
+            per_task[task].append({"config": {"seed": seed}, "value": slope})
+    if not per_task:
+        return [_missing_row(study.label, GAP_VS_K, "a demonstration-count sweep with two k or more for this model")]
+    estimates = {
+        task: task_estimate(cells, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, study.label, task))
+        for task, cells in sorted(per_task.items())
+    }
+    for est in estimates.values():
+        if est.missing.startswith("interval"):
+            est.missing = "interval: one seed of the sweep (slopes vary by seed; run it with two seeds or more)"
+    return _rows_of_tasks(
+        ctx, study.label, GAP_VS_K.id, GAP_VS_K.statement, GAP_VS_K.source, estimates, 0.0, "≠", run=GAP_VS_K.run,
+        notes={t: "slope of (ICL − GD accuracy) per doubling of k, per seed" for t in estimates},
+    )  # fmt: skip
+
+
+def _gap_model_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+    """Between two models of the sweep: per task and seed, the difference of their gaps (mean over the
+    k both ran); t over seeds. One family per pair of models."""
+    rows_in = [r for r in _sweep_rows(analyses) if r.get("gap_accuracy") is not None]
+    models = sorted({r["model"] for r in rows_in})
+    if len(models) < 2:
+        return []
+    gap: dict[tuple[str, str, Any], dict[Any, float]] = defaultdict(dict)
+    for r in rows_in:
+        gap[(r["model"], r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
+    out: list[Row] = []
+    for i, first in enumerate(models):
+        for second in models[i + 1 :]:
+            per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for (model, task, seed), gaps in gap.items():
+                other = gap.get((second, task, seed))
+                if model != first or other is None:
+                    continue
+                common = sorted(set(gaps) & set(other))
+                if common:
+                    value = float(np.mean([gaps[k] - other[k] for k in common]))
+                    per_task[task].append({"config": {"seed": seed}, "value": value})
+            estimates = {
+                t: task_estimate(c, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, first, second, t))
+                for t, c in sorted(per_task.items())
+            }
+            if estimates:
+                out += _rows_of_tasks(
+                    ctx, "across models", GAP_VS_MODEL.id, f"{GAP_VS_MODEL.statement}: {first} − {second}",
+                    GAP_VS_MODEL.source, estimates, 0.0, "≠", run=GAP_VS_MODEL.run,
+                    family=f"across models / {GAP_VS_MODEL.id} / {first} − {second}",
+                )  # fmt: skip
+    return out
+
+
+def _clipping_rows(ctx: _Context, study: Study) -> list[Row]:
+    """LCGD's SimAM with the reference clip (global ℓ2 12) minus without, paired by seed and query."""
+    quantity = paired_difference(layer_metric(metric("lcgd", "simam")), "clipped", "unclipped")
+    per_task: dict[str, Estimate] = {}
+    for task, clipped in sorted(study.clipped.items()):
+        reference = [r for r in clipped if dig(r, "config", "finetune", "clip_global_norm") is not None]
+        pairs = _pairs(reference, study.cells.get((task, False), []), "clipped", "unclipped")
+        if pairs:
+            rng = stable_rng(ctx.seed, study.label, CLIPPING.id, task)
+            per_task[task] = task_estimate(pairs, quantity, ctx.n_resamples, ctx.confidence, rng)
+    if not per_task:
+        return [_missing_row(study.label, CLIPPING, "LCGD cells with a global-norm clip beside unclipped ones")]
+    return _rows_of_tasks(
+        ctx, study.label, CLIPPING.id, CLIPPING.statement, CLIPPING.source, per_task, 0.0, ">", run=CLIPPING.run
+    )
 
 
 def _sparsity_rows(study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row]:
-    cid, statement, _ = SPARSITY_CLAIM
     for a in analyses:
         if a.get("analysis") != "sparsity":
             continue
@@ -776,30 +556,13 @@ def _sparsity_rows(study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row
             unit = " × RMS" if m.get("scale") == "rms" else ""
             return [
                 Row(
-                    study.label,
-                    cid,
-                    statement,
-                    POOLED,
-                    verdict([value, value], handbuilt, "<"),
-                    value,
-                    [value, value],
-                    handbuilt,
-                    "<",
-                    "fixed weights: a count, no sampling",
-                    None,
-                    None,
-                    f"fraction of W_Q/W_K/W_V entries with |w| < {thresholds[j]:g}{unit}",
+                    study.label, SPARSITY.id, SPARSITY.statement, POOLED, verdict([value, value], handbuilt, "<"),
+                    SPARSITY.source, value, [value, value], handbuilt, "<",
+                    test="fixed weights: a count, no sampling (no p-value, in no family)",
+                    note=f"fraction of W_Q/W_K/W_V entries with |w| < {thresholds[j]:g}{unit}",
                 )
-            ]
-    return [
-        Row(
-            study.label,
-            cid,
-            statement,
-            POOLED,
-            "missing: sparsity output (experiments/shen_analyses.py sparsity) for this model under the results folder",
-        )
-    ]
+            ]  # fmt: skip
+    return [_missing_row(study.label, SPARSITY, "sparsity output for this model")]
 
 
 def evaluate_findings(
@@ -809,60 +572,115 @@ def evaluate_findings(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Every claim's rows for every study of ``results`` (cell dicts) and ``analyses``."""
-    if n_resamples < 1:
-        raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
+    """Every claim's rows for every study of ``results`` (cell dicts) and ``analyses``, Holm-adjusted
+    within each family, with their verdicts."""
+    if n_resamples < 2:
+        raise ConfigError(f"n_resamples must be >= 2, got {n_resamples}")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
+    ctx = _Context(n_resamples, confidence, seed)
     rows: list[Row] = []
     for study in group_studies(results):
         if not study.tasks(untrained=False):
-            continue  # untrained-only studies are read by their trained study's claim 6
-        by_claim: dict[str, list[Row]] = {}
+            continue  # untrained-only studies are read by their trained study's claims
+        by_claim: dict[str, list[Row]] = defaultdict(list)
         for claim in CELL_CLAIMS:
-            by_claim[claim.id] = _claim_rows(study, claim, n_resamples, confidence, seed)
-        by_claim[UNTRAINED_CLAIM[0]] = _untrained_rows(study, n_resamples, confidence, seed)
-        by_claim[ORDER_CLAIM[0]] = _order_rows(study, analyses, n_resamples, confidence, seed)
-        by_claim[SPARSITY_CLAIM[0]] = _sparsity_rows(study, analyses)
+            by_claim[claim.id] = _claim_rows(ctx, study, claim)
+        for row in _order_rows(ctx, study, analyses):
+            by_claim[row.claim].append(row)
+        by_claim[GAP_VS_K.id] = _gap_k_rows(ctx, study, analyses)
+        by_claim[CLIPPING.id] = _clipping_rows(ctx, study)
+        by_claim[SPARSITY.id] = _sparsity_rows(study, analyses)
+        if len({r.get("model") for r in _sweep_rows(analyses)}) < 2:
+            by_claim[GAP_VS_MODEL.id] = [_missing_row(study.label, GAP_VS_MODEL, "a sweep of two models or more")]
         for cid in CLAIM_IDS:
-            rows.extend(by_claim[cid])
+            rows.extend(by_claim.get(cid, []))
+    rows += _gap_model_rows(ctx, analyses)
+    alpha = 1 - confidence
+    adjust_and_decide(rows, alpha)
     return {
+        "findings_format": FINDINGS_FORMAT,
         "settings": {
             "n_resamples": n_resamples,
             "confidence": confidence,
+            "alpha": alpha,
             "seed": seed,
+            "multiplicity": MULTIPLICITY,
+            "equivalence_margins": dict(EQUIVALENCE_MARGINS),
             "rec2ftp_threshold": REC2FTP_THRESHOLD,
+            "jaccard_threshold": JACCARD_THRESHOLD,
             "low_overlap": LOW_OVERLAP,
             "sparsity_threshold": SPARSITY_THRESHOLD,
             "sparsity_rms_threshold": SPARSITY_RMS_THRESHOLD,
         },
-        "verdicts": "holds: the interval excludes the null value on the claimed side; fails: on the other side; "
-        "inconclusive: it contains the null value; missing: an input is absent",
+        "method": METHOD_TEXT,
+        "verdicts": VERDICT_TEXT,
         "rows": [r.to_dict() for r in rows],
     }
+
+
+METHOD_TEXT = (
+    "Within a task: a t interval over the seed values (df = seeds − 1); with one seed, the within-seed query "
+    "bootstrap SE (said on the row); proportions also get the exact Clopper–Pearson interval of their counts "
+    "(the row's interval is the hull). Pooled: 'tasks like these' treats the tasks as a random sample (t over task "
+    "values, df = tasks − 1); 'these tasks' holds them fixed (SE from each task's, Satterthwaite df). "
+    "Comparable claims: two one-sided tests against the margin the claim declares."
+)
+VERDICT_TEXT = (
+    "holds: Holm-adjusted p < α on the claimed side (equivalence: within the margin); fails: on the other side "
+    "(equivalence: beyond the margin); inconclusive: neither (the note says what the run could detect at 80 % "
+    "power); undefined: a ratio with a zero denominator; missing: an input is absent (the note names the run)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
 
 
-FINDINGS_HEADER = ("study", "claim", "task", "seeds", "effect [interval]", "null", "test", "verdict")
+FINDINGS_HEADER = (
+    "study",
+    "claim",
+    "source",
+    "task",
+    "seeds",
+    "effect [interval]",
+    "null",
+    "p (Holm)",
+    "test",
+    "verdict",
+)
+COLUMN_NAMES = {POOLED: "tasks like these", THESE_TASKS: "these tasks"}
+
+
+def _null_text(r: dict[str, Any]) -> str:
+    if r.get("null") is None:
+        return MISSING
+    if r.get("side") == "≈":
+        return f"{r['null']:g} ± {r['margin']:g}"
+    return f"{r['side']} {r['null']:g}"
+
+
+def _p_text(r: dict[str, Any]) -> str:
+    if r.get("p_value") is None:
+        return MISSING
+    return f"{r['p_value']:.3g} ({r['p_adjusted']:.3g})" if r.get("p_adjusted") is not None else f"{r['p_value']:.3g}"
 
 
 def table_rows(findings: dict[str, Any]) -> list[list[str]]:
     """The findings as rows of strings (:data:`FINDINGS_HEADER`), for markdown and HTML."""
     out = []
     for r in findings["rows"]:
-        null = "–" if r["null"] is None else f"{r['side']} {r['null']:g}"
         test = r["test"] + (f" ({r['note']})" if r["note"] else "")
         out.append(
             [
                 r["study"],
                 r["statement"],
+                r.get("source", ""),
                 r["task"],
-                "–" if r["n_seeds"] is None else str(r["n_seeds"]),
+                MISSING if r["n_seeds"] is None else str(r["n_seeds"]),
                 format_interval(r["effect"], r["interval"]),
-                null,
+                _null_text(r),
+                _p_text(r),
                 test,
                 r["verdict"],
             ]
@@ -870,16 +688,20 @@ def table_rows(findings: dict[str, Any]) -> list[list[str]]:
     return out
 
 
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    tasks = sorted({r["task"] for r in rows} - {POOLED, THESE_TASKS})
+    return tasks + [t for t in (POOLED, THESE_TASKS) if any(r["task"] == t for r in rows)]
+
+
 def matrix_tables(findings: dict[str, Any], bold: bool = True) -> list[Table]:
-    """The findings at a glance, one table per study: a row per claim, a column per task and one
-    for the pooled row, each cell ``effect [interval] verdict`` (``–`` where the claim has no row for
-    that task). Claims keep their order; tasks are sorted, the pooled column last."""
+    """The findings at a glance, one table per study: a row per claim, a column per task and the two
+    pooled columns (tasks like these, these tasks), each cell ``effect [interval] verdict`` (``–``
+    where the claim has no row for that task). Claims keep their order; tasks are sorted."""
     tables = []
     studies = list(dict.fromkeys(r["study"] for r in findings["rows"]))
     for study in studies:
         rows = [r for r in findings["rows"] if r["study"] == study]
-        tasks = sorted({r["task"] for r in rows} - {POOLED})
-        columns = tasks + ([POOLED] if any(r["task"] == POOLED for r in rows) else [])
+        columns = _columns(rows)
         claims = list(dict.fromkeys(r["statement"] for r in rows))
         cells = {(r["statement"], r["task"]): r for r in rows}
         body = []
@@ -894,25 +716,93 @@ def matrix_tables(findings: dict[str, Any], bold: bool = True) -> list[Table]:
                 effect = format_interval(r["effect"], r["interval"])
                 line.append(mark if effect == MISSING else f"{effect} {mark}")
             body.append(line)
-        header = ["claim", *("pooled" if t == POOLED else t for t in columns)]
+        header = ["claim", *(COLUMN_NAMES.get(t, t) for t in columns)]
         tables.append(Table(header, body, caption=study))
     return tables
 
 
 def findings_markdown(findings: dict[str, Any]) -> str:
-    """The findings as markdown: the interval settings and the verdict rule, each study's claim ×
-    task matrix (:func:`matrix_tables`), then every row with its test."""
+    """The findings as markdown: the settings, the inference and the verdict rule (with the
+    multiplicity adjustment), each study's claim × task matrix, then every row with its test."""
     s = findings["settings"]
     lines = [
         f"### Findings ({100 * s['confidence']:g} % intervals, {s['n_resamples']} resamples, seed {s['seed']})",
         "",
-        findings["verdicts"] + ".",
-        "",
     ]
+    if "method" in findings:
+        lines += [findings["method"], ""]
+    lines += [findings["verdicts"] + ".", ""]
+    if "multiplicity" in s:
+        lines += [f"Multiplicity: {s['multiplicity']}; findings.json holds the raw and the adjusted p.", ""]
+    if "equivalence_margins" in s:
+        margins = ", ".join(f"{k} ±{v:g}" for k, v in s["equivalence_margins"].items())
+        lines += [f"Equivalence margins, declared with the claims: {margins}.", ""]
     for matrix in matrix_tables(findings):
         lines += [f"#### {matrix.caption}", "", matrix.markdown(), ""]
-    lines += ["#### Every row, with its test", "", Table(FINDINGS_HEADER, table_rows(findings)).markdown()]
+    header = list(FINDINGS_HEADER)
+    lines += ["#### Every row, with its test", "", Table(header, table_rows(findings)).markdown()]
     return "\n".join(lines) + "\n"
+
+
+def readme_table(findings: dict[str, Any], study: str | None = None) -> str:
+    """The claim × task table of one study (default: the study with the most rows that have a
+    verdict) as markdown between :data:`README_START` and :data:`README_END`, for the README to embed
+    verbatim. Each cell: ``effect [interval] verdict``; the source column cites the paper."""
+    rows = findings["rows"]
+    if study is None:
+        counts: dict[str, int] = defaultdict(int)
+        for r in rows:
+            counts[r["study"]] += r["verdict"] in VERDICTS
+        if not counts:
+            raise ResultsError("the findings hold no row")
+        study = max(counts, key=lambda k: (counts[k], k))
+    mine = [r for r in rows if r["study"] == study]
+    if not mine:
+        raise ResultsError(f"no finding of study {study!r}; have {sorted({r['study'] for r in rows})}")
+    columns = _columns(mine)
+    cells = {(r["statement"], r["task"]): r for r in mine}
+    sources = {r["statement"]: r.get("source", "") for r in mine}
+    body = []
+    for claim in dict.fromkeys(r["statement"] for r in mine):
+        line = [claim, sources[claim]]
+        for task in columns:
+            r = cells.get((claim, task))
+            effect = MISSING if r is None else format_interval(r["effect"], r["interval"])
+            verdict_text = MISSING if r is None else r["verdict"].split(":")[0]
+            line.append(verdict_text if effect == MISSING else f"{effect} {verdict_text}")
+        body.append(line)
+    table = Table(["claim", "source", *(COLUMN_NAMES.get(t, t) for t in columns)], body).markdown()
+    s = findings["settings"]
+    caption = (
+        f"Findings for {study} ({100 * s['confidence']:g} % intervals; verdicts Holm-adjusted within each claim; "
+        "generated by `icl-lens findings RESULTS_DIR --readme-table` from findings.json)."
+    )
+    return f"{README_START}\n{caption}\n\n{table}\n{README_END}\n"
+
+
+def readme_block(text: str) -> str | None:
+    """The block of ``text`` from :data:`README_START` to :data:`README_END` (both lines included),
+    None when the markers are absent."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[start : end + len(README_END)] + "\n"
+
+
+def check_readme_table(
+    readme: str | Path, findings: dict[str, Any] | str | Path, study: str | None = None
+) -> list[str]:
+    """Problems (empty: none) with the README's findings table: its block between the markers must
+    equal :func:`readme_table` of ``findings`` (a dict or a findings.json path)."""
+    if not isinstance(findings, dict):
+        findings = json.loads(Path(findings).read_text(encoding="utf-8"))
+    block = readme_block(Path(readme).read_text(encoding="utf-8"))
+    if block is None:
+        return [f"{readme}: no {README_START} … {README_END} block"]
+    expected = readme_table(findings, study)
+    if block != expected:
+        return [f"{readme}: the findings table differs from findings.json; paste the output of --readme-table"]
+    return []
 
 
 def write_findings(
@@ -924,7 +814,7 @@ def write_findings(
     if not cells:
         raise ResultsError(f"no finished cell (verified {RESULTS_FILE}) under {results_dir}")
     findings = evaluate_findings(cells, find_analyses(results_dir), n_resamples, confidence, seed)
-    atomic_write_text(results_dir / FINDINGS_JSON, json.dumps(findings, indent=1) + "\n")
+    atomic_write_text(results_dir / FINDINGS_JSON, json.dumps(findings, indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(results_dir / FINDINGS_MD, findings_markdown(findings))
     logger.info("wrote %s and %s", results_dir / FINDINGS_JSON, results_dir / FINDINGS_MD)
     return findings
@@ -938,29 +828,48 @@ def add_findings_command(subparsers) -> argparse.ArgumentParser:
         "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md",
     )
     parser.add_argument(
-        "results_dir", metavar="RESULTS_DIR", help="results folder; every results.json under it is a cell"
+        "results_dir", metavar="RESULTS_DIR", nargs="?", help="results folder; every results.json under it is a cell"
     )
     parser.add_argument(
-        "--n-resamples",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        metavar="N",
-        help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})",
-    )
+        "--n-resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+        help=f"bootstrap resamples of the queries within a seed (default: {DEFAULT_RESAMPLES})",
+    )  # fmt: skip
     parser.add_argument(
-        "--confidence",
-        type=float,
-        default=DEFAULT_CONFIDENCE,
-        metavar="X",
-        help=f"interval coverage (default: {DEFAULT_CONFIDENCE})",
-    )
+        "--confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="X",
+        help=f"interval coverage; α = 1 − X is the family-wise error rate (default: {DEFAULT_CONFIDENCE})",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, metavar="SEED", help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--readme-table", action="store_true",
+        help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
+    )  # fmt: skip
+    parser.add_argument("--study", default=None, help="with --readme-table: the study to show (default: the largest)")
+    parser.add_argument(
+        "--calibration", action="store_true",
+        help="print the simulated coverage and false-'holds' rate of the verdict rule (no RESULTS_DIR needed)",
+    )  # fmt: skip
     parser.set_defaults(func=cmd_findings)
     return parser
 
 
 def cmd_findings(args: argparse.Namespace) -> int:
-    """``icl-lens findings``: write the files and print the markdown table."""
+    """``icl-lens findings``: write the files and print the markdown table (or the calibration table,
+    or the README table)."""
+    if getattr(args, "calibration", False):
+        from icl_lens.reporting.calibration import calibration_markdown
+
+        sys.stdout.write(calibration_markdown())
+        return 0
+    if args.results_dir is None:
+        raise ConfigError("RESULTS_DIR is required (except with --calibration)")
+    if getattr(args, "readme_table", False):
+        path = Path(args.results_dir) / FINDINGS_JSON
+        if path.exists():
+            findings = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
+        sys.stdout.write(readme_table(findings, args.study))
+        return 0
     findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
     sys.stdout.write(findings_markdown(findings))
     return 0
