@@ -299,7 +299,12 @@ def _grad_norm_contrast(r: dict) -> float | None:
     return float(math.log(lower) - math.log(upper))
 
 
-DAI, DEUTCH, SHEN, OURS = "Dai et al. 2023", "Deutch et al. 2024", "Shen et al. 2023", "icl_lens nulls (§8)"
+DAI, DEUTCH, SHEN, OURS = (
+    "Dai et al. 2023",
+    "Deutch et al. 2024",
+    "Shen et al. 2023",
+    "icl_lens nulls (beyond the papers)",
+)
 
 
 def _null_claim(kind: str) -> Claim:
