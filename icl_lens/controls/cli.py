@@ -79,8 +79,8 @@ def main(args: argparse.Namespace) -> int:
             ft_steps=args.ft_steps,
             n_resamples=args.resamples,
         )
-        cfg = SuiteConfig(rows, args.steps, args.batch_size, args.lr, args.seed, comparator)
-        run_controls(cfg, args.out, progress=not args.no_progress)
+        suite = SuiteConfig(rows, args.steps, args.batch_size, args.lr, args.seed, comparator)
+        run_controls(suite, args.out, progress=not args.no_progress)
         markdown, _ = write_report(args.out)
         _say(markdown.read_text(encoding="utf-8"))
         _say(f"results: {args.out}")

@@ -132,12 +132,10 @@ def gd_comparator(
     indices = resample_indices(len(batch), cfg.n_resamples, cfg.seed)
     counts_gap = np.array([gap[row].mean() / max(gd_error[row].mean(), 1e-300) for row in indices])
     tail = 100 * (1 - cfg.confidence) / 2
-    relative_gap = {
-        "mean": float(gap.mean() / gd_error.mean()),
-        "ci": [float(v) for v in np.percentile(counts_gap, [tail, 100 - tail])],
-    }
+    relative_gap_ci = [float(v) for v in np.percentile(counts_gap, [tail, 100 - tail])]
+    relative_gap = {"mean": float(gap.mean() / gd_error.mean()), "ci": relative_gap_ci}
     cos_summary = _summary(bootstrap_interval(cos, indices=indices, confidence=cfg.confidence))
-    holds = cos_summary["ci"][0] >= COSINE_THRESHOLD and relative_gap["ci"][1] <= GAP_THRESHOLD
+    holds = cos_summary["ci"][0] >= COSINE_THRESHOLD and relative_gap_ci[1] <= GAP_THRESHOLD
     loss = lambda p: 0.5 * float(((p - batch64.y_query) ** 2).mean())  # noqa: E731
     return {
         "comparator": "gd",

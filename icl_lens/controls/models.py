@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -236,7 +237,7 @@ def construction(
     projection = torch.eye(cfg.d_model, dtype=torch.float64) * (eta / task.n_context)
     with torch.no_grad():
         for block in model.blocks:
-            attn = block.attn  # type: ignore[union-attr]
+            attn = typing.cast(ControlAttention, block.attn)
             attn.W_Q.copy_(selector[None])
             attn.W_K.copy_(selector[None])
             attn.W_V.copy_(value[None])
