@@ -475,6 +475,7 @@ SPARSITY = AnalysisClaim(
     "experiments/shen_analyses.py sparsity",
 )
 ANALYSIS_CLAIMS = (ORDER_DIFFERS, ADAM_VS_SGD, BATCH_EFFECT, GAP_VS_K, GAP_VS_MODEL, CLIPPING, SPARSITY)
-CLAIMS_BY_ID = {c.id: c for c in (*CELL_CLAIMS, *ANALYSIS_CLAIMS)}
+ALL_CLAIMS: tuple[Claim | AnalysisClaim, ...] = (*CELL_CLAIMS, *ANALYSIS_CLAIMS)
+CLAIMS_BY_ID = {c.id: c for c in ALL_CLAIMS}
 #: The order of the findings table.
 CLAIM_IDS = tuple(CLAIMS_BY_ID)

@@ -794,12 +794,11 @@ def check_readme_table(
 ) -> list[str]:
     """Problems (empty: none) with the README's findings table: its block between the markers must
     equal :func:`readme_table` of ``findings`` (a dict or a findings.json path)."""
-    if not isinstance(findings, dict):
-        findings = json.loads(Path(findings).read_text(encoding="utf-8"))
+    loaded = findings if isinstance(findings, dict) else json.loads(Path(findings).read_text(encoding="utf-8"))
     block = readme_block(Path(readme).read_text(encoding="utf-8"))
     if block is None:
         return [f"{readme}: no {README_START} … {README_END} block"]
-    expected = readme_table(findings, study)
+    expected = readme_table(loaded, study)
     if block != expected:
         return [f"{readme}: the findings table differs from findings.json; paste the output of --readme-table"]
     return []

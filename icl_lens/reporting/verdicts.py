@@ -159,17 +159,16 @@ def task_estimate(
     n = len(values)
     pooled_counts = None
     if counts is not None:
-        got_counts = [counts(r) for r, _ in kept]
-        if all(c is not None and c[1] > 0 for c in got_counts):
-            pooled_counts = (sum(c[0] for c in got_counts), sum(c[1] for c in got_counts))  # type: ignore[index]
+        got_counts = [c for c in (counts(r) for r, _ in kept) if c is not None and c[1] > 0]
+        if len(got_counts) == len(kept):
+            pooled_counts = (sum(c[0] for c in got_counts), sum(c[1] for c in got_counts))
     left_out = f"; denominator 0 in seed {', '.join(undefined)}, left out" if undefined else ""
     exact = "; ∪ Clopper–Pearson of the counts over seeds" if pooled_counts else ""
     if n >= 2:
         sd = statistics.stdev(values)
         se, method = sd / math.sqrt(n), f"t over {n} seed values (df {n - 1})"
         if sd == 0:
-            within = [_draws_sd(d.draws) for _, d in kept if d.draws is not None]
-            within = [w for w in within if w is not None]
+            within = [w for w in (_draws_sd(d.draws) for _, d in kept if d.draws is not None) if w is not None]
             if within:
                 se = math.sqrt(statistics.fmean(w * w for w in within)) / math.sqrt(n)
                 method += "; the seeds agree exactly: SE from the within-seed query spread"
@@ -213,12 +212,12 @@ def pooled_random(tasks: dict[str, Estimate]) -> Estimate:
     kept, note, missing = _usable(tasks)
     if missing:
         return Estimate(None, missing=missing, undefined=missing == "undefined on every task")
-    values = [e.value for e in kept.values()]  # type: ignore[misc]
+    values = [e.value for e in kept.values() if e.value is not None]  # every kept task has one (_usable)
     n_seeds = sum(e.n_seeds for e in kept.values())
-    mean = statistics.fmean(values)  # type: ignore[arg-type]
+    mean = statistics.fmean(values)
     if len(values) < 2:
         return Estimate(mean, n_seeds=n_seeds, n_units=1, missing="interval: tasks as a random effect need ≥ 2 tasks")
-    sd = statistics.stdev(values)  # type: ignore[arg-type]
+    sd = statistics.stdev(values)
     T = len(values)
     se, method = sd / math.sqrt(T), f"tasks like these: t over {T} task values (df {T - 1})"
     if sd == 0:
@@ -245,10 +244,10 @@ def pooled_fixed(tasks: dict[str, Estimate]) -> Estimate:
     dfs = [e.df for e in kept.values()]
     se = math.sqrt(sum(s * s for s in ses))
     df = satterthwaite_df(ses, dfs) if se > 0 else float(sum(dfs))  # type: ignore[arg-type]
-    counts_each = [e.counts for e in kept.values()]
+    counts_each = [e.counts for e in kept.values() if e.counts is not None]
     counts = None
-    if all(c is not None for c in counts_each):
-        counts = (sum(c[0] for c in counts_each), sum(c[1] for c in counts_each))  # type: ignore[index]
+    if len(counts_each) == T:
+        counts = (sum(c[0] for c in counts_each), sum(c[1] for c in counts_each))
     scale = next(iter(kept.values())).scale
     method = f"these tasks (fixed): mean of {T} task values, SE from each task's, Satterthwaite df {df:.3g}" + note
     return Estimate(mean, se, df, n_seeds, T, None, method, counts=counts, scale=scale)
