@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 SETTINGS = ("zsl", "icl", "ft", "lcgd")
 DEFAULT_MODEL = "gemma3-270m"
-"""The offline model where in-context learning beats zero-shot on most tasks (see README)."""
+"""The offline model where in-context learning beats zero-shot on most tasks (docs/results.md, "Does the
+model learn in context?")."""
 FINETUNED_SETTINGS = ("ft", "lcgd")
 
 
@@ -65,9 +66,10 @@ class ExperimentConfig:
     """Everything that defines one comparison cell (Dai et al. 2023; Deutch et al. 2024).
 
     Defaults follow the reference implementations except three choices that make the small
-    offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, see the
-    README): the model (Gemma-3-270M), balanced demonstrations and contextual calibration. The
-    reference setting is the ``reference`` preset (:mod:`icl_lens.presets`).
+    offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, docs/results.md):
+    the model (Gemma-3-270M), balanced demonstrations and contextual calibration. They were read off
+    that script's evaluation queries, before it chose on a dev slice (CHANGELOG). The reference
+    setting is the ``reference`` preset (:mod:`icl_lens.presets`).
 
     Args:
         task: task name or task config file.
@@ -518,7 +520,8 @@ def cell_dev_slice(
         query_rows=[q["row_index"] for q in queries],
         query_inputs=[task.format_input(q) for q in queries],
     )
-    if len(rows) < cfg.lr_dev_size:
+    sweeps_on_dev = cfg.lr is None and cfg.lr_mode == "sweep" and cfg.lr_criterion == "dev"
+    if len(rows) < cfg.lr_dev_size and sweeps_on_dev:
         logger.warning(
             "task %s: the dev slice has %d rows, not %d: the train split has no more rows outside the "
             "demonstrations and evaluation queries",
