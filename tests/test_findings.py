@@ -358,3 +358,13 @@ def test_report_index_is_a_dashboard_with_the_findings(tmp_path):
     assert "Across cells" in index and "sst2" in index and "[" in index  # intervals in the cross-cell table
     assert index.count('src="data:image/png;base64,') == 2  # SimAOU and SimAM_Δ across tasks
     assert 'href="sst2__tiny__seed0/report.html"' in index
+
+
+def test_null_rows_say_when_the_null_drew_the_same_randomness_in_every_seed():
+    cells = study(tasks=("sst2",), seeds=(0, 1))
+    row = one(evaluate_findings(cells), "simaou_above_shuffled_pair", "sst2")
+    assert "the null drew the same randomness in every seed (no null_seeds in seed 0, 1)" in row["note"]
+    for cell in cells:  # results format 4: each seed its own null seed
+        cell["null_seeds"] = {"shuffled_pair": 100 + cell["config"]["seed"]}
+    row = one(evaluate_findings(cells), "simaou_above_shuffled_pair", "sst2")
+    assert "same randomness" not in row["note"]

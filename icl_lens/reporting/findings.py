@@ -61,6 +61,7 @@ from icl_lens.reporting.claims import (
     LOW_OVERLAP,
     ORDER_DIFFERS,
     REC2FTP_THRESHOLD,
+    RERUN,
     SPARSITY,
     SPARSITY_RMS_THRESHOLD,
     SPARSITY_THRESHOLD,
@@ -354,9 +355,20 @@ def _claim_rows(ctx: _Context, study: Study, claim: Claim) -> list[Row]:
                 study.cells[(task, untrained)], claim.quantity, ctx.n_resamples, ctx.confidence, rng,
                 claim.counts, claim.scale, claim.cell_test,
             )  # fmt: skip
+    notes = {}
+    if claim.seeded_null:
+        for task in per_task:
+            cells = study.cells.get((task, claim.setting == "untrained"), [])
+            shared = [str(r["config"].get("seed")) for r in cells if dig(r, "null_seeds", claim.seeded_null) is None]
+            if len(cells) > 1 and shared:
+                notes[task] = (
+                    f"the null drew the same randomness in every seed (no null_seeds in seed {', '.join(shared)}): "
+                    f"its seed values are not independent, so the interval may be too narrow — rerun: {RERUN}"
+                )
     return _rows_of_tasks(
-        ctx, label, claim.id, claim.statement, claim.source, per_task, claim.null, claim.side, claim.margin, claim.run
-    )
+        ctx, label, claim.id, claim.statement, claim.source, per_task, claim.null, claim.side, claim.margin,
+        claim.run, notes=notes,
+    )  # fmt: skip
 
 
 SERIES = Quantity(per_example=lambda r: r.get("rows"), value=lambda r: r.get("value"), needs="the analysis")
