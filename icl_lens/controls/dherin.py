@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,10 +209,6 @@ def compare_with_finetuning(
             }
     summary["claims"] = claims
     return summary
-
-
-def is_finite_patch(patch: ContextPatch) -> bool:
-    return all(math.isfinite(float(t.abs().sum())) for t in (*patch.delta_w.values(), patch.bias))
 
 
 def _ft_update(model: Any, prompts: Any, layer: int) -> torch.Tensor:

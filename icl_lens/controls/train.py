@@ -112,9 +112,11 @@ class TrainedControl:
 
 
 def untrained(cfg: TrainConfig) -> ControlTransformer:
-    """The control's architecture at its seeded initialisation (the untrained model)."""
-    torch.manual_seed(cfg.seed)
-    return ControlTransformer(cfg.model)
+    """The control's architecture at its seeded initialisation (the untrained model); the global
+    random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return ControlTransformer(cfg.model)
 
 
 def train_control(cfg: TrainConfig, progress: bool = False) -> TrainedControl:
