@@ -63,29 +63,26 @@ _LAZY = {
 _SUBMODULES = (
     "analyses",
     "calibration",
+    "controls",
     "evaluation",
-    "executors",
     "experiment",
-    "findings",
-    "lcgd",
     "lens",
-    "lr_sweep",
     "metrics",
     "models",
     "nulls",
+    "papers",
     "prompts",
     "reporting",
     "results",
     "runs",
     "stats",
-    "sweep",
     "tasks",
     "training",
     "viz",
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
-    from icl_lens import analyses, findings, metrics, models, nulls, reporting, runs, stats, training, viz  # noqa: F401
+    from icl_lens import analyses, metrics, models, nulls, papers, reporting, runs, stats, training, viz  # noqa: F401
     from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
     from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
     from icl_lens.lens import logit_lens  # noqa: F401

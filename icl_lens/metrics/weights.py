@@ -56,7 +56,7 @@ from icl_lens._shapes import shape_checked
 from icl_lens.errors import MetricInputError
 from icl_lens.metrics._common import cosine, require_finite, require_nonempty
 from icl_lens.models.backends import Model, backend_of
-from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY  # noqa: F401 (icl_lens.metrics re-exports it)
+from icl_lens.papers import HANDBUILT_ICL_GD_SPARSITY  # noqa: F401 (icl_lens.metrics re-exports it)
 
 logger = logging.getLogger(__name__)
 

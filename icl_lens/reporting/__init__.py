@@ -1,7 +1,5 @@
 """Reporting: everything that turns results dicts into numbers, tables, figures and verdicts.
 
-- :mod:`~icl_lens.reporting.reference`: the published numbers a run is held against (Deutch et al.
-  2024, Tables 1–2);
 - :mod:`~icl_lens.reporting.aggregate`: across-seed means, sample stds and two-level bootstrap
   intervals, and the markdown Tables 1–2 beside the reference numbers;
 - :mod:`~icl_lens.reporting.tables`: the one table renderer (plain text, markdown and HTML from the
@@ -12,6 +10,7 @@
 - :mod:`~icl_lens.reporting.report`: the self-contained HTML reports (``icl-lens report``);
 - :mod:`~icl_lens.reporting.findings`: a verdict per claim of the papers (``icl-lens findings``).
 
+The published numbers a run is held against are data, in the leaf module :mod:`icl_lens.papers`.
 The layout of a results dict these read is defined in :mod:`icl_lens.results`. Submodules load on
 first access (``icl_lens.reporting.findings``), so importing the package stays light.
 """
@@ -22,10 +21,20 @@ from typing import TYPE_CHECKING
 
 from icl_lens._lazy import lazy_attributes
 
-_SUBMODULES = ("aggregate", "figures", "findings", "reference", "report", "summary", "tables")
+_SUBMODULES = ("aggregate", "calibration", "claims", "figures", "findings", "report", "summary", "tables", "verdicts")
 
 if TYPE_CHECKING:
-    from icl_lens.reporting import aggregate, figures, findings, reference, report, summary, tables  # noqa: F401
+    from icl_lens.reporting import (  # noqa: F401
+        aggregate,
+        calibration,
+        claims,
+        figures,
+        findings,
+        report,
+        summary,
+        tables,
+        verdicts,
+    )
 
 __all__ = list(_SUBMODULES)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from icl_lens.errors import ConfigError
-from icl_lens.reporting.reference import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
+from icl_lens.papers import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
 from icl_lens.reporting.tables import Table, format_interval, format_mean_std
 from icl_lens.results import (
     SETTINGS,

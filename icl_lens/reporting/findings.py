@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from icl_lens.errors import ConfigError, ResultsError
+from icl_lens.papers import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.reporting.aggregate import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -70,7 +71,6 @@ from icl_lens.reporting.claims import (
     layer_metric,
     metric,
 )
-from icl_lens.reporting.reference import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.reporting.tables import MISSING, Table, format_interval
 from icl_lens.reporting.verdicts import (
     MULTIPLICITY,

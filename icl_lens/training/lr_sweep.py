@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.models.backends import Model, block_parameters
 from icl_lens.models.cpu_matmul import uses_cpu_matmul
-from icl_lens.reporting.reference import REFERENCE_LRS
+from icl_lens.papers import REFERENCE_LRS
 from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,

@@ -1,4 +1,0 @@
-"""Moved to :mod:`icl_lens.reporting.figures` (with the other static figures); this path stays
-importable for existing code."""
-
-from icl_lens.reporting.figures import *  # noqa: F403

@@ -1,3 +1,0 @@
-"""Moved to :mod:`icl_lens.training.lr_sweep`; this path stays importable for existing code."""
-
-from icl_lens.training.lr_sweep import *  # noqa: F403
