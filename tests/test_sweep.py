@@ -228,3 +228,25 @@ def test_a_loader_returning_another_model_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smollm2-135m"):
         run_cells([cfg], tmp_path, QUIET, model_loader=lambda name, **kw: loader("tiny", **kw))
     assert not cell_path(tmp_path, cfg).exists()
+
+
+def test_a_sweep_without_a_dev_row_is_refused_before_any_model_loads(tmp_path):
+    """A task whose evaluation queries are its whole train split leaves the lr sweep nothing to score."""
+    from dataclasses import replace
+
+    from icl_lens.runs.sweep import check_cells
+
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(12)]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "tiny.json").write_text(json.dumps({
+        "name": "tiny", "template": "Text: {text} Label:", "label_words": ["no", "yes"],
+        "data_files": {"train": "rows.jsonl"}, "eval_split": "train"}))
+    cfg = ExperimentConfig(task=str(tmp_path / "tiny.json"), model="tiny", k=2, limit=None)
+
+    def never(*args, **kwargs):
+        raise AssertionError("no model may load")
+
+    with pytest.raises(ConfigError, match="the learning-rate sweep has no dev row"):
+        run_cells([cfg], tmp_path / "out", RuntimeOptions(progress=False), model_loader=never)
+    check_cells([replace(cfg, lr=1e-3), replace(cfg, lr_criterion="demos"), replace(cfg, settings=("zsl", "icl"))])
+    check_cells([replace(cfg, limit=6)])  # rows left over for a dev slice

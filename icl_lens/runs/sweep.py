@@ -320,25 +320,37 @@ def check_cells(cells: Sequence[ExperimentConfig]) -> None:
     """Resolve and check every cell's task, data files and demonstration sampling (no model needed).
 
     Run before any model is loaded, so a malformed task file, a bad data row, an unknown task name,
-    k beyond the train split or a missing reference learning rate is reported in seconds. Local data
-    files are parsed in full (each task once); hub datasets (``hf_dataset``) are loaded by the run.
+    k beyond the train split, a learning-rate sweep left without a dev row (the demonstrations and
+    evaluation queries took the whole train split) or a missing reference learning rate is reported
+    in seconds. Local data files are parsed in full (each task once); hub datasets (``hf_dataset``)
+    are loaded by the run.
     """
-    from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides
-    from icl_lens.tasks import load_split, sample_demonstrations
+    from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides, cell_rows
+    from icl_lens.tasks import load_split
     from icl_lens.training.lr_sweep import REFERENCE_LRS
 
-    train_splits: dict[tuple, Any] = {}
+    splits: dict[tuple, tuple[Any, Any] | None] = {}
     for cfg in cells:
         task = apply_task_overrides(get_task(cfg.task), cfg)
         key = (cfg.task, task.template, task.label_words)
-        if key not in train_splits:
-            train_splits[key] = None
+        if key not in splits:
+            splits[key] = None
             if not task.hf_dataset:
-                train_splits[key] = load_split(task, task.train_split)
-                if task.eval_split != task.train_split:
-                    load_split(task, task.eval_split)
-        if train_splits[key] is not None:
-            sample_demonstrations(task, cfg.k, cfg.seed, train=train_splits[key], sampling=cfg.demo_sampling)
+                train = load_split(task, task.train_split)
+                splits[key] = (
+                    train,
+                    load_split(task, task.eval_split) if task.eval_split != task.train_split else train,
+                )
         tuned = any(s in cfg.settings for s in FINETUNED_SETTINGS)
+        loaded = splits[key]
+        if loaded is not None:
+            _, _, dev = cell_rows(task, cfg, train=loaded[0], eval_dataset=loaded[1])
+            sweeps = (cfg.lr is None and cfg.lr_mode == "sweep") or cfg.lcgd_lr_sweep
+            if tuned and not dev and sweeps and cfg.lr_criterion == "dev":
+                raise ConfigError(
+                    f"cell {cfg.cell_name()}: the learning-rate sweep has no dev row: the demonstrations and "
+                    f"evaluation queries take every row of task {task.name!r}'s train split; lower k or limit, "
+                    "give the learning rate (lr), or set lr_criterion='demos'"
+                )
         if tuned and cfg.lr is None and cfg.lr_mode == "reference" and task.name not in REFERENCE_LRS:
             raise ConfigError(f"no reference learning rate for task {task.name!r}; use lr_mode='sweep' or give lr")
