@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from icl_lens.reporting.aggregate import aggregate, markdown_tables
-from icl_lens.cli import add_executor_flags, executor_options
+from icl_lens.cli.common import add_executor_flags, executor_options
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.reporting.findings import findings_markdown, write_findings
 from icl_lens.reporting.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 import icl_lens.models
 from helpers import byte_tokenizer, tiny_model
-from icl_lens.cli import LOG_LEVELS, main
+from icl_lens.cli import main
+from icl_lens.cli.common import LOG_LEVELS
 from icl_lens.errors import IclLensError
 from icl_lens.evaluation import evaluate
 from icl_lens.experiment import ExperimentConfig, apply_task_overrides

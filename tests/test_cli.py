@@ -6,7 +6,8 @@ import pytest
 
 import icl_lens.models
 from helpers import tiny_model
-from icl_lens.cli import expand_cells, main, make_parser
+from icl_lens.cli import main, make_parser
+from icl_lens.cli.run import expand_cells
 from icl_lens.errors import ModelLoadError
 
 
@@ -81,3 +82,55 @@ def test_unavailable_cuda_device_is_a_clear_error(tmp_path, capsys):
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "has no CUDA GPU" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,level", [
+    (["tasks"], "WARNING"),
+    (["--log-level", "info", "tasks"], "INFO"),
+    (["tasks", "--log-level", "debug"], "DEBUG"),
+    (["--log-level", "error", "tasks", "--log-level", "info"], "INFO"),
+])
+def test_global_flags_before_or_after_the_subcommand(argv, level):
+    """The subcommand's copy of a global flag only counts when given there: it never resets a value
+    given before the subcommand's name to the default."""
+    args = make_parser().parse_args(argv)
+    assert args.log_level == level and args.cpu_matmul is None
+
+
+def test_cpu_matmul_after_the_subcommand():
+    assert make_parser().parse_args(["run", "--cpu-matmul", "blas"]).cpu_matmul == "blas"
+    assert make_parser().parse_args(["--cpu-matmul", "onednn", "status", "x"]).cpu_matmul == "onednn"
+
+
+def test_run_and_bench_share_the_model_flags():
+    parser = make_parser()
+    for argv in (["run"], ["bench"]):
+        args = parser.parse_args([*argv, "--model", "a,b", "--device", "cuda:1", "--dtype", "bfloat16",
+                                  "--backend", "bridge"])
+        assert (args.model, args.device, args.dtype, args.backend) == ("a,b", "cuda:1", "bfloat16", "bridge")
+        defaults = parser.parse_args(argv)
+        assert (defaults.model, defaults.device, defaults.dtype, defaults.backend) == (None, "cpu", "float32", None)
+    assert [c.model for c in expand_cells(parser.parse_args(["run", "--model", "a,b"]))] == ["a", "b"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+    (["bench", "--backend", "nope"], "argument --backend: invalid choice: 'nope'"),
+    (["run", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["run", "--ft-lr", "fast"], "argument --ft-lr: invalid value 'fast'"),
+    (["nope"], "invalid choice: 'nope'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_refused_flags_are_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("icl-lens: error:") and message in err
+
+
+def test_bench_times_each_of_several_models(tmp_path, tiny_loader, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny,tiny", "--k", "2", "--n-naive", "1", "--n-fast", "2", "--batch-size",
+                 "2", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("== tiny") == 2
+    numbers = json.loads(out.read_text())
+    assert isinstance(numbers, list) and [n["n_fast"] for n in numbers] == [2, 2]

@@ -178,7 +178,8 @@ def test_device_check_comparison_flags_a_second_flipped_query_and_a_metric_gap()
 
 
 def test_cli_executor_flags_become_options():
-    from icl_lens.cli import executor_options, make_parser
+    from icl_lens.cli import make_parser
+    from icl_lens.cli.common import executor_options
 
     args = make_parser().parse_args(["run", "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gpus", "1",
                                      "--slurm-cpus", "8", "--slurm-mem", "32G", "--slurm-time", "120",

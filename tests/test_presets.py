@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from helpers import byte_tokenizer
-from icl_lens.cli import expand_cells, make_parser
+from icl_lens.cli import make_parser
+from icl_lens.cli.run import expand_cells
 from icl_lens.errors import ConfigError
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.prompts import PromptFormat, encode_prompts

@@ -284,18 +284,16 @@ def test_static_report(tmp_path, tiny_gpt):
 
 
 def test_report_command(tmp_path, tiny_gpt, capsys):
-    import argparse
+    from icl_lens.cli import make_parser
+    from icl_lens.cli import report as report_command
 
-    from icl_lens.reporting.report import add_report_command, cmd_report
-
-    parser = argparse.ArgumentParser()
-    add_report_command(parser.add_subparsers(dest="command"))
+    parser = make_parser()
     with pytest.raises(ResultsError, match="no finished cell"):
-        cmd_report(parser.parse_args(["report", str(tmp_path)]))
+        report_command.main(parser.parse_args(["report", str(tmp_path)]))
     results_dir = make_results_dir(tmp_path, tiny_gpt)
     args = parser.parse_args(["report", str(results_dir), "--max-mb", "0.0001", "--kinds", "pattern"])
-    assert args.func is cmd_report
-    assert cmd_report(args) == 0
+    assert args.func is report_command.main
+    assert report_command.main(args) == 0
     assert "index.html" in capsys.readouterr().out
     [report] = results_dir.glob("*/report.html")
     text = report.read_text()

@@ -29,18 +29,16 @@ figures across tasks, and links to every cell's report.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from icl_lens.errors import ConfigError, ResultsError
+from icl_lens.errors import ResultsError
 from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
 from icl_lens.results import (
     FINETUNED,
@@ -694,11 +692,7 @@ def build_cell_report(
         f"{results.get('n_examples')} queries · {dig(results, 'prompts', 'k_used')} demonstrations · "
         f"template {results.get('task', {}).get('template')!r}"
         + (f" · made {meta.get('created')}" if meta.get("created") else "")
-        + "".join(
-            f" · {name} {meta[key]}"
-            for key, name in _VERSION_LABELS
-            if meta.get(key)
-        )
+        + "".join(f" · {name} {meta[key]}" for key, name in _VERSION_LABELS if meta.get(key))
         + (f" · {meta['backend']} backend" if meta.get("backend") else "")
     )
     figures_html = "\n".join(_img(path, caption) for caption, path in cell_figures(results, cell_dir))
@@ -913,52 +907,3 @@ def build_report(
     ]
     build_index(results_dir, cells)
     return paths
-
-
-def add_report_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``report RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_report`)."""
-    parser = subparsers.add_parser(
-        "report", help="write a self-contained report.html per cell (metrics, figures, attention) and index.html"
-    )
-    parser.add_argument(
-        "results_dir", metavar="RESULTS_DIR", help="results folder (one sub-folder per cell), as written by 'run'"
-    )
-    parser.add_argument(
-        "--max-examples",
-        type=int,
-        default=None,
-        metavar="N",
-        help="embed at most this many attention examples per page (default: all saved)",
-    )
-    parser.add_argument(
-        "--max-mb",
-        type=float,
-        default=DEFAULT_MAX_MB,
-        metavar="MB",
-        help=f"budget in MB for the attention maps embedded per page, whole examples only, at least "
-        f"one (default: {DEFAULT_MAX_MB:g}; 0 = no limit)",
-    )
-    parser.add_argument(
-        "--kinds",
-        default="pattern,scores",
-        metavar="KINDS",
-        help="attention map kinds to embed: pattern, scores or both (default: pattern,scores)",
-    )
-    parser.set_defaults(func=cmd_report)
-    return parser
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """``icl-lens report``: build the reports; an empty results folder is a :class:`ResultsError`."""
-    kinds = tuple(k.strip() for k in str(getattr(args, "kinds", "pattern,scores")).split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise ConfigError(f"--kinds must list pattern and/or scores, got {unknown or 'nothing'}")
-    max_mb = getattr(args, "max_mb", DEFAULT_MAX_MB)
-    paths = build_report(
-        args.results_dir, max_examples=getattr(args, "max_examples", None), kinds=kinds, max_mb=max_mb or None
-    )
-    if not paths:
-        raise ResultsError(f"no finished cell (verified {RESULTS_FILE}) under {args.results_dir}")
-    sys.stdout.write(f"{len(paths)} reports; open {Path(args.results_dir) / INDEX_FILE}\n")
-    return 0
