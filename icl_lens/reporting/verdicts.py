@@ -82,6 +82,7 @@ class Estimate:
     counts: tuple[int, int] | None = None
     scale: float = 1.0
     unit: str = "seed"
+    bounds: tuple[float, float] | None = None  # a proportion's range [0, scale]: the interval is cut to it
     tests: list[str] = field(default_factory=list)
 
     def interval(self, confidence: float) -> list[float] | None:
@@ -94,7 +95,8 @@ class Estimate:
         if self.counts is not None:
             cp_low, cp_high = clopper_pearson(*self.counts, confidence=confidence)
             low, high = min(low, self.scale * cp_low), max(high, self.scale * cp_high)
-            low, high = max(low, 0.0), min(high, self.scale)  # a proportion lies in [0, scale]
+        if self.bounds is not None:
+            low, high = max(low, self.bounds[0]), min(high, self.bounds[1])
         return [low, high]
 
     def p_value(self, null: float) -> float | None:
@@ -162,6 +164,7 @@ def task_estimate(
         got_counts = [c for c in (counts(r) for r, _ in kept) if c is not None and c[1] > 0]
         if len(got_counts) == len(kept):
             pooled_counts = (sum(c[0] for c in got_counts), sum(c[1] for c in got_counts))
+    bounds = (0.0, scale) if counts is not None else None
     left_out = f"; denominator 0 in seed {', '.join(undefined)}, left out" if undefined else ""
     exact = "; ∪ Clopper–Pearson of the counts over seeds" if pooled_counts else ""
     if n >= 2:
@@ -173,12 +176,22 @@ def task_estimate(
                 se = math.sqrt(statistics.fmean(w * w for w in within)) / math.sqrt(n)
                 method += "; the seeds agree exactly: SE from the within-seed query spread"
         return Estimate(
-            mean, se, n - 1, n, n, sd, method + exact + left_out, counts=pooled_counts, scale=scale, tests=tests
+            mean,
+            se,
+            n - 1,
+            n,
+            n,
+            sd,
+            method + exact + left_out,
+            counts=pooled_counts,
+            scale=scale,
+            tests=tests,
+            bounds=bounds,
         )
     result, draws = kept[0]
     if draws.draws is None:
         return Estimate(
-            mean, n_seeds=1, n_units=1, counts=pooled_counts, scale=scale, tests=tests,
+            mean, n_seeds=1, n_units=1, counts=pooled_counts, scale=scale, tests=tests, bounds=bounds,
             missing="interval (one seed, no per-query values or cell interval)",
         )  # fmt: skip
     queries = _queries(result, quantity)
@@ -188,7 +201,19 @@ def task_estimate(
         f"(df {df:g}); says nothing of the seed-to-seed spread"
     )
     se = _draws_sd(draws.draws) or 0.0
-    return Estimate(mean, se, df, 1, 1, None, method + exact + left_out, counts=pooled_counts, scale=scale, tests=tests)
+    return Estimate(
+        mean,
+        se,
+        df,
+        1,
+        1,
+        None,
+        method + exact + left_out,
+        counts=pooled_counts,
+        scale=scale,
+        tests=tests,
+        bounds=bounds,
+    )
 
 
 def _usable(tasks: dict[str, Estimate]) -> tuple[dict[str, Estimate], str, str | None]:
@@ -225,7 +250,8 @@ def pooled_random(tasks: dict[str, Estimate]) -> Estimate:
         if ses:
             se = math.sqrt(statistics.fmean(s * s for s in ses)) / math.sqrt(T)
             method += "; the tasks agree exactly: SE from the tasks' own"
-    return Estimate(mean, se, T - 1, n_seeds, T, sd, method + note, unit="task")
+    bounds = next(iter(kept.values())).bounds
+    return Estimate(mean, se, T - 1, n_seeds, T, sd, method + note, unit="task", bounds=bounds)
 
 
 def pooled_fixed(tasks: dict[str, Estimate]) -> Estimate:
@@ -250,7 +276,8 @@ def pooled_fixed(tasks: dict[str, Estimate]) -> Estimate:
         counts = (sum(c[0] for c in counts_each), sum(c[1] for c in counts_each))
     scale = next(iter(kept.values())).scale
     method = f"these tasks (fixed): mean of {T} task values, SE from each task's, Satterthwaite df {df:.3g}" + note
-    return Estimate(mean, se, df, n_seeds, T, None, method, counts=counts, scale=scale)
+    bounds = next(iter(kept.values())).bounds
+    return Estimate(mean, se, df, n_seeds, T, None, method, counts=counts, scale=scale, bounds=bounds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +313,12 @@ class Row:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as JSON-ready values: an infinite df (a normal approximation) becomes None."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        return out
 
 
 def estimate_row(
