@@ -273,6 +273,12 @@ def test_clipping_claim_pairs_clipped_and_unclipped_lcgd_cells_by_seed():
         cells.append(clipped)
     row = one(evaluate_findings(cells), "clipping_restores_lcgd_simam", "subj")
     assert row["effect"] == pytest.approx(0.2) and row["n_seeds"] == 2 and row["verdict"] == "holds"
+    assert "learning rates differ" not in row["note"]
+    for cell in cells:
+        cell["config"]["lr"] = 1e-3
+    cells[-1]["config"]["lr"] = 0.5
+    row = one(evaluate_findings(cells), "clipping_restores_lcgd_simam", "subj")
+    assert "learning rates differ (0.5 vs" in row["note"]
 
 
 def test_findings_are_seeded():

@@ -540,17 +540,30 @@ def _clipping_rows(ctx: _Context, study: Study) -> list[Row]:
     """LCGD's SimAM with the reference clip (global ℓ2 12) minus without, paired by seed and query."""
     quantity = paired_difference(layer_metric(metric("lcgd", "simam")), "clipped", "unclipped")
     per_task: dict[str, Estimate] = {}
+    notes: dict[str, str] = {}
     for task, clipped in sorted(study.clipped.items()):
         reference = [r for r in clipped if dig(r, "config", "finetune", "clip_global_norm") is not None]
         pairs = _pairs(reference, study.cells.get((task, False), []), "clipped", "unclipped")
         if pairs:
             rng = stable_rng(ctx.seed, study.label, CLIPPING.id, task)
             per_task[task] = task_estimate(pairs, quantity, ctx.n_resamples, ctx.confidence, rng)
+            rates = {(_lcgd_lr(p["clipped"]), _lcgd_lr(p["unclipped"])) for p in pairs}
+            differing = sorted(f"{a:g} vs {b:g}" for a, b in rates if a is not None and b is not None and a != b)
+            notes[task] = "clipped − unclipped LCGD cell of the same seed" + (
+                f"; learning rates differ ({', '.join(differing)}): not only the clip changed" if differing else ""
+            )
     if not per_task:
         return [_missing_row(study.label, CLIPPING, "LCGD cells with a global-norm clip beside unclipped ones")]
     return _rows_of_tasks(
-        ctx, study.label, CLIPPING.id, CLIPPING.statement, CLIPPING.source, per_task, 0.0, ">", run=CLIPPING.run
-    )
+        ctx, study.label, CLIPPING.id, CLIPPING.statement, CLIPPING.source, per_task, 0.0, ">", run=CLIPPING.run,
+        notes=notes,
+    )  # fmt: skip
+
+
+def _lcgd_lr(results: dict[str, Any]) -> float | None:
+    """The learning rate LCGD ran with: its own when chosen apart (``lcgd_lr``), else the cell's."""
+    value = dig(results, "lcgd_lr", "lr") or dig(results, "lr", "lr") or dig(results, "config", "lr")
+    return None if value is None else float(value)
 
 
 def _sparsity_rows(study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row]:
