@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.results import dig
-from icl_lens.runs.sweep import RuntimeOptions, run_cells
+from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.runs.sweep import run_cells
 
 METRICS = {  # name -> path in results.json
     "simaou_ft": ("metrics", "ft", "simaou", "mean"),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.training.finetune import FinetuneConfig
-from icl_lens.runs.sweep import RuntimeOptions, run_cells
+from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.runs.sweep import run_cells
 
 REFERENCE_VARIANT = "global 12"
 """The reference trainer's clip (Deutch et al. 2024, LCGD on Subj)."""

@@ -39,7 +39,8 @@ from icl_lens.reporting.findings import findings_markdown, write_findings
 from icl_lens.reporting.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
 from icl_lens.presets import preset_config, preset_seeds
 from icl_lens.prompts import PromptFormat
-from icl_lens.runs.sweep import RuntimeOptions, run_cells
+from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.runs.sweep import run_cells
 from icl_lens.tasks import BUILTIN_TASK_NAMES
 
 

@@ -49,7 +49,7 @@ from icl_lens.reporting.figures import (
 from icl_lens.experiment import ExperimentConfig, run_experiment
 from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.results import is_complete, read_results, write_results
-from icl_lens.runs.sweep import RuntimeOptions
+from icl_lens.runs.cell import RuntimeOptions
 from icl_lens.tasks import get_task
 
 logger = logging.getLogger("shen_analyses")

@@ -28,7 +28,8 @@ from helpers import tiny_model  # noqa: E402
 
 from icl_lens.experiment import ExperimentConfig  # noqa: E402
 from icl_lens.models.untrained import reinitialize_untrained  # noqa: E402
-from icl_lens.runs.sweep import RuntimeOptions, run_cells  # noqa: E402
+from icl_lens.runs.cell import RuntimeOptions  # noqa: E402
+from icl_lens.runs.sweep import run_cells  # noqa: E402
 
 
 def cells() -> list[ExperimentConfig]:
@@ -188,16 +189,16 @@ def kills(root: Path, seeds: list[int]) -> None:
         before = _snapshot(folder / "out")
 
         def resumed():
-            import icl_lens.runs.sweep
+            import icl_lens.runs.cell
 
             computed = []
-            real = icl_lens.runs.sweep.run_experiment
+            real = icl_lens.runs.cell.run_experiment
 
             def recording(model, task, cfg, **kwargs):
                 computed.append(cfg.cell_name())
                 return real(model, task, cfg, **kwargs)
 
-            icl_lens.runs.sweep.run_experiment = recording
+            icl_lens.runs.cell.run_experiment = recording
             run_cells(kill_cells(task_file), folder / "out", KILL_RUNTIME, model_loader=loader)
             (folder / "computed.json").write_text(json.dumps(computed))
 

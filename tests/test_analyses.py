@@ -34,7 +34,7 @@ from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.metrics import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.results import read_results
-from icl_lens.runs.sweep import RuntimeOptions, cell_path
+from icl_lens.runs.cell import RuntimeOptions, cell_path
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
 # --- order sensitivity -----------------------------------------------------------------------

@@ -286,7 +286,8 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
     """``run_cells`` on the bridge: every setting and metric, the backend recorded, the cell in a
     folder and identity of its own (a hooked cell of the same config is another cell)."""
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.sweep import RuntimeOptions, cell_identity, cell_path, run_cells
+    from icl_lens.runs.cell import RuntimeOptions, cell_identity, cell_path
+    from icl_lens.runs.sweep import run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["gemma3"]), k=2, limit=4, lr=1e-2, batch_size=4)
     runtime = RuntimeOptions(progress=False, attention_examples=1, backend="bridge")
@@ -314,7 +315,8 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
 @needs_hooked
 def test_a_hooked_model_is_refused_for_a_bridge_cell(hf_dirs, tmp_path):
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.sweep import RuntimeOptions, run_cells
+    from icl_lens.runs.cell import RuntimeOptions
+    from icl_lens.runs.sweep import run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["llama"]), k=2, limit=4, lr=1e-2, batch_size=4)
     runtime = RuntimeOptions(progress=False, attention_examples=0, backend="bridge")

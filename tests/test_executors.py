@@ -17,7 +17,8 @@ from icl_lens.runs.executors import (
     ExecutorOptions, SlurmOptions, SweepError, local_threads, read_state, sweep_status, write_state,
 )
 from icl_lens.results import read_results, stable_payload
-from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.runs.sweep import run_cells
 
 TESTS = Path(__file__).resolve().parent
 QUIET = RuntimeOptions(progress=False, attention_examples=1)

@@ -28,7 +28,8 @@ from icl_lens.reporting.findings import (
 from icl_lens.results import read_results
 from icl_lens.models.untrained import reinitialize_untrained
 from icl_lens.reporting.report import INDEX_FILE, REPORT_FILE, build_cell_report
-from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.runs.sweep import run_cells
 
 TASKS = ("sst2", "subj")
 SEEDS = (0, 1)

@@ -25,7 +25,8 @@ from sweep_worker import cells, loader
 
 from icl_lens.runs.executors import ExecutorOptions, SlurmOptions, SweepError, read_state, sweep_status
 from icl_lens.results import read_results, stable_payload
-from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.runs.sweep import run_cells
 
 pytestmark = pytest.mark.slurm
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from sweep_worker import cells, kill_cells, loader
 
-import icl_lens.runs.sweep
+import icl_lens.runs.cell
 from icl_lens.errors import ConfigError
 from icl_lens.experiment import ExperimentConfig
 from icl_lens.results import RESULTS_FORMAT_VERSION, read_results, stable_payload
-from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
+from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.runs.sweep import run_cells
 
 WORKER = Path(__file__).parent / "sweep_worker.py"
 
@@ -165,7 +166,7 @@ def test_same_identity_is_skipped_and_an_edited_task_or_data_file_recomputed(tmp
     assert calls == ["float32"] and read_results(path) == first
 
     _user_task(tmp_path / "task", label_words=("nope", "yes"))  # edit the task's label words
-    with caplog.at_level(logging.WARNING, logger="icl_lens.runs.sweep"):
+    with caplog.at_level(logging.WARNING, logger="icl_lens.runs"):
         run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
     assert len(calls) == 2 and "task.label_words" in caplog.text
     relabelled = read_results(path)
@@ -174,7 +175,7 @@ def test_same_identity_is_skipped_and_an_edited_task_or_data_file_recomputed(tmp
     rows = [("good fun", 1), ("dull", 0), ("great", 1), ("bad", 0), ("fine", 1), ("terrible", 0)]
     _user_task(tmp_path / "task", label_words=("nope", "yes"), rows=rows)  # edit one data row
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="icl_lens.runs.sweep"):
+    with caplog.at_level(logging.WARNING, logger="icl_lens.runs"):
         run_cells([cfg], tmp_path / "out", QUIET, model_loader=_counting_loader(calls))
     assert len(calls) == 3 and "task.data_sha256.train" in caplog.text
     assert read_results(path)["identity"]["task"]["data_sha256"]["train"] != \
@@ -217,7 +218,7 @@ def test_another_results_format_version_is_recomputed(tmp_path, monkeypatch):
     cfg = ExperimentConfig(task="sst2", **ZSL_ICL)
     calls = []
     run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
-    monkeypatch.setattr(icl_lens.runs.sweep, "RESULTS_FORMAT_VERSION", RESULTS_FORMAT_VERSION + 1)
+    monkeypatch.setattr(icl_lens.runs.cell, "RESULTS_FORMAT_VERSION", RESULTS_FORMAT_VERSION + 1)
     run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
     assert len(calls) == 2
     assert read_results(cell_path(tmp_path, cfg))["identity"]["results_format"] == RESULTS_FORMAT_VERSION + 1

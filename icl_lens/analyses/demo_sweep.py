@@ -28,7 +28,8 @@ from icl_lens.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
 from icl_lens.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
-from icl_lens.runs.sweep import RuntimeOptions, cell_path, finished_results, run_cells
+from icl_lens.runs.cell import RuntimeOptions, cell_path, finished_results
+from icl_lens.runs.sweep import run_cells
 from icl_lens.tasks import get_task, load_split, sample_demonstrations, sample_queries
 
 logger = logging.getLogger(__name__)

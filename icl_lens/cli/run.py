@@ -326,7 +326,8 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from icl_lens.reporting.summary import summary
-    from icl_lens.runs.sweep import RuntimeOptions, cell_path, run_cells
+    from icl_lens.runs.cell import RuntimeOptions, cell_path
+    from icl_lens.runs.sweep import run_cells
 
     if args.attention_examples < 0:
         raise ConfigError(f"--attention-examples must be >= 0, got {args.attention_examples}")

@@ -11,7 +11,7 @@ Three executors, chosen with ``run_cells(..., executor=...)`` or ``icl-lens run 
   :class:`SlurmOptions`.
 
 Every worker runs the same single-cell function as an inline sweep
-(:func:`icl_lens.runs.sweep.run_cell`), so results are written the same way: atomically, with a checksum,
+(:func:`icl_lens.runs.cell.run_cell`), so results are written the same way: atomically, with a checksum,
 skipped on rerun. A worker also keeps ``<cell>/job_state.json`` up to date (queued / running with
 its pid, job id and host / failed with its log paths / finished); ``icl-lens status`` reads it. A
 cell whose job failed, was killed or was preempted has no verified ``results.json``, so submitting
@@ -40,7 +40,7 @@ from icl_lens.results import atomic_write_text, is_complete
 
 if TYPE_CHECKING:
     from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.sweep import RuntimeOptions
+    from icl_lens.runs.cell import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -245,10 +245,11 @@ def cell_job(
 
     Records running / failed / finished in the cell's state file; returns the cell's name.
     """
+    # deferred: `icl-lens status` imports this module and needs neither torch nor the cell's code
     import submitit
     import torch
 
-    from icl_lens.runs.sweep import cell_path, finished_results, run_cell
+    from icl_lens.runs.cell import cell_path, finished_results, run_cell
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -358,9 +359,10 @@ def run_with_executor(
     Shows a progress bar as cells finish. Raises :class:`SweepError` naming every failed cell and
     its log files after the others are done; the finished cells' files stay.
     """
+    # deferred: `icl-lens status` imports this module and needs neither torch nor the cell's code
     from tqdm.auto import tqdm
 
-    from icl_lens.runs.sweep import cell_dir_name, cell_path, finished_results
+    from icl_lens.runs.cell import cell_dir_name, cell_path, finished_results
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,256 +1,39 @@
 """Resumable sweeps over cells (task × model × k × seed × variant).
 
-Every cell's results are written atomically to ``OUT/<cell>/results.json`` the moment the cell
-finishes. A rerun skips every cell whose file verifies and has the same *identity*
-(:func:`cell_identity`): the configuration, the resolved task (template, label words, splits, label
-field and names), the sha256 of the data files it reads, the dtype, the device kind (cpu, cuda, mps)
-and :data:`~icl_lens.results.RESULTS_FORMAT_VERSION`. A damaged, partial or differently-identified
-file is recomputed (the log says why). Killing a sweep at any point and rerunning it therefore ends
-with exactly the files an uninterrupted sweep writes (timestamps and timings aside); temporary files
-a killed write left behind are removed on the next run. Models are loaded once per (model,
-untrained) group.
-
-Folders: ``OUT/<cfg.cell_name()>`` for float32 on the CPU; other dtypes and devices get a suffix
-(``__bfloat16__cuda``), so a bf16 GPU run and a float32 CPU run of the same cell are different
-cells and both are kept. An edited task or data file keeps the folder and replaces its results.
+:func:`run_cells` runs every cell of a list that is not already finished in the output folder (one
+cell's identity, folder and run: :mod:`icl_lens.runs.cell`), loading each model once per (model,
+untrained) group, inline or through an executor (:mod:`icl_lens.runs.executors`). Killing a sweep at
+any point and rerunning it ends with exactly the files an uninterrupted sweep writes (timestamps and
+timings aside); temporary files a killed write left behind are removed on the next run.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
-import hashlib
-import importlib.metadata
-import json
 import logging
-import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from icl_lens.errors import ConfigError, DataFormatError
+from icl_lens.errors import ConfigError
 from icl_lens.evaluation import check_record_fits
-from icl_lens.experiment import ExperimentConfig, apply_task_overrides, run_experiment
-from icl_lens.models.backends import Model, backend_of, check_backend
-from icl_lens.results import (
-    RESULTS_FILE,
-    RESULTS_FORMAT_VERSION,
-    is_complete,
-    read_results,
-    remove_stray_temp_files,
-    write_results,
+from icl_lens.experiment import FINETUNED_SETTINGS, ExperimentConfig, apply_task_overrides, cell_rows
+from icl_lens.models import load_model
+from icl_lens.results import remove_stray_temp_files
+from icl_lens.runs.cell import (
+    ModelLoader,
+    RuntimeOptions,
+    cell_identity,
+    cell_path,
+    finished_results,
+    run_cell,
 )
-from icl_lens.tasks import Task, get_task
-from icl_lens.tasks import _resolve as resolve_data_file  # the loader's own path rule
-from icl_lens.viz import save_experiment_attention_maps
-
-if TYPE_CHECKING:
-    from icl_lens.runs.executors import ExecutorOptions
+from icl_lens.runs.executors import ExecutorOptions, run_with_executor
+from icl_lens.tasks import get_task, load_split
+from icl_lens.training.lr_sweep import REFERENCE_LRS
 
 logger = logging.getLogger(__name__)
-
-ModelLoader = Callable[..., Model]
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """Where and how cells run; not part of a cell's identity (results record them).
-
-    ``attention_examples``: how many queries get their full attention maps (every setting) saved
-    beside the results for the HTML report (0: none; about 4 MB per example on SmolLM2).
-    ``backend``: ``hooked`` or ``bridge`` (:mod:`icl_lens.models.backends`); None: the installed
-    TransformerLens's default. A bridge cell is a cell of its own (identity and folder say so).
-    """
-
-    device: str = "cpu"
-    dtype: str = "float32"
-    progress: bool = True
-    attention_examples: int = 2
-    backend: str | None = None
-
-    @property
-    def resolved_backend(self) -> str:
-        return check_backend(self.backend)
-
-    def loader_options(self) -> dict[str, Any]:
-        """Keyword arguments every model loader gets (``backend`` only when one was asked for, so a
-        custom loader without that argument keeps working)."""
-        options: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
-        if self.backend is not None:
-            options["backend"] = self.backend
-        return options
-
-
-def _dtype_name(dtype: str) -> str:
-    from icl_lens.models.loading import _resolve_dtype
-
-    return str(_resolve_dtype(dtype)).removeprefix("torch.")
-
-
-def device_kind(device: str) -> str:
-    """``cpu``, ``cuda`` or ``mps``: the device's kind, not its index (cuda:0 and cuda:1 agree)."""
-    import torch
-
-    return torch.device(device).type
-
-
-def cell_dir_name(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> str:
-    """The cell's folder: ``cfg.cell_name()``, plus ``__<dtype>__<device kind>`` unless float32 on CPU,
-    plus ``__bridge`` on the bridge backend."""
-    dtype, kind = _dtype_name(runtime.dtype), device_kind(runtime.device)
-    suffix = "" if (dtype, kind) == ("float32", "cpu") else f"__{dtype}__{kind}"
-    if runtime.resolved_backend != "hooked":
-        suffix += f"__{runtime.resolved_backend}"
-    return cfg.cell_name() + suffix
-
-
-def cell_path(out_dir: str | Path, cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> Path:
-    return Path(out_dir) / cell_dir_name(cfg, runtime) / RESULTS_FILE
-
-
-@functools.lru_cache(maxsize=256)
-def _sha256_of(path: str, mtime_ns: int, size: int) -> str:  # keyed on mtime/size: an edit re-hashes
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise DataFormatError(f"cannot read data file {path}: {exc}") from None
-    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-def task_identity(task: Task) -> dict[str, Any]:
-    """Everything that defines a resolved task's rows and prompts, with the sha256 of the data file of
-    each split it reads instead of the file's path (a moved folder is the same task). A hub dataset
-    (``hf_dataset``) is identified by its name and config only."""
-    facts = {k: v for k, v in task.to_dict().items() if k not in ("base_dir", "description", "data_files")}
-    if task.data_files:
-        facts["data_sha256"] = {
-            split: file_sha256(resolve_data_file(task, task.data_files[split]))
-            for split in sorted({task.train_split, task.eval_split})
-        }
-    return facts
-
-
-def cell_identity(cfg: ExperimentConfig, runtime: RuntimeOptions = RuntimeOptions()) -> dict[str, Any]:
-    """What a cell's results depend on; a stored cell is reused only when this is equal (JSON form)."""
-    task = apply_task_overrides(get_task(cfg.task), cfg)
-    identity = {
-        "results_format": RESULTS_FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "task": task_identity(task),
-        "dtype": _dtype_name(runtime.dtype),
-        "device": device_kind(runtime.device),
-    }
-    if runtime.resolved_backend != "hooked":  # hooked cells keep the identity they had before backends
-        identity["backend"] = runtime.resolved_backend
-    return _json_roundtrip(identity)
-
-
-def _differences(stored: Any, wanted: Any, where: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        out = []
-        for key in sorted(set(stored) | set(wanted), key=str):
-            out += _differences(stored.get(key), wanted.get(key), f"{where}.{key}" if where else str(key))
-        return out
-    return [] if stored == wanted else [f"{where or 'identity'}: {stored!r} -> {wanted!r}"]
-
-
-def finished_results(
-    path: Path,
-    cfg: ExperimentConfig,
-    runtime: RuntimeOptions = RuntimeOptions(),
-    identity: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """The cell's verified results if they exist and have ``cfg``'s identity; None means (re)compute."""
-    if not is_complete(path):
-        return None
-    results = read_results(path)
-    identity = cell_identity(cfg, runtime) if identity is None else identity
-    stored = results.get("identity")
-    if stored != identity or results.get("config") != identity["config"]:
-        changed = _differences(stored, identity) if isinstance(stored, dict) else ["no identity (older format)"]
-        logger.warning(
-            "%s is stale and will be recomputed: %s",
-            path,
-            "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else ""),
-        )
-        return None
-    return results
-
-
-def _json_roundtrip(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def run_cell(
-    model: Model,
-    cfg: ExperimentConfig,
-    out_dir: str | Path,
-    runtime: RuntimeOptions,
-    identity: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run one cell on a loaded model and write its results; every executor's cells end here.
-
-    The attention maps are written first and ``results.json`` last (atomically, checksummed, with
-    the cell's identity, :func:`cell_identity`), so a cell whose results file verifies is complete.
-    A model that is not the cell's (another name, or untrained when the cell is not) is a
-    :class:`~icl_lens.errors.ConfigError` and nothing is written. Returns the results as read back.
-    """
-    identity = cell_identity(cfg, runtime) if identity is None else identity
-    path = cell_path(out_dir, cfg, runtime)
-    if backend_of(model).name != runtime.resolved_backend:
-        raise ConfigError(
-            f"cell {cfg.cell_name()}: the model loader returned a {backend_of(model).name} model; the run "
-            f"asks for the {runtime.resolved_backend} backend"
-        )
-    output = run_experiment(
-        model, get_task(cfg.task), cfg, progress=runtime.progress, keep_models=runtime.attention_examples > 0
-    )
-    if output.results["config"] != identity["config"]:
-        raise ConfigError(
-            f"cell {cfg.cell_name()}: the model loader returned a model that is not the "
-            f"cell's (recorded {output.results['config']['model']!r}, untrained="
-            f"{output.results['config']['untrained']}; the cell asks for {cfg.model!r}, "
-            f"untrained={cfg.untrained})"
-        )
-    if runtime.attention_examples > 0:
-        # maps first: a cell whose results.json exists always has its maps
-        save_experiment_attention_maps(path.parent, output, model, n_examples=runtime.attention_examples)
-    output.models.clear()
-    payload = dict(output.results)
-    payload["identity"] = identity
-    payload["meta"] = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "transformers": _installed_version("transformers"),
-        "transformer_lens": _installed_version("transformer-lens"),
-        "python": platform.python_version(),
-        "device": runtime.device,
-        "dtype": runtime.dtype,
-        "backend": runtime.resolved_backend,
-    }
-    write_results(path, payload)
-    return read_results(path)
-
-
-def _installed_version(distribution: str) -> str | None:
-    """The installed version of a distribution (recorded with each cell's results), or None."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def run_cells(
@@ -270,8 +53,6 @@ def run_cells(
     :class:`~icl_lens.runs.executors.SweepError` naming it and its logs once the other cells are done.
     """
     if model_loader is None:
-        from icl_lens.models import load_model
-
         model_loader = load_model
     out_dir = Path(out_dir)
     results: list[dict[str, Any] | None] = []
@@ -287,8 +68,6 @@ def run_cells(
         else:
             logger.info("cell %s already finished; skipping", cfg.cell_name())
     check_cells([cells[index] for index in todo])  # fail fast: before any model is loaded
-
-    from icl_lens.runs.executors import ExecutorOptions, run_with_executor
 
     options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(kind=executor)
     if options.kind != "inline":
@@ -325,10 +104,6 @@ def check_cells(cells: Sequence[ExperimentConfig]) -> None:
     in seconds. Local data files are parsed in full (each task once); hub datasets (``hf_dataset``)
     are loaded by the run.
     """
-    from icl_lens.experiment import FINETUNED_SETTINGS, apply_task_overrides, cell_rows
-    from icl_lens.tasks import load_split
-    from icl_lens.training.lr_sweep import REFERENCE_LRS
-
     splits: dict[tuple, tuple[Any, Any] | None] = {}
     for cfg in cells:
         task = apply_task_overrides(get_task(cfg.task), cfg)
