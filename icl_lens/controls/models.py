@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
-from transformer_lens import HookedRootModule
+from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from icl_lens._validation import AT_LEAST_ONE, POSITIVE, validate_fields
@@ -200,6 +200,16 @@ class ControlTransformer(HookedRootModule):
         for block in self.blocks:
             resid = block(resid, query_in_keys, overrides)
         return resid
+
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs: Any
+    ) -> tuple[Any, ActivationCache | dict[str, torch.Tensor]]:
+        """As ``HookedTransformer.run_with_cache``: the output and an :class:`ActivationCache`
+        (``return_cache_object=False``: the plain dict)."""
+        out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if return_cache_object:
+            return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, cache_dict
 
     def predict(
         self,

@@ -50,6 +50,11 @@ def _number(value: Any) -> str:
     return f"{value:.4f}"
 
 
+def _escape(text: str) -> str:
+    """A markdown table cell's text: a literal | would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _cell(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "–"
@@ -111,7 +116,8 @@ def control_table(results: dict[str, Any]) -> str:
     ]
     for record in table_rows(results):
         lines.append(
-            f"| {record['control']} | {record['comparator']} | {record['metric']} | {_cell(record['summary'])} |"
+            f"| {record['control']} | {record['comparator']} | {_escape(record['metric'])} |"
+            f" {_cell(record['summary'])} |"
             f" {record['verdict']} |"
         )
     lines += [
