@@ -374,3 +374,22 @@ def test_null_rows_say_when_the_null_drew_the_same_randomness_in_every_seed():
         cell["null_seeds"] = {"shuffled_pair": 100 + cell["config"]["seed"]}
     row = one(evaluate_findings(cells), "simaou_above_shuffled_pair", "sst2")
     assert "same randomness" not in row["note"]
+
+
+def test_one_claim_over_layers_is_one_holm_family():
+    findings = evaluate_findings(study(tasks=("sst2", "subj", "cb")))
+    layers = [r for r in findings["layer_rows"] if r["claim"] == "lcgd_simaou_above_gd"]
+    assert [r["task"] for r in layers] == [f"{POOLED} · layer {i}" for i in range(3)]
+    assert {r["family"] for r in layers} == {"tiny · k=4 / lcgd_simaou_above_gd / layers"}
+    assert [r["p_adjusted"] for r in layers] == pytest.approx(holm_adjust([r["p_value"] for r in layers]))
+    # layer 0's effect: the mean over tasks of each task's mean over seeds of the per-layer difference
+    cells = study(tasks=("sst2", "subj", "cb"))
+    per_task = []
+    for task in ("sst2", "subj", "cb"):
+        mine = [c for c in cells if c["task"]["name"] == task and not c["config"]["untrained"]]
+        per_task.append(np.mean([c["metrics"]["lcgd"]["simaou"]["per_layer"][0] - c["metrics"]["ft"]["simaou"]["per_layer"][0]
+                                 for c in mine]))
+    assert layers[0]["effect"] == pytest.approx(np.mean(per_task)) and layers[0]["df"] == 2
+    assert all(r["verdict"] == "holds" for r in layers)
+    from icl_lens.reporting.findings import findings_markdown
+    assert "per layer (tasks like these; Holm over the layers of each claim)" in findings_markdown(findings)

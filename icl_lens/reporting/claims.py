@@ -92,6 +92,7 @@ class Claim:
     cell_test: Callable[[dict[str, Any]], str | None] = lambda r: None
     run: str = ""
     seeded_null: str | None = None  # the null whose randomness should differ between seeds (``null_seeds``)
+    layers: tuple[Layered, Layered] | None = None  # a − b per layer, for the per-layer family
 
 
 def _pair(a: Callable[[dict], Any], b: Callable[[dict], Any]) -> Callable[[dict], np.ndarray | None]:
@@ -316,6 +317,7 @@ def _null_claim(kind: str) -> Claim:
         layer_difference(metric("ft", "simaou"), null_metric("ft", kind, "simaou")),
         run=RERUN if kind in ("wrong_label_answer_loss", "gradient_span") else "",
         seeded_null=kind,
+        layers=(metric("ft", "simaou"), null_metric("ft", kind, "simaou")),
     )
 
 
@@ -340,10 +342,12 @@ CELL_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "simaou_above_random", "SimAOU (FT) ≫ the uniform-random baseline", f"{DAI}, Table 2",
         layer_difference(metric("ft", "simaou"), metric(None, "simaou_random")), seeded_null="simaou_random",
+        layers=(metric("ft", "simaou"), metric(None, "simaou_random")),
     ),
     Claim(
         "simam_ft_above_zsl", "SimAM (FT) above SimAM (ZSL): ICL attends more like FT than like ZSL",
         f"{DAI}, Table 2 (SimAM)", layer_difference(metric("ft", "simam"), metric(None, "simam_zsl")),
+        layers=(metric("ft", "simam"), metric(None, "simam_zsl")),
     ),
     *(_null_claim(kind) for kind in NULLS),
     Claim(
@@ -375,16 +379,19 @@ CELL_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "lcgd_simaou_above_gd", "LCGD SimAOU above GD's", f"{DEUTCH}, LCGD (Table 2)",
         layer_difference(metric("lcgd", "simaou"), metric("ft", "simaou"), test="lcgd_vs_ft_simaou"),
+        layers=(metric("lcgd", "simaou"), metric("ft", "simaou")),
         cell_test=_test_of("lcgd_vs_ft_simaou", "paired bootstrap"),
     ),
     Claim(
         "lcgd_simam_delta_above_gd", "LCGD SimAM_Δ above GD's", f"{DEUTCH}, LCGD (Table 2)",
         layer_difference(metric("lcgd", "simam_delta"), metric("ft", "simam_delta"), test="lcgd_vs_ft_simam_delta"),
+        layers=(metric("lcgd", "simam_delta"), metric("ft", "simam_delta")),
         cell_test=_test_of("lcgd_vs_ft_simam_delta", "paired bootstrap"),
     ),
     Claim(
         "lcgd_simam_below_gd", "LCGD raw SimAM below GD's", f"{DEUTCH}, LCGD (raw SimAM)",
         layer_difference(metric("lcgd", "simam"), metric("ft", "simam")), side="<",
+        layers=(metric("lcgd", "simam"), metric("ft", "simam")),
     ),
     Claim(
         "lcgd_lower_layer_gradients_larger", "LCGD gradient norms larger in the lower layers than the upper",

@@ -103,6 +103,7 @@ __all__ = [
     "find_results",
     "findings_markdown",
     "group_studies",
+    "layer_tables",
     "matrix_tables",
     "readme_table",
     "table_rows",
@@ -375,6 +376,61 @@ SERIES = Quantity(per_example=lambda r: r.get("rows"), value=lambda r: r.get("va
 """Pseudo-cells built from analysis outputs: per-query ``rows`` ([n, 2]: a paired difference) or a ``value``."""
 
 
+def _units_estimate(values: Sequence[float], unit: str) -> Estimate:
+    """The t rule over independent units (seeds or tasks) of one number each."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return Estimate(mean, n_units=n, missing=f"interval: one {unit}")
+    sd = float(np.std(values, ddof=1))
+    units = "task" if unit == "task" else "seed"
+    method = f"{'tasks like these: ' if unit == 'task' else ''}t over {n} {units} values (df {n - 1})"
+    return Estimate(mean, sd / math.sqrt(n), n - 1, 0, n, sd, method, unit=units)
+
+
+def _layer_rows(ctx: _Context, study: Study, claim: Claim) -> list[Row]:
+    """One claim over layers: per layer, a − b of the cells' per-layer means, t over the task values
+    (tasks like these; over the seeds when one task ran), one Holm family per claim."""
+    if claim.layers is None:
+        return []
+    a, b = claim.layers
+    per_task: dict[str, np.ndarray] = {}
+    seeds_of_one: np.ndarray | None = None
+    for task in study.tasks(False):
+        seeds = []
+        for r in study.cells[(task, False)]:
+            x, y = dig(a.summary(r), "per_layer"), dig(b.summary(r), "per_layer")
+            if x is None or y is None or len(x) != len(y):
+                continue
+            seeds.append(np.asarray([np.nan if v is None else v for v in x], dtype=float) - np.asarray(
+                [np.nan if v is None else v for v in y], dtype=float))  # fmt: skip
+        if seeds and len({len(v) for v in seeds}) == 1:
+            per_task[task] = np.mean(seeds, axis=0)
+            seeds_of_one = np.stack(seeds)
+    if not per_task or len({len(v) for v in per_task.values()}) != 1:
+        return []
+    if len(per_task) >= 2:
+        units, unit, where = np.stack(list(per_task.values())), "task", POOLED
+    elif seeds_of_one is not None and len(seeds_of_one) >= 2:
+        units, unit, where = seeds_of_one, "seed", next(iter(per_task))
+    else:
+        return []
+    rows = []
+    for layer in range(units.shape[1]):
+        column = units[:, layer]
+        column = column[np.isfinite(column)]
+        if not len(column):
+            continue
+        est = _units_estimate(list(column), unit)
+        rows.append(
+            estimate_row(
+                study.label, claim.id, claim.statement, claim.source, f"{where} · layer {layer}", est, claim.null,
+                claim.side, ctx.confidence, claim.margin, family=f"{study.label} / {claim.id} / layers",
+            )
+        )  # fmt: skip
+    return rows
+
+
 def _order_files(study: Study, analyses: Sequence[dict[str, Any]]) -> dict[str, dict[Any, dict[str, Any]]]:
     """This model's order-sensitivity outputs, task -> demonstration seed -> output."""
     by_task: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
@@ -605,6 +661,7 @@ def evaluate_findings(
         raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
     ctx = _Context(n_resamples, confidence, seed)
     rows: list[Row] = []
+    layer_rows: list[Row] = []
     for study in group_studies(results):
         if not study.tasks(untrained=False):
             continue  # untrained-only studies are read by their trained study's claims
@@ -620,9 +677,11 @@ def evaluate_findings(
             by_claim[GAP_VS_MODEL.id] = [_missing_row(study.label, GAP_VS_MODEL, "a sweep of two models or more")]
         for cid in CLAIM_IDS:
             rows.extend(by_claim.get(cid, []))
+        for claim in CELL_CLAIMS:
+            layer_rows.extend(_layer_rows(ctx, study, claim))
     rows += _gap_model_rows(ctx, analyses)
     alpha = 1 - confidence
-    adjust_and_decide(rows, alpha)
+    adjust_and_decide([*rows, *layer_rows], alpha)
     return {
         "findings_format": FINDINGS_FORMAT,
         "settings": {
@@ -641,6 +700,7 @@ def evaluate_findings(
         "method": METHOD_TEXT,
         "verdicts": VERDICT_TEXT,
         "rows": [r.to_dict() for r in rows],
+        "layer_rows": [r.to_dict() for r in layer_rows],
     }
 
 
@@ -746,6 +806,28 @@ def matrix_tables(findings: dict[str, Any], bold: bool = True) -> list[Table]:
     return tables
 
 
+def layer_tables(findings: dict[str, Any]) -> list[Table]:
+    """The per-layer rows, one table per study: a row per claim, a column per layer, each cell
+    ``effect verdict`` (Holm over the layers of the claim)."""
+    tables = []
+    layer_rows = findings.get("layer_rows") or []
+    for study in dict.fromkeys(r["study"] for r in layer_rows):
+        rows = [r for r in layer_rows if r["study"] == study]
+        layers = list(dict.fromkeys(r["task"].rsplit(" · ", 1)[-1] for r in rows))
+        cells = {(r["statement"], r["task"].rsplit(" · ", 1)[-1]): r for r in rows}
+        body = []
+        for claim in dict.fromkeys(r["statement"] for r in rows):
+            line = [claim]
+            for layer in layers:
+                r = cells.get((claim, layer))
+                line.append(MISSING if r is None else f"{format_interval(r['effect'], None)} {r['verdict']}")
+            body.append(line)
+        over = rows[0]["task"].rsplit(" · ", 1)[0]
+        caption = f"{study}: per layer ({COLUMN_NAMES.get(over, over)}; Holm over the layers of each claim)"
+        tables.append(Table(["claim", *layers], body, caption=caption))
+    return tables
+
+
 def findings_markdown(findings: dict[str, Any]) -> str:
     """The findings as markdown: the settings, the inference and the verdict rule (with the
     multiplicity adjustment), each study's claim × task matrix, then every row with its test."""
@@ -764,6 +846,8 @@ def findings_markdown(findings: dict[str, Any]) -> str:
         lines += [f"Equivalence margins, declared with the claims: {margins}.", ""]
     for matrix in matrix_tables(findings):
         lines += [f"#### {matrix.caption}", "", matrix.markdown(), ""]
+    for table in layer_tables(findings):
+        lines += [f"#### {table.caption}", "", table.markdown(), ""]
     header = list(FINDINGS_HEADER)
     lines += ["#### Every row, with its test", "", Table(header, table_rows(findings)).markdown()]
     return "\n".join(lines) + "\n"

@@ -16,9 +16,9 @@ p-values adjusted within a claim's family, and the verdict.
 * **Pooled, "tasks like these"**: the tasks are a sample, a random effect: the t interval over the
   task values, df = tasks − 1. **Pooled, "these tasks"**: the tasks fixed; the mean of the task
   values with SE = √(Σ SE_t²) / T and Welch–Satterthwaite df.
-* **Multiplicity**: within a family (one claim in one study: its task rows and both pooled rows)
-  the p-values are Holm-adjusted (family-wise error rate α = 1 − confidence); findings.json keeps
-  the raw and the adjusted p.
+* **Multiplicity**: within a family (one claim in one study: its task rows and both pooled rows;
+  or one claim over the layers) the p-values are Holm-adjusted (family-wise error rate
+  α = 1 − confidence); findings.json keeps the raw and the adjusted p.
 * **Verdicts**: a directional claim (``>`` / ``<``) holds when its adjusted p < α and the effect
   lies on the claimed side, fails when adjusted p < α on the other side, else inconclusive; a
   "differ" claim (``≠``) holds or is inconclusive; an equivalence claim (``≈``, "comparable") holds
@@ -57,8 +57,8 @@ VERDICTS = (HOLDS, FAILS, INCONCLUSIVE)
 SIDES = (">", "<", "≠", "≈")
 POWER = 0.8
 MULTIPLICITY = (
-    "Holm step-down adjustment within each family (one claim in one study: its task rows and both pooled rows), "
-    "family-wise error rate α = 1 − confidence"
+    "Holm step-down adjustment within each family (one claim in one study: its task rows and both pooled rows; "
+    "one claim over layers), family-wise error rate α = 1 − confidence"
 )
 
 Counts = Callable[[dict[str, Any]], "tuple[int, int] | None"]
