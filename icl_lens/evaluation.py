@@ -105,7 +105,8 @@ PAD_ID = 0
 """Token id written into padding (masked out of attention and never scored)."""
 
 
-def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows right-padded to one width, and their attention mask (1 on real tokens)."""
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -225,7 +226,7 @@ def _label_residuals(
     return final_resid[batch_index, positions]
 
 
-def _label_log_probs(
+def label_log_probs(
     model: Model,
     final_resid: Float[torch.Tensor, "batch pos d_model"],
     first_pred_pos: torch.Tensor,
@@ -236,7 +237,8 @@ def _label_log_probs(
     return logit_lens(model, picked).float().log_softmax(dim=-1)
 
 
-def _mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch.Tensor:
+def mean_token_log_prob(log_probs: torch.Tensor, label: Sequence[int]) -> torch.Tensor:
+    """The mean log-probability of a label's tokens, per row (the class score of Dai et al. 2023)."""
     index = torch.tensor(label, device=log_probs.device)[None, :, None].expand(log_probs.shape[0], -1, 1)
     return log_probs.gather(-1, index).squeeze(-1).mean(-1)
 
@@ -412,7 +414,7 @@ def evaluate(
     for start in range(0, n, step):
         chunk = slice(start, start + step)
         log_probs = logit_lens(model, answer_resid[chunk]).float().log_softmax(dim=-1)  # [rows, answer, vocab]
-        scores[chunk, 0] = _mean_token_log_prob(log_probs, answer).cpu()
+        scores[chunk, 0] = mean_token_log_prob(log_probs, answer).cpu()
         first = log_probs[:, 0]  # [rows, vocab]: next-token distribution after the prompt
         for class_id in range(1, n_classes):
             if len(labels[class_id]) == 1:
@@ -469,7 +471,7 @@ def _final_residual(
     """
     inline_prefix = [] if prefix_cache is not None else list(prefix)
     rows = [inline_prefix + list(q) + list(answer) for q in queries]
-    tokens, mask = _pad_right(rows, PAD_ID, model.cfg.device)
+    tokens, mask = pad_right(rows, PAD_ID, model.cfg.device)
     resid = final_residual(model, tokens, mask, prefix=prefix_cache, hooks=hooks)
     pred_pos = len(inline_prefix) + torch.tensor([len(q) for q in queries]) - 1
     return resid, pred_pos
@@ -478,7 +480,7 @@ def _final_residual(
 def _score_other_answer(model, prefix, prefix_cache, queries, label) -> torch.Tensor:
     """Mean log-prob of a multi-token answer that is not class 0 (an extra, unhooked pass)."""
     resid, pred_pos = _final_residual(model, prefix, prefix_cache, queries, label)
-    return _mean_token_log_prob(_label_log_probs(model, resid, pred_pos, label), label)
+    return mean_token_log_prob(label_log_probs(model, resid, pred_pos, label), label)
 
 
 def continuation_unsupported(model: Model) -> str | None:
@@ -535,12 +537,12 @@ def continued_scores(
         cache = TransformerLensKeyValueCache(
             entries=entries, previous_attention_mask=per_row(prefix_kv.previous_attention_mask)
         )
-    tokens, mask = _pad_right(queries, PAD_ID, device)
+    tokens, mask = pad_right(queries, PAD_ID, device)
     tokens, mask = tokens.repeat(copies, 1), mask.repeat(copies, 1)
     resid = run(lambda: model(tokens, past_kv_cache=cache, attention_mask=mask, stop_at_layer=n_layers))
     cache.freeze()  # the continuations read it without appending to it
     pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(copies)
-    first = _label_log_probs(model, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: the distribution after each query
+    first = label_log_probs(model, resid, pred_pos, [PAD_ID])[:, 0]  # [rows, vocab]: the distribution after each query
     scores = torch.zeros(rows, len(labels), device=first.device)
     for j, label in enumerate(labels):
         if len(label) == 1:
@@ -552,5 +554,5 @@ def continued_scores(
             functools.partial(model, continuation, past_kv_cache=cache, attention_mask=ones, stop_at_layer=n_layers)
         )
         later = logit_lens(model, resid).float().log_softmax(dim=-1)  # predicts label[1:]
-        scores[:, j] = _mean_token_log_prob(torch.cat([first[:, None], later], dim=1), label)
+        scores[:, j] = mean_token_log_prob(torch.cat([first[:, None], later], dim=1), label)
     return scores

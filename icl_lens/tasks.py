@@ -288,7 +288,8 @@ def load_task_file(path: str | Path) -> Task:
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve(task: Task, file: str) -> Path:
+def resolve_data_file(task: Task, file: str) -> Path:
+    """The path of one of a task's data files: relative paths are read from the task file's folder."""
     path = Path(file)
     if not path.is_absolute() and task.base_dir:
         path = Path(task.base_dir) / path
@@ -418,7 +419,7 @@ def load_split(task: Task, split: str):
         return datasets.Dataset.from_list(rows)
     if split not in task.data_files:
         raise TaskError(f"task {task.name!r} has no split {split!r} (have {sorted(task.data_files)})")
-    path = _resolve(task, task.data_files[split])
+    path = resolve_data_file(task, task.data_files[split])
     if not path.exists():
         raise DataFormatError(f"task {task.name!r}: data file {path} does not exist")
     if path.suffix in (".jsonl", ".json"):

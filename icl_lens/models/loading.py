@@ -125,7 +125,7 @@ def load_model(
         ConfigError: ``backend`` is unknown or not available in this TransformerLens.
     """
     backend = check_backend(backend)
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     _check_device(device)
     if untrained and untrained_init not in UNTRAINED_INITS:
         raise ModelLoadError(f"untrained_init must be one of {list(UNTRAINED_INITS)}, got {untrained_init!r}")
@@ -196,7 +196,8 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(f"device {device!r} requested, but MPS is not available")
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The floating-point torch dtype a name (``float32``, ``bfloat16``, ``float16``) or dtype stands for."""
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise ModelLoadError(f"dtype must be a floating-point type, got {dtype}")

@@ -39,8 +39,11 @@ from icl_lens.results import (
     read_results,
     write_results,
 )
-from icl_lens.tasks import Task, get_task
-from icl_lens.tasks import _resolve as resolve_data_file  # the loader's own path rule
+from icl_lens.tasks import (
+    Task,
+    get_task,
+    resolve_data_file,  # the loader's own path rule
+)
 from icl_lens.viz import save_experiment_attention_maps
 
 logger = logging.getLogger(__name__)
@@ -78,9 +81,9 @@ class RuntimeOptions:
 
 
 def _dtype_name(dtype: str) -> str:
-    from icl_lens.models.loading import _resolve_dtype
+    from icl_lens.models.loading import resolve_dtype
 
-    return str(_resolve_dtype(dtype)).removeprefix("torch.")
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
 def device_kind(device: str) -> str:

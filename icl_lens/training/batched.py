@@ -55,13 +55,13 @@ from icl_lens.errors import ConfigError, TrainingDivergedError
 from icl_lens.evaluation import (
     PAD_ID,
     RecordSpec,
-    _label_log_probs,
-    _mean_token_log_prob,
-    _pad_right,
     check_evaluation_inputs,
     continuation_unsupported,
     continued_scores,
     evaluate,
+    label_log_probs,
+    mean_token_log_prob,
+    pad_right,
 )
 from icl_lens.lens import lens_loss_floats_per_row
 from icl_lens.models.backends import BRIDGE, HOOKED, Model, Prefix, block_parameters, final_residual
@@ -80,7 +80,7 @@ from icl_lens.training.finetune import (
     trainable_copy,
     trained_parameters,
 )
-from icl_lens.training.lcgd import LOGIT_BUDGET, _detach_hook, layer_causal_finetune, layer_groups
+from icl_lens.training.lcgd import LOGIT_BUDGET, detach_hook, layer_causal_finetune, layer_groups
 
 logger = logging.getLogger(__name__)
 
@@ -459,7 +459,7 @@ def _batched_losses(student, projections, rate_params, tokens, attention_mask, l
 
     extra = []
     for layer in range(n_layers):
-        extra.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
+        extra.append((f"blocks.{layer}.hook_resid_pre", detach_hook))
         extra.append((f"blocks.{layer}.hook_resid_post", capture))
     projections.forward(rate_params, lambda: final_residual(student, stacked_tokens, stacked_mask, hooks=extra))
     # Groups of whole layers, all rates of a layer in one group (a layer's graph is freed by its
@@ -673,22 +673,22 @@ def _score_batch(
     kv = _rows_prefix(prefix_kv, rows)
     pred_pos = (torch.tensor([len(q) for q in queries]) - 1).repeat(n_rates)
 
-    def label_log_probs(label: list[int]) -> torch.Tensor:
-        tokens, mask = _pad_right([list(q) + label for q in queries], PAD_ID, student.cfg.device)
+    def rates_log_probs(label: list[int]) -> torch.Tensor:
+        tokens, mask = pad_right([list(q) + label for q in queries], PAD_ID, student.cfg.device)
         tokens, mask = tokens.repeat(n_rates, 1), mask.repeat(n_rates, 1)
         resid = projections.forward(rate_params, lambda: final_residual(student, tokens, mask, prefix=kv))
-        return _label_log_probs(student, resid, pred_pos, label)
+        return label_log_probs(student, resid, pred_pos, label)
 
     answer = labels[0]
-    answer_log_probs = label_log_probs(answer)
+    answer_log_probs = rates_log_probs(answer)
     scores = torch.zeros(n_rates * rows, len(labels), device=answer_log_probs.device)
-    scores[:, 0] = _mean_token_log_prob(answer_log_probs, answer)
+    scores[:, 0] = mean_token_log_prob(answer_log_probs, answer)
     first = answer_log_probs[:, 0]
     for class_id, label in enumerate(labels[1:], start=1):
         if len(label) == 1:
             scores[:, class_id] = first[:, label[0]]
         else:
-            scores[:, class_id] = _mean_token_log_prob(label_log_probs(label), label)
+            scores[:, class_id] = mean_token_log_prob(rates_log_probs(label), label)
     return scores.float().cpu().view(n_rates, rows, len(labels))
 
 

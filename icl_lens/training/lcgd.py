@@ -70,7 +70,8 @@ def layer_groups(layers: Sequence[int], rows_per_layer: int, floats_per_row: int
     return [layers[start : start + size] for start in range(0, len(layers), size)]
 
 
-def _detach_hook(resid, hook):
+def detach_hook(resid, hook):
+    """A forward hook that cuts the gradient at a block's input (layer-causal GD)."""
     return resid.detach()
 
 
@@ -103,7 +104,7 @@ def layer_causal_losses(
 
     hooks = []
     for layer in range(n_layers):
-        hooks.append((f"blocks.{layer}.hook_resid_pre", _detach_hook))
+        hooks.append((f"blocks.{layer}.hook_resid_pre", detach_hook))
         hooks.append((f"blocks.{layer}.hook_resid_post", capture))
     final_residual(model, tokens, attention_mask, n_layers=n_layers, hooks=hooks)
     layers = list(range(n_layers - 1 if only_last else 0, n_layers))
