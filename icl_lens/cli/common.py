@@ -31,20 +31,37 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_global_flags(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> None:
-    """``--log-level`` and ``--cpu-matmul``. On the top-level parser they carry the defaults; in a
-    subcommand they are only set when given there (argparse would otherwise let the subcommand's
-    default overwrite a value given before the subcommand's name)."""
-    group = parser.add_argument_group("global options") if in_subcommand else parser
-    group.add_argument(
+    """``--log-level`` and ``--cpu-matmul``. On the top-level parser they carry the defaults and the full
+    help; a subcommand takes them too (shown briefly), and there they are only set when given (argparse
+    would otherwise let the subcommand's default overwrite a value given before the subcommand's name)."""
+    if in_subcommand:
+        group = parser.add_argument_group("global options", "also accepted before the command's name")
+        group.add_argument(
+            "--log-level",
+            default=argparse.SUPPRESS,
+            type=str.upper,
+            choices=LOG_LEVELS,
+            metavar="LEVEL",
+            help=f"{', '.join(LOG_LEVELS)} (default: {DEFAULT_LOG_LEVEL})",
+        )
+        group.add_argument(
+            "--cpu-matmul",
+            default=argparse.SUPPRESS,
+            choices=CPU_MATMUL_KERNELS,
+            metavar="KERNEL",
+            help=f"{', '.join(CPU_MATMUL_KERNELS)}: see 'icl-lens --help' (default: auto)",
+        )
+        return
+    parser.add_argument(
         "--log-level",
-        default=argparse.SUPPRESS if in_subcommand else DEFAULT_LOG_LEVEL,
+        default=DEFAULT_LOG_LEVEL,
         type=str.upper,
         choices=LOG_LEVELS,
         help=f"how much the library logs to stderr (default: {DEFAULT_LOG_LEVEL})",
     )
-    group.add_argument(
+    parser.add_argument(
         "--cpu-matmul",
-        default=argparse.SUPPRESS if in_subcommand else None,
+        default=None,
         choices=CPU_MATMUL_KERNELS,
         help="kernel of the float32 matrix products on a CPU: auto (oneDNN on a non-Intel x86-64 CPU, where "
         "PyTorch's MKL takes a slow generic path), onednn, or blas (PyTorch's own choice, e.g. to reproduce "
