@@ -951,7 +951,10 @@ def add_findings_command(subparsers) -> argparse.ArgumentParser:
         "--readme-table", action="store_true",
         help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
     )  # fmt: skip
-    parser.add_argument("--study", default=None, help="with --readme-table: the study to show (default: the largest)")
+    parser.add_argument(
+        "--study", default=None, metavar="LABEL",
+        help="with --readme-table: the study to show, e.g. 'gemma3-270m · k=16' (default: the one with most verdicts)",
+    )  # fmt: skip
     parser.add_argument(
         "--calibration", action="store_true",
         help="print the simulated coverage and false-'holds' rate of the verdict rule (no RESULTS_DIR needed)",
