@@ -58,7 +58,7 @@ def _cells(values):
 
 def test_the_simulation_applies_the_findings_rule():
     rng = np.random.default_rng(5)
-    values, _ = calibration._hierarchical(0.12, 0.3, 3)(rng, 5, 0.1)
+    values, _ = calibration.hierarchical_draws(0.12, 0.3, 3)(rng, 5, 0.1)
     mean, low, high, p = calibration.seed_rule(values, 0.0)
     for i, row_values in enumerate(values):
         est = task_estimate(_cells(row_values), SEED_VALUES, 10, 0.95, np.random.default_rng(0))
@@ -66,7 +66,7 @@ def test_the_simulation_applies_the_findings_rule():
         assert row.effect == pytest.approx(mean[i]) and row.interval == pytest.approx([low[i], high[i]])
         assert row.p_value == pytest.approx(p[i])
     # a proportion: the hull with Clopper–Pearson of the summed counts, and the larger p
-    values, (k, trials) = calibration._proportion(5, 3)(rng, 5, 90.0)
+    values, (k, trials) = calibration.proportion_draws(5, 3)(rng, 5, 90.0)
     mean, low, high, p = calibration.seed_rule(values, 50.0, (k, trials), 100.0)
     for i in range(5):
         cells = [{**c, "counts": (int(a), int(b))} for c, a, b in zip(_cells(values[i]), k[i], trials[i])]

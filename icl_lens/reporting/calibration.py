@@ -99,7 +99,10 @@ def previous_rule(queries: np.ndarray, rng: np.random.Generator, resamples: int 
     return np.percentile(draws, 100 * ALPHA / 2, axis=1), np.percentile(draws, 100 * (1 - ALPHA / 2), axis=1)
 
 
-def _hierarchical(seed_sd: float, query_sd: float, n_seeds: int, queries: int = QUERIES):
+def hierarchical_draws(seed_sd: float, query_sd: float, n_seeds: int, queries: int = QUERIES):
+    """Seed values of a mean over ``queries`` queries: truth + a seed effect (SD ``seed_sd``) + query
+    noise (SD ``query_sd``); with ``keep_queries`` the [R, n_seeds, queries] values themselves."""
+
     def draw(rng: np.random.Generator, replicates: int, truth: float, keep_queries: bool = False):
         seeds = truth + seed_sd * rng.standard_normal((replicates, n_seeds, 1))
         per_query = seeds + query_sd * rng.standard_normal((replicates, n_seeds, queries))
@@ -108,7 +111,7 @@ def _hierarchical(seed_sd: float, query_sd: float, n_seeds: int, queries: int = 
     return draw
 
 
-def _proportion(trials_mean: float, n_seeds: int):
+def proportion_draws(trials_mean: float, n_seeds: int):
     """Rec2FTP-like: per seed a few fixes (Poisson + 1), each recovered with the true probability."""
 
     def draw(rng: np.random.Generator, replicates: int, truth: float, keep_queries: bool = False):
@@ -120,14 +123,14 @@ def _proportion(trials_mean: float, n_seeds: int):
 
 
 SCENARIOS = (
-    Scenario("seed spread dominant (seed SD 0.12, query SD 0.3)", 3, 0.0, 0.3, _hierarchical(0.12, 0.3, 3), True),
-    Scenario("seed spread dominant (seed SD 0.12, query SD 0.3)", 10, 0.0, 0.3, _hierarchical(0.12, 0.3, 10)),
-    Scenario("query noise dominant (seed SD 0.01, query SD 1)", 3, 0.0, 0.3, _hierarchical(0.01, 1.0, 3), True),
-    Scenario("query noise dominant (seed SD 0.01, query SD 1)", 10, 0.0, 0.3, _hierarchical(0.01, 1.0, 10)),
-    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 0 vs null 50", 3, 50.0, 0.0, _proportion(5, 3)),
-    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 100 vs null 50", 3, 50.0, 100.0, _proportion(5, 3)),
-    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 100 vs null 50", 10, 50.0, 100.0, _proportion(5, 10)),
-    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 90 vs null 50", 3, 50.0, 90.0, _proportion(5, 3)),
+    Scenario("seed spread dominant (seed SD 0.12, query SD 0.3)", 3, 0.0, 0.3, hierarchical_draws(0.12, 0.3, 3), True),
+    Scenario("seed spread dominant (seed SD 0.12, query SD 0.3)", 10, 0.0, 0.3, hierarchical_draws(0.12, 0.3, 10)),
+    Scenario("query noise dominant (seed SD 0.01, query SD 1)", 3, 0.0, 0.3, hierarchical_draws(0.01, 1.0, 3), True),
+    Scenario("query noise dominant (seed SD 0.01, query SD 1)", 10, 0.0, 0.3, hierarchical_draws(0.01, 1.0, 10)),
+    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 0 vs null 50", 3, 50.0, 0.0, proportion_draws(5, 3)),
+    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 100 vs null 50", 3, 50.0, 100.0, proportion_draws(5, 3)),
+    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 100 vs null 50", 10, 50.0, 100.0, proportion_draws(5, 10)),
+    Scenario("proportion (Rec2FTP %, ~6 fixes a seed), truth 90 vs null 50", 3, 50.0, 90.0, proportion_draws(5, 3)),
 )
 
 
@@ -187,7 +190,7 @@ def holm_family(replicates: int, seed: int, tasks: int = 6) -> dict[str, float]:
     """A family of six tasks where the claim is false on every one (3 seeds each, seed spread
     dominant): the share of replicates with at least one "holds", raw and Holm-adjusted."""
     rng = np.random.default_rng([seed, 29])
-    draw = _hierarchical(0.12, 0.3, 3)
+    draw = hierarchical_draws(0.12, 0.3, 3)
     means, ps = [], []
     for _ in range(tasks):
         values, _ = draw(rng, replicates, 0.0)

@@ -229,7 +229,6 @@ class _Context:
     n_resamples: int
     confidence: float
     seed: int
-    rows: list[Row] = field(default_factory=list)
 
 
 def _with_run(missing: str, run: str) -> str:
