@@ -52,7 +52,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _put_groups_last(parser: argparse.ArgumentParser) -> None:
-    """Move the shared executor and global options to the end of the help and the usage line."""
+    """Move the shared executor and global options to the end of the help and the usage line (in nested
+    subcommands too)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _put_groups_last(nested)
     rank = {
         group.title: _LAST_GROUPS.index(group.title) + 1
         for group in parser._action_groups
