@@ -360,7 +360,7 @@ def _per_layer_table(columns: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 
 #: The nulls of a finetuned setting's similarities (Dai et al. 2023's uniform-random vector, and
-#: the README's shuffled-pair, wrong-label and random-direction nulls): (key, column header).
+#: the shuffled-pair, wrong-label and random-direction nulls of docs/concepts/nulls.md): (key, column header).
 NULL_COLUMNS = (
     ("uniform_random", "uniform random"),
     ("shuffled_pair", "shuffled pair"),
