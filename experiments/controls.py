@@ -20,28 +20,9 @@ import time
 from pathlib import Path
 
 from icl_lens.controls.comparators import ComparatorConfig
-from icl_lens.controls.report import control_table, write_report
+from icl_lens.controls.report import control_table, dherin_table, write_report
 from icl_lens.controls.suite import ROWS, SuiteConfig, read_controls, run_controls
 from icl_lens.results import atomic_write_text
-
-
-def dherin_table(results: list[dict]) -> str:
-    lines = [
-        "| model | layer | max \\|patched − with context\\| (float64) | relative | cos(ΔW_patch, ΔW_FT) |"
-        " cos vs wrong-label FT | cos vs random | aligned above wrong-label null | ‖ΔW_patch‖/‖ΔW_FT‖ |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        for layer, v in r["layers"].items():
-            c = v["ft_comparison"]
-            cell = lambda s: f"{s['mean']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"  # noqa: E731
-            claim = c["claims"]["patch_aligned_with_ft_above_null"]
-            lines.append(
-                f"| {r['model']} | {layer} | {v['identity_max_abs_error']:.1e} | {v['identity_max_relative_error']:.1e}"
-                f" | {cell(c['cos_ft'])} | {cell(c['cos_null'])} | {cell(c['cos_random'])} | {claim['verdict']}"
-                f" ({claim['mean']:+.4f}) | {c['norm_ratio']['mean']:.3g} |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

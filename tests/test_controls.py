@@ -218,3 +218,17 @@ def test_run_controls_without_output_folder_returns_results():
     results = run_controls(cfg)
     assert results["rows"][0]["gd"]["verdict"] == "holds"
     assert results["rows"][0]["gd"]["gd_steps"] == 3
+
+
+def test_control_cli_dherin_on_a_local_model(tmp_path, capsys):
+    from helpers import save_tiny_hf_llama
+
+    save_tiny_hf_llama(tmp_path / "tiny", max_position_embeddings=1024)
+    out = tmp_path / "controls"
+    argv = ["control", "dherin", "--model", str(tmp_path / "tiny"), "--k", "2", "--queries", "2", "--out", str(out)]
+    assert cli_main(argv) == 0
+    study = json.loads((out / "dherin_tiny.json").read_text())
+    (layer,) = study["layers"].values()
+    assert layer["identity_max_relative_error"] < 1e-10
+    assert "| tiny |" in capsys.readouterr().out
+    assert cli_main(["control", "dherin", "--model", str(tmp_path / "tiny"), "--layers", "one"]) == 2

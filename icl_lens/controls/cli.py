@@ -38,6 +38,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--ft-steps", type=int, default=1, help="GD steps of the FT comparator per task (1)")
     run.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per interval (1000)")
 
+    dherin = sub.add_parser(
+        "dherin", help="Dherin et al. 2025: the context as a rank-1 MLP patch on a real model, against FT's update"
+    )
+    dherin.add_argument("--model", default="gemma3-270m", help="model name or path (default: gemma3-270m)")
+    dherin.add_argument("--task", default="sst2", help="task (default: sst2)")
+    dherin.add_argument("--k", type=int, default=8, help="demonstrations (default: 8)")
+    dherin.add_argument("--queries", type=int, default=16, help="queries (default: 16)")
+    dherin.add_argument("--layers", default=None, help="comma-separated layers (default: the middle one)")
+    dherin.add_argument("--out", default="results/controls", metavar="DIR", help="writes dherin_<model>.json here")
+
     report = sub.add_parser("report", help="write and print the control table of a `control run` folder")
     report.add_argument("results_dir", metavar="DIR", help="the --out folder of `icl-lens control run`")
     return control
@@ -84,6 +94,26 @@ def main(args: argparse.Namespace) -> int:
         markdown, _ = write_report(args.out)
         _say(markdown.read_text(encoding="utf-8"))
         _say(f"results: {args.out}")
+        return 0
+    if args.control_command == "dherin":
+        import json
+        from pathlib import Path
+
+        from icl_lens.controls.dherin import dherin_study
+        from icl_lens.controls.report import dherin_table
+        from icl_lens.models import load_model
+        from icl_lens.results import atomic_write_text
+
+        try:
+            layers = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
+        except ValueError:
+            raise ConfigError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+        study = dherin_study(load_model(args.model), args.task, layers, k=args.k, n_queries=args.queries)
+        study["model"] = Path(args.model).name if Path(args.model).exists() else args.model
+        path = Path(args.out) / f"dherin_{study['model']}.json"
+        atomic_write_text(path, json.dumps(study, indent=1) + "\n")
+        _say(dherin_table([study]))
+        _say(f"results: {path}")
         return 0
     if args.control_command == "report":
         markdown, _ = write_report(args.results_dir)

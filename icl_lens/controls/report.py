@@ -148,12 +148,36 @@ def control_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dherin_table(results: list[dict[str, Any]]) -> str:
+    """Dherin et al. 2025's patch per model and layer: the identity's error and the comparison with FT."""
+    lines = [
+        "| model | layer | max \\|patched − with context\\| (float64) | relative | cos(ΔW_patch, ΔW_FT) |"
+        " cos vs wrong-label FT | cos vs random | aligned above wrong-label null | ‖ΔW_patch‖/‖ΔW_FT‖ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for layer, v in r["layers"].items():
+            c = v["ft_comparison"]
+            cell = lambda s: f"{s['mean']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"  # noqa: E731
+            claim = c["claims"]["patch_aligned_with_ft_above_null"]
+            lines.append(
+                f"| {r['model']} | {layer} | {v['identity_max_abs_error']:.1e} | {v['identity_max_relative_error']:.1e}"
+                f" | {cell(c['cos_ft'])} | {cell(c['cos_null'])} | {cell(c['cos_random'])} | {claim['verdict']}"
+                f" ({claim['mean']:+.4f}) | {c['norm_ratio']['mean']:.3g} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results_dir: str | Path) -> tuple[Path, Path]:
     """Read ``controls.json`` under ``results_dir`` (checksum verified) and write the table beside it."""
     results_dir = Path(results_dir)
     results = read_controls(results_dir)
     markdown, table_json = results_dir / REPORT_MD, results_dir / REPORT_JSON
-    atomic_write_text(markdown, "# Controls with known answers\n\n" + control_table(results))
+    studies = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results_dir.glob("dherin_*.json"))]
+    text = "# Controls with known answers\n\n" + control_table(results)
+    if studies:
+        text += "\n## Dherin et al. 2025: the context as a rank-1 MLP patch\n\n" + dherin_table(studies)
+    atomic_write_text(markdown, text)
     payload = {
         "config_digest": results["config_digest"],
         "thresholds": results["thresholds"],
