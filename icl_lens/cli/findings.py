@@ -3,20 +3,80 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from icl_lens.cli.common import Parents, add_global_flags
+from icl_lens.cli.common import Parents
+from icl_lens.errors import ConfigError
+from icl_lens.reporting.aggregate import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+from icl_lens.reporting.findings import FINDINGS_JSON, findings_markdown, readme_table, write_findings
 
 
 def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
-    from icl_lens.reporting.findings import add_findings_command
-
-    parser = add_findings_command(subparsers)
-    add_global_flags(parser, in_subcommand=True)
+    parser = subparsers.add_parser(
+        "findings",
+        parents=[parents.global_flags],
+        help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
+        "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md",
+        description="Test each claim of Dai et al. 2023, Deutch et al. 2024 and Shen et al. 2023 on every cell "
+        "under RESULTS_DIR: one row per task and two pooled rows, each with its effect, interval and verdict "
+        "(holds, fails, inconclusive). Writes findings.json and findings.md in RESULTS_DIR and prints the table.",
+    )
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", nargs="?", help="results folder; every results.json under it is a cell"
+    )
+    parser.add_argument(
+        "--n-resamples",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help=f"bootstrap resamples of the queries within a seed (default: {DEFAULT_RESAMPLES})",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        metavar="X",
+        help=f"interval coverage; α = 1 − X is the family-wise error rate (default: {DEFAULT_CONFIDENCE})",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="SEED", help="bootstrap seed (default: 0)")
+    parser.add_argument(
+        "--readme-table",
+        action="store_true",
+        help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
+    )
+    parser.add_argument(
+        "--study",
+        default=None,
+        metavar="LABEL",
+        help="with --readme-table: the study to show, e.g. 'gemma3-270m · k=16' (default: the one with most verdicts)",
+    )
+    parser.add_argument(
+        "--calibration",
+        action="store_true",
+        help="print the simulated coverage and false-'holds' rate of the verdict rule (no RESULTS_DIR needed)",
+    )
     parser.set_defaults(func=main)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    from icl_lens.reporting.findings import cmd_findings
+    """Write the files and print the markdown table (or the calibration table, or the README table)."""
+    if args.calibration:
+        from icl_lens.reporting.calibration import calibration_markdown
 
-    return cmd_findings(args)
+        print(calibration_markdown(), end="")
+        return 0
+    if args.results_dir is None:
+        raise ConfigError("RESULTS_DIR is required (except with --calibration)")
+    if args.readme_table:
+        path = Path(args.results_dir) / FINDINGS_JSON
+        if path.exists():
+            findings = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
+        print(readme_table(findings, args.study), end="")
+        return 0
+    findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
+    print(findings_markdown(findings), end="")
+    return 0

@@ -27,11 +27,9 @@ embeds (:func:`readme_table`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -925,61 +923,3 @@ def write_findings(
     atomic_write_text(results_dir / FINDINGS_MD, findings_markdown(findings))
     logger.info("wrote %s and %s", results_dir / FINDINGS_JSON, results_dir / FINDINGS_MD)
     return findings
-
-
-def add_findings_command(subparsers) -> argparse.ArgumentParser:
-    """Add ``findings RESULTS_DIR`` to the ``icl-lens`` sub-commands (dispatch to :func:`cmd_findings`)."""
-    parser = subparsers.add_parser(
-        "findings",
-        help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
-        "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md",
-    )
-    parser.add_argument(
-        "results_dir", metavar="RESULTS_DIR", nargs="?", help="results folder; every results.json under it is a cell"
-    )
-    parser.add_argument(
-        "--n-resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-        help=f"bootstrap resamples of the queries within a seed (default: {DEFAULT_RESAMPLES})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="X",
-        help=f"interval coverage; α = 1 − X is the family-wise error rate (default: {DEFAULT_CONFIDENCE})",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, metavar="SEED", help="bootstrap seed (default: 0)")
-    parser.add_argument(
-        "--readme-table", action="store_true",
-        help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--study", default=None, metavar="LABEL",
-        help="with --readme-table: the study to show, e.g. 'gemma3-270m · k=16' (default: the one with most verdicts)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--calibration", action="store_true",
-        help="print the simulated coverage and false-'holds' rate of the verdict rule (no RESULTS_DIR needed)",
-    )  # fmt: skip
-    parser.set_defaults(func=cmd_findings)
-    return parser
-
-
-def cmd_findings(args: argparse.Namespace) -> int:
-    """``icl-lens findings``: write the files and print the markdown table (or the calibration table,
-    or the README table)."""
-    if getattr(args, "calibration", False):
-        from icl_lens.reporting.calibration import calibration_markdown
-
-        sys.stdout.write(calibration_markdown())
-        return 0
-    if args.results_dir is None:
-        raise ConfigError("RESULTS_DIR is required (except with --calibration)")
-    if getattr(args, "readme_table", False):
-        path = Path(args.results_dir) / FINDINGS_JSON
-        if path.exists():
-            findings = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
-        sys.stdout.write(readme_table(findings, args.study))
-        return 0
-    findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
-    sys.stdout.write(findings_markdown(findings))
-    return 0
