@@ -6,7 +6,9 @@ virtual environment in a temporary folder, runs the install half there and times
 job half with an empty ``ICL_LENS_CACHE`` (so the offline model is downloaded and converted, as on a
 fresh machine) and times it. It prints the resolved versions of torch, transformers and
 TransformerLens, the backend the job ran on, whether the prefix cache's fast path was taken (the log
-says when it was not), both wall times and their sum, and writes them as JSON::
+says when it was not), both wall times and their sum, the cell's own per-phase timings, and this
+machine's float32 matrix-product peak (the same wall time means little across machines whose peaks
+differ), and writes them as JSON::
 
     python experiments/bench_first_command.py                  # prints the table
     python experiments/bench_first_command.py --json out.json  # and keeps it
@@ -53,6 +55,17 @@ def versions(python: Path) -> dict[str, str]:
     return json.loads(subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True).stdout)
 
 
+def matmul_peak_gflops(python: Path) -> dict[str, float]:
+    """The float32 CPU matrix-product peak of each kernel, measured by the installed icl_lens."""
+    script = (
+        "import json, torch\n"
+        "from icl_lens.bench import matmul_peaks\n"
+        "print(json.dumps({k: round(v / 1e9, 1) for k, v in matmul_peaks('cpu', torch.float32).items()}))"
+    )
+    run = subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the measurement to this file")
@@ -91,6 +104,8 @@ def main() -> None:
             "prefix_cache_fast_path": FALLBACK_WARNING not in run.stderr,
             "deprecation_warnings": sorted(set(re.findall(r"FutureWarning: [^\n]*", run.stderr))),
             "accuracy": results.get("accuracy"),
+            "phase_seconds": results.get("timing_seconds"),
+            "matmul_peak_gflops": matmul_peak_gflops(bin_dir / "python"),
             "install_seconds": round(install_s, 1),
             "job_seconds": round(job_s, 1),
             "total_seconds": round(install_s + job_s, 1),
@@ -98,6 +113,9 @@ def main() -> None:
         }
     for key in ("date", "command", "versions", "backend", "prefix_cache_fast_path", "deprecation_warnings", "accuracy"):
         print(f"{key:24s} {measured[key]}")
+    print(f"{'matmul peak (GFLOP/s)':24s} {measured['matmul_peak_gflops']}")
+    for phase, seconds in (measured["phase_seconds"] or {}).items():
+        print(f"  {phase:38s} {seconds:7.1f} s")
     for key in ("install_seconds", "job_seconds", "total_seconds"):
         minutes, seconds = divmod(measured[key], 60)
         print(f"{key:24s} {measured[key]:7.1f}  ({int(minutes)} min {seconds:.0f} s)")

@@ -858,9 +858,10 @@ def build_index(
     findings = evaluate_findings(all_results, find_analyses(results_dir) if analyses is None else analyses)
     settings = findings["settings"]
     findings_html = (
-        f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, "
-        f"{settings['n_resamples']} bootstrap resamples (seeds, then queries; tasks fixed when "
-        "pooled). The same table: <code>icl-lens findings</code>.</p>"
+        f"<p>{html.escape(findings['verdicts'])}. Intervals: {100 * settings['confidence']:g} %, a t interval "
+        "over the seeds within a task; pooled over tasks as a random effect (tasks like these) and with the "
+        f"tasks fixed (these tasks); {html.escape(str(settings['multiplicity']))}. "
+        "The same table: <code>icl-lens findings</code>.</p>"
         + "".join(matrix.html() for matrix in matrix_tables(findings, bold=False))
         + "<p>Every row, with its test:</p>"
         + Table(list(FINDINGS_HEADER), table_rows(findings)).html()
