@@ -15,6 +15,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>"]
 _TOKENIZER_DIR: str | None = None
 
+TESTS = Path(__file__).resolve().parent
+"""The tests folder (helpers, workers and fixtures live at its top)."""
+REPO = TESTS.parent
+"""The repository's root."""
+
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A real HF fast tokenizer with one token per byte (GPT-2 style byte alphabet) plus BOS/EOS/PAD."""

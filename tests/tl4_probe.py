@@ -1,4 +1,4 @@
-"""Run inside the TransformerLens 4 environment by tests/test_transformer_lens_4.py (not a test module).
+"""Run inside the TransformerLens 4 environment by tests/integration/test_transformer_lens_4.py (not a test module).
 
 Loads the tiny Hugging Face models saved by the caller on the bridge backend and writes, per family:
 whether the prefix cache check passed, the keyword the cache went under, the class scores of a

@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 from icl_lens.reporting.report import build_report
-from test_viz import make_results_dir, parse_html
+from report_fixtures import make_results_dir, parse_html
+from helpers import REPO
 
 pytestmark = pytest.mark.browser
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 WIDTH, HEIGHT = 1400, 1000

@@ -19,8 +19,8 @@ from icl_lens.runs.executors import (
 from icl_lens.results import read_results, stable_payload
 from icl_lens.runs.cell import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
+from helpers import TESTS
 
-TESTS = Path(__file__).resolve().parent
 QUIET = RuntimeOptions(progress=False, attention_examples=1)
 
 

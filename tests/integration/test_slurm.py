@@ -27,10 +27,10 @@ from icl_lens.runs.executors import ExecutorOptions, SlurmOptions, SweepError, r
 from icl_lens.results import read_results, stable_payload
 from icl_lens.runs.cell import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
+from helpers import TESTS
 
 pytestmark = pytest.mark.slurm
 
-TESTS = Path(__file__).resolve().parent
 QUIET = RuntimeOptions(progress=False, attention_examples=1)
 SLURM = ExecutorOptions(kind="slurm", poll_seconds=1.0,
                         slurm=SlurmOptions(cpus_per_job=1, time_min=20, array_parallelism=2))

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize("command", [["check", "icl_lens"], ["format", "--check", "icl_lens"]])

@@ -9,8 +9,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mkdocs_build_strict(tmp_path):

@@ -14,8 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "experiments" / "walkthrough.ipynb"
 
 

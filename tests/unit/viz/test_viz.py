@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import torch
+
+from report_fixtures import TINY_TEXTS, ScriptParser, make_results_dir, parse_html, write_tiny_task  # noqa: F401
 
 from icl_lens.errors import ResultsError
 from icl_lens.evaluation import evaluate
@@ -25,41 +25,6 @@ from icl_lens.viz import (
 )
 from icl_lens.viz.html import BUNDLE_MARKER, Panel, circuitsvis_bundle, panels_page
 from icl_lens.viz.maps import MAPS_FILE, TOKENS_FILE, token_strings
-
-TINY_TEXTS = [
-    ("good film", 1), ("bad plot", 0), ("loved it", 1), ("so dull", 0), ("great cast", 1), ("awful", 0),
-    ("fun ride", 1), ("a mess", 0), ("nice", 1), ("boring", 0),
-]
-
-
-def write_tiny_task(root: Path) -> Path:
-    """A task file with very short texts, so that maps (and the pages showing them) stay small."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = "\n".join(json.dumps({"text": t, "label": y}) for t, y in TINY_TEXTS) + "\n"
-    (root / "train.jsonl").write_text(rows)
-    (root / "test.jsonl").write_text(rows)
-    task = {"name": "tiny", "template": "{text} =", "label_words": ["no", "yes"],
-            "data_files": {"train": "train.jsonl", "test": "test.jsonl"}, "eval_split": "test"}
-    path = root / "tiny_task.json"
-    path.write_text(json.dumps(task))
-    return path
-
-
-def make_results_dir(root: Path, model, n_maps: int = 2) -> Path:
-    """One finished cell (results.json + attention maps), built the way a sweep would."""
-    from icl_lens.experiment import ExperimentConfig, run_experiment
-    from icl_lens.results import write_results
-    from icl_lens.viz import save_experiment_attention_maps
-
-    task_file = write_tiny_task(root / "task")
-    cfg = ExperimentConfig(task=str(task_file), model="tiny", k=3, limit=6, lr=1e-2, batch_size=4)
-    output = run_experiment(model, get_task(cfg.task), cfg, progress=False, keep_models=True)
-    results_dir = root / "results"
-    cell = results_dir / cfg.cell_name()
-    write_results(cell / "results.json", output.results)
-    save_experiment_attention_maps(cell, output, model, n_examples=n_maps)
-    return results_dir
-
 
 def _prompts(model, k=2, n=3):
     t = get_task("sst2")
@@ -174,35 +139,7 @@ def test_save_rejects_misaligned_inputs_and_load_reports_damage(tmp_path, record
         load_attention_maps(tmp_path / "missing")
 
 
-class _Scripts(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.scripts: list[dict] = []
-        self.tags: list[tuple[str, dict]] = []
-        self._current = None
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag == "script":
-            self._current = {"attrs": dict(attrs), "text": ""}
-            self.scripts.append(self._current)
-
-    def handle_data(self, data):
-        if self._current is not None:
-            self._current["text"] += data
-
-    def handle_endtag(self, tag):
-        if tag == "script":
-            self._current = None
-
-
-def parse_html(text: str) -> _Scripts:
-    parser = _Scripts()
-    parser.feed(text)
-    return parser
-
-
-def assert_offline_single_bundle(text: str, n_render_calls: int | None = None) -> _Scripts:
+def assert_offline_single_bundle(text: str, n_render_calls: int | None = None) -> ScriptParser:
     """One inlined circuitsvis bundle, no external script/link/img source, no CDN import."""
     parsed = parse_html(text)
     with_bundle = [s for s in parsed.scripts if BUNDLE_MARKER in s["text"]]

@@ -12,8 +12,9 @@ import pytest
 
 import icl_lens
 from helpers import tiny_model
+from helpers import REPO
 
-README = Path(__file__).parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 def test_subpackages_reachable_after_plain_import():

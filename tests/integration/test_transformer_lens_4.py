@@ -24,8 +24,8 @@ from tl4_probe import LABELS, PREFIX, QUERIES
 from icl_lens.evaluation import evaluate
 from icl_lens.models import load_model
 from icl_lens.models.backends import has_hooked_transformer
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PINS = ("torch==2.13.0", "pytest>=8")  # torch: the CPU wheel; everything else resolves to its newest
 
 pytestmark = pytest.mark.tl4
@@ -75,11 +75,11 @@ def test_transformer_lens_4_environment_has_no_hooked_transformer(tl4_python):
 
 
 def test_backend_tests_pass_on_transformer_lens_4(tl4_python):
-    """tests/test_backends.py under TransformerLens 4: the bridge checks and the command line run;
+    """tests/unit/models/test_backends.py under TransformerLens 4: the bridge checks and the command line run;
     the HookedTransformer comparisons skip."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     run = _run(
-        [str(tl4_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_backends.py", "-rs"],
+        [str(tl4_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit/models/test_backends.py", "-rs"],
         cwd=REPO,
         env=env,
         timeout=1800,

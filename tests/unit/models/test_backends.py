@@ -7,7 +7,7 @@ both LCGD schedules), or within float32 rounding of the weight for updates of ~1
 1e-5 / 1e-5 / 1e-4 of the update plus 1e-6 of the weight.
 
 These tests also run under TransformerLens 4 (no HookedTransformer: the comparisons are skipped and
-the bridge checks remain) through tests/test_transformer_lens_4.py.
+the bridge checks remain) through tests/integration/test_transformer_lens_4.py.
 """
 
 from __future__ import annotations

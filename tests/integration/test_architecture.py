@@ -14,8 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "icl_lens"
 
 

@@ -18,8 +18,9 @@ from icl_lens.experiment import ExperimentConfig
 from icl_lens.results import RESULTS_FORMAT_VERSION, read_results, stable_payload
 from icl_lens.runs.cell import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
+from helpers import TESTS
 
-WORKER = Path(__file__).parent / "sweep_worker.py"
+WORKER = TESTS / "sweep_worker.py"
 
 
 def _payloads(out_dir):

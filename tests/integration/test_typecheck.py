@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from helpers import REPO
 
-REPO = Path(__file__).parents[1]
 
 
 def test_mypy_is_clean():
