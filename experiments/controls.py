@@ -22,7 +22,7 @@ from pathlib import Path
 from icl_lens.controls.comparators import ComparatorConfig
 from icl_lens.controls.report import control_table, dherin_table, write_report
 from icl_lens.controls.suite import ROWS, SuiteConfig, read_controls, run_controls
-from icl_lens.results import atomic_write_text
+from icl_lens.cell.results import atomic_write_text
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from icl_lens.experiment import ExperimentConfig
-from icl_lens.results import dig
-from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.cell.experiment import ExperimentConfig
+from icl_lens.cell.results import dig
+from icl_lens.cell.store import RuntimeOptions
 from icl_lens.runs.sweep import run_cells
 
 METRICS = {  # name -> path in results.json

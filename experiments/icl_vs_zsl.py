@@ -36,7 +36,7 @@ from icl_lens.training.lr_sweep import dev_slice
 from icl_lens.metrics import accuracy
 from icl_lens.models import load_model
 from icl_lens.prompts import PromptFormat, encode_prompts, encode_text
-from icl_lens.results import is_complete, read_results, write_results
+from icl_lens.cell.results import is_complete, read_results, write_results
 from icl_lens.tasks import BUILTIN_TASK_NAMES, get_task, load_split, sample_demonstrations, sample_queries
 
 FORMATS: dict[str, dict] = {

@@ -16,9 +16,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.training.finetune import FinetuneConfig
-from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.cell.store import RuntimeOptions
 from icl_lens.runs.sweep import run_cells
 
 REFERENCE_VARIANT = "global 12"

@@ -5,7 +5,7 @@ the untrained-model baseline (Deutch et al. 2024) too, on every seed (so its dif
 model pairs by seed and query). Each cell chooses its learning rate on its own seed's dev slice (train
 rows disjoint from its demonstrations and evaluation queries; grid starting from the papers' rates),
 unless --lr fixes it or --lr-once chooses it once per task on the first seed's dev slice and reuses it.
-Seeds default to the preset's (icl_lens.presets.PRESET_SEEDS: 0-4). Writes, under --out:
+Seeds default to the preset's (icl_lens.cell.presets.PRESET_SEEDS: 0-4). Writes, under --out:
 
     <cell>/results.json          one per task × seed (× untrained), resumable
     tables.md                    mean ± std over seeds [seed × query bootstrap interval] beside the reference
@@ -34,12 +34,12 @@ from pathlib import Path
 
 from icl_lens.reporting.aggregate import aggregate, markdown_tables
 from icl_lens.cli.common import add_executor_flags, executor_options
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.reporting.findings import findings_markdown, write_findings
 from icl_lens.reporting.figures import plot_alpha, plot_grad_norms, plot_layer_metric, plot_prediction_changes
-from icl_lens.presets import preset_config, preset_seeds
+from icl_lens.cell.presets import preset_config, preset_seeds
 from icl_lens.prompts import PromptFormat
-from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.cell.store import RuntimeOptions
 from icl_lens.runs.sweep import run_cells
 from icl_lens.tasks import BUILTIN_TASK_NAMES
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None,
                         help="demonstration seeds, comma-separated (default: the preset's, 0,1,2,3,4)")
     parser.add_argument("--preset", choices=["default", "reference"], default=None,
-                        help="start from this preset (icl_lens.presets); the flags below win")
+                        help="start from this preset (icl_lens.cell.presets); the flags below win")
     parser.add_argument("--k", type=int, default=None, help="demonstrations (default: 16; reference preset: 32)")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--lr", type=float, default=None,

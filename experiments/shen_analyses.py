@@ -46,10 +46,10 @@ from icl_lens.reporting.figures import (
     plot_sparsity,
     plot_weight_space,
 )
-from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 from icl_lens.training.finetune import FinetuneConfig
-from icl_lens.results import is_complete, read_results, write_results
-from icl_lens.runs.cell import RuntimeOptions
+from icl_lens.cell.results import is_complete, read_results, write_results
+from icl_lens.cell.store import RuntimeOptions
 from icl_lens.tasks import get_task
 
 logger = logging.getLogger("shen_analyses")

@@ -36,9 +36,9 @@ _LAZY = {
     "RecordSpec": "evaluation",
     "SettingRun": "evaluation",
     "evaluate": "evaluation",
-    "ExperimentConfig": "experiment",
-    "ExperimentOutput": "experiment",
-    "run_experiment": "experiment",
+    "ExperimentConfig": "cell.experiment",
+    "ExperimentOutput": "cell.experiment",
+    "run_experiment": "cell.experiment",
     "FinetuneConfig": "training.finetune",
     "TrainingTrace": "training.finetune",
     "finetune": "training.finetune",
@@ -63,17 +63,15 @@ _LAZY = {
 _SUBMODULES = (
     "analyses",
     "calibration",
+    "cell",
     "controls",
     "evaluation",
-    "experiment",
     "lens",
     "metrics",
     "models",
-    "nulls",
     "papers",
     "prompts",
     "reporting",
-    "results",
     "runs",
     "stats",
     "tasks",
@@ -82,9 +80,9 @@ _SUBMODULES = (
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first access
-    from icl_lens import analyses, metrics, models, nulls, papers, reporting, runs, stats, training, viz  # noqa: F401
+    from icl_lens import analyses, cell, metrics, models, papers, reporting, runs, stats, training, viz  # noqa: F401
+    from icl_lens.cell.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
     from icl_lens.evaluation import RecordSpec, SettingRun, evaluate  # noqa: F401
-    from icl_lens.experiment import ExperimentConfig, ExperimentOutput, run_experiment  # noqa: F401
     from icl_lens.lens import logit_lens  # noqa: F401
     from icl_lens.models import list_models, load_model  # noqa: F401
     from icl_lens.prompts import EncodedPrompts, PromptFormat, encode_prompts  # noqa: F401

@@ -12,7 +12,7 @@ achieved FLOP/s beside a dense matmul peak measured in the same run, and peak me
 
 With ``phases`` (:class:`PhaseInputs`, ``icl-lens bench --phases``) it also runs the phases of one
 experiment cell on the same prompts — ZSL / ICL evaluation, the learning-rate sweep, FT (GD) and LCGD
-training, FT / LCGD evaluation, each as :func:`icl_lens.experiment.run_experiment` runs it — and reports
+training, FT / LCGD evaluation, each as :func:`icl_lens.cell.experiment.run_experiment` runs it — and reports
 per phase its wall time, the FLOPs it must do (:class:`FlopCount`, counted from the token ids, not
 measured), the achieved FLOP/s and its fraction of the matmul peak.
 
@@ -422,7 +422,7 @@ class PhaseTiming:
 
 
 PHASES = ("eval_zsl", "eval_icl", "lr_sweep", "train_ft", "eval_ft", "train_lcgd", "eval_lcgd")
-"""The phases of one cell, in the order :func:`icl_lens.experiment.run_experiment` runs them (its
+"""The phases of one cell, in the order :func:`icl_lens.cell.experiment.run_experiment` runs them (its
 ``timing_seconds`` keys)."""
 
 

@@ -16,7 +16,7 @@ import torch
 
 from icl_lens.reporting.aggregate import jaccard_statistic, rec2ftp_statistic
 from icl_lens.metrics import prediction_change_overlap
-from icl_lens.results import write_results
+from icl_lens.cell.results import write_results
 
 
 def _summary(rows: np.ndarray) -> dict[str, Any]:

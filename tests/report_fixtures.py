@@ -29,8 +29,8 @@ def write_tiny_task(root: Path) -> Path:
 
 def make_results_dir(root: Path, model, n_maps: int = 2) -> Path:
     """One finished cell (results.json + attention maps), built the way a sweep would."""
-    from icl_lens.experiment import ExperimentConfig, run_experiment
-    from icl_lens.results import write_results
+    from icl_lens.cell.experiment import ExperimentConfig, run_experiment
+    from icl_lens.cell.results import write_results
     from icl_lens.viz import save_experiment_attention_maps
 
     task_file = write_tiny_task(root / "task")

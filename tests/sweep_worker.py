@@ -26,9 +26,9 @@ sys.path.insert(1, str(Path(__file__).parents[1]))  # this checkout's icl_lens, 
 
 from helpers import tiny_model  # noqa: E402
 
-from icl_lens.experiment import ExperimentConfig  # noqa: E402
+from icl_lens.cell.experiment import ExperimentConfig  # noqa: E402
 from icl_lens.models.untrained import reinitialize_untrained  # noqa: E402
-from icl_lens.runs.cell import RuntimeOptions  # noqa: E402
+from icl_lens.cell.store import RuntimeOptions  # noqa: E402
 from icl_lens.runs.sweep import run_cells  # noqa: E402
 
 
@@ -84,8 +84,8 @@ class Moments:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def install(self) -> None:
-        import icl_lens.experiment
-        import icl_lens.results
+        import icl_lens.cell.experiment
+        import icl_lens.cell.results
 
         def before(kind, fn):
             def wrapped(*args, **kwargs):
@@ -93,8 +93,8 @@ class Moments:
                 return fn(*args, **kwargs)
             return wrapped
 
-        icl_lens.experiment.evaluate = before("cell:evaluate", icl_lens.experiment.evaluate)
-        icl_lens.experiment.finetune = before("cell:finetune", icl_lens.experiment.finetune)
+        icl_lens.cell.experiment.evaluate = before("cell:evaluate", icl_lens.cell.experiment.evaluate)
+        icl_lens.cell.experiment.finetune = before("cell:finetune", icl_lens.cell.experiment.finetune)
         real_fdopen, real_replace = os.fdopen, os.replace
 
         class HalfThenRest:
@@ -128,8 +128,8 @@ class Moments:
                 self("write:before-rename")
             return real_replace(src, dst, *args, **kwargs)
 
-        icl_lens.results.os.fdopen = fdopen
-        icl_lens.results.os.replace = replace
+        icl_lens.cell.results.os.fdopen = fdopen
+        icl_lens.cell.results.os.replace = replace
 
 
 def _in_child(fn) -> int:
@@ -151,7 +151,7 @@ def _in_child(fn) -> int:
 
 
 def _snapshot(out: Path) -> dict:
-    from icl_lens.results import ResultsError, read_results
+    from icl_lens.cell.results import ResultsError, read_results
 
     finished, damaged = {}, []
     for path in sorted(out.rglob("results.json")):
@@ -189,16 +189,16 @@ def kills(root: Path, seeds: list[int]) -> None:
         before = _snapshot(folder / "out")
 
         def resumed():
-            import icl_lens.runs.cell
+            import icl_lens.cell.store
 
             computed = []
-            real = icl_lens.runs.cell.run_experiment
+            real = icl_lens.cell.store.run_experiment
 
             def recording(model, task, cfg, **kwargs):
                 computed.append(cfg.cell_name())
                 return real(model, task, cfg, **kwargs)
 
-            icl_lens.runs.cell.run_experiment = recording
+            icl_lens.cell.store.run_experiment = recording
             run_cells(kill_cells(task_file), folder / "out", KILL_RUNTIME, model_loader=loader)
             (folder / "computed.json").write_text(json.dumps(computed))
 

@@ -11,7 +11,7 @@ import pytest
 from icl_lens.cli import main, make_parser
 from icl_lens.cli.run import CONFIG_HELP, NESTED, config_flags
 from icl_lens.evaluation import RecordSpec
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.training.finetune import FinetuneConfig
 

@@ -5,7 +5,7 @@ dataclass with ``to_dict()``.
 - :mod:`~icl_lens.analyses.order_sensitivity`: std across demonstration orders of the output
   distribution and of accuracy, ICL vs GD (SGD / Adam × batch size);
 - :mod:`~icl_lens.analyses.output_agreement`: top-10 token overlap and overlap cosine between
-  settings of one :func:`~icl_lens.experiment.run_experiment` output;
+  settings of one :func:`~icl_lens.cell.experiment.run_experiment` output;
 - :mod:`~icl_lens.analyses.sparsity`: near-zero fraction of W_Q, W_K, W_V per layer over
   thresholds, beside the ~75 % the hand-built ICL = GD constructions need;
 - :mod:`~icl_lens.analyses.demo_sweep`: resumable sweep over k and models of the ICL–GD gap in

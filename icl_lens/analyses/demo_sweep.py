@@ -1,6 +1,6 @@
 """The ICL–GD gap as the number of demonstrations grows, across models (Shen et al. 2023).
 
-A resumable sweep of :class:`~icl_lens.experiment.ExperimentConfig` cells (model × task × k × seed)
+A resumable sweep of :class:`~icl_lens.cell.experiment.ExperimentConfig` cells (model × task × k × seed)
 on :func:`icl_lens.runs.sweep.run_cells`, then a summary per (model, task, k):
 
     gap_acc = accuracy_ICL − accuracy_FT
@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from icl_lens.cell.experiment import ExperimentConfig, apply_task_overrides
+from icl_lens.cell.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
+from icl_lens.cell.store import RuntimeOptions, cell_path, finished_results
 from icl_lens.errors import ConfigError, IclLensError, PromptError, ResultsError
-from icl_lens.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.models.backends import Model
 from icl_lens.prompts import encode_prompts
-from icl_lens.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
-from icl_lens.runs.cell import RuntimeOptions, cell_path, finished_results
 from icl_lens.runs.sweep import run_cells
 from icl_lens.tasks import get_task, load_split, sample_demonstrations, sample_queries
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icl_lens import metrics
+from icl_lens.cell.experiment import ExperimentOutput
 from icl_lens.errors import ConfigError, MetricInputError
 from icl_lens.evaluation import SettingRun
-from icl_lens.experiment import ExperimentOutput
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def output_agreement(
     """Top-``k`` token overlap and overlap cosine for each pair whose settings were run.
 
     Args:
-        output: a :func:`~icl_lens.experiment.run_experiment` output (or its ``runs`` dict).
+        output: a :func:`~icl_lens.cell.experiment.run_experiment` output (or its ``runs`` dict).
         pairs: (a, b) setting pairs; a pair with a setting that was not run is skipped (and listed).
         k: top-k size (≤ the runs' ``RecordSpec.top_k``; reference 10).
     """

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from icl_lens.cell.experiment import DEFAULT_MODEL
 from icl_lens.cli.common import Parents, comma_list
 from icl_lens.errors import ConfigError
-from icl_lens.experiment import DEFAULT_MODEL
 
 
 def _float_list(text: str) -> tuple[float, ...]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from icl_lens.cell.results import RESULTS_FILE
 from icl_lens.cli.common import Parents, comma_list
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.reporting.report import DEFAULT_MAX_MB, INDEX_FILE, KINDS, build_report
-from icl_lens.results import RESULTS_FILE
 
 
 def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:

@@ -15,10 +15,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.cli.common import Parents, comma_list, executor_options
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec
-from icl_lens.experiment import ExperimentConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.training.finetune import FinetuneConfig
 
@@ -198,7 +198,7 @@ def _help_line(key: str, default: Any, preset_value: Any) -> str:
 
 
 def _reference_preset_value(cls: type, name: str) -> Any:
-    from icl_lens.presets import preset_values
+    from icl_lens.cell.presets import preset_values
 
     values = preset_values("reference")
     for nested, (nested_cls, _) in NESTED.items():
@@ -271,7 +271,7 @@ def build_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Experim
             values[parts[1]] = value
     values.update(overrides)
     if values.get("preset") is not None:  # the preset's values, then every flag given on top
-        from icl_lens.presets import preset_config
+        from icl_lens.cell.presets import preset_config
 
         return preset_config(values.pop("preset"), **values, **nested_values)
     for name, (cls, _) in NESTED.items():
@@ -325,8 +325,8 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from icl_lens.cell.store import RuntimeOptions, cell_path
     from icl_lens.reporting.summary import summary
-    from icl_lens.runs.cell import RuntimeOptions, cell_path
     from icl_lens.runs.sweep import run_cells
 
     if args.attention_examples < 0:

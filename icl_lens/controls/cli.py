@@ -99,10 +99,10 @@ def main(args: argparse.Namespace) -> int:
         import json
         from pathlib import Path
 
+        from icl_lens.cell.results import atomic_write_text
         from icl_lens.controls.dherin import dherin_study
         from icl_lens.controls.report import dherin_table
         from icl_lens.models import load_model
-        from icl_lens.results import atomic_write_text
 
         try:
             layers = tuple(int(v) for v in args.layers.split(",")) if args.layers else None

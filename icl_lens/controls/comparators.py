@@ -210,7 +210,7 @@ def recorded_cache(model: ControlTransformer, tokens: torch.Tensor, overrides: d
 
 def _random_direction(model: ControlTransformer, tuned: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Each task's W_K/W_V moved by a seeded Gaussian direction with the norm of its own FT update
-    (per tensor and task), as :func:`icl_lens.nulls.random_direction_model` does for real models."""
+    (per tensor and task), as :func:`icl_lens.cell.nulls.random_direction_model` does for real models."""
     generator = torch.Generator().manual_seed(seed)
     original = model.kv_parameters()
     out = {}

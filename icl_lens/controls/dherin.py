@@ -238,9 +238,9 @@ def dherin_study(
     (default: the middle one) gets its :func:`context_patch` at the query's last token; the result
     holds the identity's errors and :func:`compare_with_finetuning` of the patches against one GD
     step of the layer's W_in on the demonstrations, and against the same step on wrong labels
-    (:func:`icl_lens.nulls.wrong_labels`).
+    (:func:`icl_lens.cell.nulls.wrong_labels`).
     """
-    from icl_lens.nulls import wrong_labels
+    from icl_lens.cell.nulls import wrong_labels
     from icl_lens.prompts import PromptFormat, encode_prompts, sample_prompts
     from icl_lens.tasks import get_task
 

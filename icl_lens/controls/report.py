@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from icl_lens.cell.results import atomic_write_text
 from icl_lens.controls.suite import read_controls
-from icl_lens.results import atomic_write_text
 
 REPORT_MD = "controls.md"
 REPORT_JSON = "control_table.json"

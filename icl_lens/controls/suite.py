@@ -34,6 +34,7 @@ import torch
 
 from icl_lens._validation import AT_LEAST_ONE, POSITIVE, SEED, validate_fields
 from icl_lens._version import __version__
+from icl_lens.cell.results import atomic_write_text, checksum
 from icl_lens.controls.comparators import (
     COSINE_THRESHOLD,
     GAP_THRESHOLD,
@@ -45,7 +46,6 @@ from icl_lens.controls.models import ControlTransformer, construction
 from icl_lens.controls.tasks import RegressionConfig, gd_predictions, sample_tasks, tune_eta
 from icl_lens.controls.train import CONTROLS, TrainConfig, load_or_train, untrained
 from icl_lens.errors import ConfigError, ResultsError
-from icl_lens.results import atomic_write_text, checksum
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@
 - :mod:`~icl_lens.reporting.findings`: a verdict per claim of the papers (``icl-lens findings``).
 
 The published numbers a run is held against are data, in the leaf module :mod:`icl_lens.papers`.
-The layout of a results dict these read is defined in :mod:`icl_lens.results`. Submodules load on
+The layout of a results dict these read is defined in :mod:`icl_lens.cell.results`. Submodules load on
 first access (``icl_lens.reporting.findings``), so importing the package stays light.
 """
 

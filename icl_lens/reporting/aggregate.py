@@ -23,10 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_lens.errors import ConfigError
-from icl_lens.papers import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
-from icl_lens.reporting.tables import Table, format_interval, format_mean_std
-from icl_lens.results import (
+from icl_lens.cell.results import (
     SETTINGS,
     accuracy,
     accuracy_interval,
@@ -37,6 +34,9 @@ from icl_lens.results import (
     per_example,
     precision_of,
 )
+from icl_lens.errors import ConfigError
+from icl_lens.papers import REFERENCE_ACCURACY, REFERENCE_SIMILARITY
+from icl_lens.reporting.tables import Table, format_interval, format_mean_std
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95

@@ -18,17 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_lens.reporting.aggregate import (
-    Quantity,
-    correct_flags,
-    jaccard_statistic,
-    layer_mean_per_example,
-    layer_means,
-    prediction_quantity,
-    predictions,
-    rec2ftp_statistic,
-)
-from icl_lens.results import (
+from icl_lens.cell.results import (
     accuracy,
     dig,
     jaccard_independence,
@@ -39,6 +29,16 @@ from icl_lens.results import (
     paired_test,
     per_example,
     prediction_changes,
+)
+from icl_lens.reporting.aggregate import (
+    Quantity,
+    correct_flags,
+    jaccard_statistic,
+    layer_mean_per_example,
+    layer_means,
+    prediction_quantity,
+    predictions,
+    rec2ftp_statistic,
 )
 
 REC2FTP_THRESHOLD = 50.0
@@ -56,7 +56,7 @@ EQUIVALENCE_MARGINS = {"simaou": 0.05, "simam": 0.05, "accuracy": 0.05}
 Dai et al. 2023's Table 2, and ten times the random baseline's), ±0.05 accuracy for "its ICL does not
 beat ZSL"."""
 NULLS = ("shuffled_pair", "wrong_label", "wrong_label_answer_loss", "random_direction", "gradient_span")
-"""The nulls of :mod:`icl_lens.nulls` SimAOU is held against (results format 4 adds the last ones)."""
+"""The nulls of :mod:`icl_lens.cell.nulls` SimAOU is held against (results format 4 adds the last ones)."""
 NULL_LABELS = {
     "shuffled_pair": "shuffled-pair (query i's ICL update against query π(i)'s FT update)",
     "wrong_label": "wrong-label FT (FT's own loss)",

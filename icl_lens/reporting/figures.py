@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from icl_lens.results import metric_value, per_layer, prediction_changes  # noqa: E402
+from icl_lens.cell.results import metric_value, per_layer, prediction_changes  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_lens.cell.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.papers import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.reporting.aggregate import (
@@ -82,7 +83,6 @@ from icl_lens.reporting.verdicts import (
     task_estimate,
     verdict,
 )
-from icl_lens.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,7 @@ from typing import Any
 
 import torch
 
-from icl_lens.errors import ResultsError
-from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
-from icl_lens.results import (
+from icl_lens.cell.results import (
     FINETUNED,
     LAYER_METRICS,
     RESULTS_FILE,
@@ -59,6 +57,8 @@ from icl_lens.results import (
     prediction_changes,
     read_results,
 )
+from icl_lens.errors import ResultsError
+from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
 
 logger = logging.getLogger(__name__)
 

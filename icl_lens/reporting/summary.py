@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_lens.reporting.tables import Table, format_interval, format_summary
-from icl_lens.results import (
+from icl_lens.cell.results import (
     FINETUNED,
     NULL_KINDS,
     SETTINGS,
@@ -21,6 +20,7 @@ from icl_lens.results import (
     metric_value,
     null_summary,
 )
+from icl_lens.reporting.tables import Table, format_interval, format_summary
 
 __all__ = ["accuracy_table", "format_interval", "nulls_table", "similarity_table", "summary"]
 

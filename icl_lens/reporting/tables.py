@@ -4,7 +4,7 @@ or HTML (the reports), and the number formats its cells use.
 
 A number with a bootstrap interval prints as ``0.855 [0.805, 0.900]`` (:func:`format_interval`);
 a mean over seeds as ``0.855 ± 0.020 [0.805, 0.900]`` (:func:`format_mean_std`); a per-layer
-summary (``{"mean", "ci", ...}``, see :mod:`icl_lens.results`) as its mean over layers with its
+summary (``{"mean", "ci", ...}``, see :mod:`icl_lens.cell.results`) as its mean over layers with its
 interval (:func:`format_summary`); a missing or NaN number as ``–``.
 """
 

@@ -11,7 +11,7 @@ Three executors, chosen with ``run_cells(..., executor=...)`` or ``icl-lens run 
   :class:`SlurmOptions`.
 
 Every worker runs the same single-cell function as an inline sweep
-(:func:`icl_lens.runs.cell.run_cell`), so results are written the same way: atomically, with a checksum,
+(:func:`icl_lens.cell.store.run_cell`), so results are written the same way: atomically, with a checksum,
 skipped on rerun. A worker also keeps ``<cell>/job_state.json`` up to date (queued / running with
 its pid, job id and host / failed with its log paths / finished); ``icl-lens status`` reads it. A
 cell whose job failed, was killed or was preempted has no verified ``results.json``, so submitting
@@ -35,12 +35,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icl_lens.cell.results import atomic_write_text, is_complete
 from icl_lens.errors import ConfigError, IclLensError
-from icl_lens.results import atomic_write_text, is_complete
 
 if TYPE_CHECKING:
-    from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.cell import RuntimeOptions
+    from icl_lens.cell.experiment import ExperimentConfig
+    from icl_lens.cell.store import RuntimeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def job_alive(state: dict[str, Any]) -> bool | None:
 def cell_status(cell_dir: str | Path) -> tuple[str, str]:
     """``(status, detail)`` of one cell folder: done, running, queued, failed or not started."""
     cell_dir = Path(cell_dir)
-    from icl_lens.results import RESULTS_FILE
+    from icl_lens.cell.results import RESULTS_FILE
 
     if is_complete(cell_dir / RESULTS_FILE):
         return "done", ""
@@ -249,7 +249,7 @@ def cell_job(
     import submitit
     import torch
 
-    from icl_lens.runs.cell import cell_path, finished_results, run_cell
+    from icl_lens.cell.store import cell_path, finished_results, run_cell
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -362,7 +362,7 @@ def run_with_executor(
     # deferred: `icl-lens status` imports this module and needs neither torch nor the cell's code
     from tqdm.auto import tqdm
 
-    from icl_lens.runs.cell import cell_dir_name, cell_path, finished_results
+    from icl_lens.cell.store import cell_dir_name, cell_path, finished_results
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

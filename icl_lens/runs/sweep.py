@@ -1,7 +1,7 @@
 """Resumable sweeps over cells (task × model × k × seed × variant).
 
 :func:`run_cells` runs every cell of a list that is not already finished in the output folder (one
-cell's identity, folder and run: :mod:`icl_lens.runs.cell`), loading each model once per (model,
+cell's identity, folder and run: :mod:`icl_lens.cell.store`), loading each model once per (model,
 untrained) group, inline or through an executor (:mod:`icl_lens.runs.executors`). Killing a sweep at
 any point and rerunning it ends with exactly the files an uninterrupted sweep writes (timestamps and
 timings aside); temporary files a killed write left behind are removed on the next run.
@@ -16,12 +16,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from icl_lens.errors import ConfigError
-from icl_lens.evaluation import check_record_fits
-from icl_lens.experiment import FINETUNED_SETTINGS, ExperimentConfig, apply_task_overrides, cell_rows
-from icl_lens.models import load_model
-from icl_lens.results import remove_stray_temp_files
-from icl_lens.runs.cell import (
+from icl_lens.cell.experiment import FINETUNED_SETTINGS, ExperimentConfig, apply_task_overrides, cell_rows
+from icl_lens.cell.results import remove_stray_temp_files
+from icl_lens.cell.store import (
     ModelLoader,
     RuntimeOptions,
     cell_identity,
@@ -29,6 +26,9 @@ from icl_lens.runs.cell import (
     finished_results,
     run_cell,
 )
+from icl_lens.errors import ConfigError
+from icl_lens.evaluation import check_record_fits
+from icl_lens.models import load_model
 from icl_lens.runs.executors import ExecutorOptions, run_with_executor
 from icl_lens.tasks import get_task, load_split
 from icl_lens.training.lr_sweep import REFERENCE_LRS

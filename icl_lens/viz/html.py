@@ -179,7 +179,7 @@ class PanelGroup:
 
     def save(self, path: str | Path) -> Path:
         """Write a self-contained page (atomic)."""
-        from icl_lens.results import atomic_write_text
+        from icl_lens.cell.results import atomic_write_text
 
         atomic_write_text(path, self.to_html())
         return Path(path)

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from jaxtyping import Float
 
+from icl_lens.cell.results import atomic_write_bytes
 from icl_lens.errors import ResultsError
 from icl_lens.evaluation import attended_keys, attention_windows, zero_unattended
 from icl_lens.models.backends import Model
-from icl_lens.results import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from icl_lens.experiment import ExperimentOutput
+    from icl_lens.cell.experiment import ExperimentOutput
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def record_experiment_maps(
     """Record the maps of a few of an experiment's queries in every setting it ran.
 
     Args:
-        output: :func:`~icl_lens.experiment.run_experiment`'s output; FT/LCGD maps need it to have
+        output: :func:`~icl_lens.cell.experiment.run_experiment`'s output; FT/LCGD maps need it to have
             been run with ``keep_models=True`` (settings whose model is missing are skipped, with a
             warning).
         model: the base model (ZSL and ICL).

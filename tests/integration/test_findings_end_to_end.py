@@ -2,7 +2,7 @@
 trained and untrained, then ``icl-lens findings`` and ``icl-lens report`` on its folder.
 
 The findings and the report were written against a contract and tested on synthetic cells; this
-checks that what :mod:`icl_lens.experiment` writes is what they read."""
+checks that what :mod:`icl_lens.cell.experiment` writes is what they read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from helpers import tiny_model
 from icl_lens.cli import main
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.reporting.claims import ANALYSIS_CLAIMS as ANALYSIS_CLAIMS_LIST
 from icl_lens.reporting.findings import (
     CLAIM_IDS,
@@ -25,10 +25,10 @@ from icl_lens.reporting.findings import (
     VERDICTS,
     evaluate_findings,
 )
-from icl_lens.results import read_results
+from icl_lens.cell.results import read_results
 from icl_lens.models.untrained import reinitialize_untrained
 from icl_lens.reporting.report import INDEX_FILE, REPORT_FILE, build_cell_report
-from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.cell.store import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
 
 TASKS = ("sst2", "subj")

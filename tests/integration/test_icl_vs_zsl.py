@@ -55,8 +55,8 @@ def test_lr_sweep_dev_slice_excludes_queries_only_when_they_share_the_train_spli
 
 
 def test_run_experiment_lr_sweep_never_scores_a_query_or_demo(tmp_path, monkeypatch, tiny_llama):
-    import icl_lens.experiment as experiment
-    from icl_lens.experiment import ExperimentConfig, run_experiment
+    import icl_lens.cell.experiment as experiment
+    from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 
     seen = []
 
@@ -102,7 +102,7 @@ def test_format_is_chosen_on_dev_accuracies_only(tmp_path, monkeypatch):
         favoured = cell["format_name"] == "spec"
         cell["accuracy"] = {"0": 0.0, "2": 1.0 if favoured else 0.0, "4": 1.0 if favoured else 0.0}
         cell["dev_accuracy"] = {"0": 0.5, "2": 0.5, "4": 0.5 if favoured else 0.9}
-        from icl_lens.results import write_results
+        from icl_lens.cell.results import write_results
         write_results(out / name, cell)
     script.main(argv + ["--table-only"])
     selection = json.loads((out / "selection.json").read_text())

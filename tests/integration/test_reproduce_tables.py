@@ -7,7 +7,7 @@ import pytest
 import icl_lens.models
 from helpers import load_experiment_script, tiny_model
 from icl_lens.models.untrained import reinitialize_untrained
-from icl_lens.results import read_results
+from icl_lens.cell.results import read_results
 
 
 @pytest.fixture

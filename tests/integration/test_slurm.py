@@ -24,8 +24,8 @@ from helpers import assert_same_results
 from sweep_worker import cells, loader
 
 from icl_lens.runs.executors import ExecutorOptions, SlurmOptions, SweepError, read_state, sweep_status
-from icl_lens.results import read_results, stable_payload
-from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.cell.results import read_results, stable_payload
+from icl_lens.cell.store import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
 from helpers import TESTS
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icl_lens.evaluation import evaluate
-from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
@@ -22,7 +22,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def default_model():
-    from icl_lens.experiment import DEFAULT_MODEL
+    from icl_lens.cell.experiment import DEFAULT_MODEL
     from icl_lens.models import load_model
 
     return load_model(DEFAULT_MODEL)

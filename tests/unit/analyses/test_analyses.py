@@ -29,12 +29,12 @@ from icl_lens.analyses.order_sensitivity import dense_distribution
 from icl_lens.analyses.weight_space import demo_token_positions
 from icl_lens.errors import ConfigError, ModelLoadError
 from icl_lens.evaluation import RecordSpec, SettingRun, evaluate
-from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.metrics import HANDBUILT_ICL_GD_SPARSITY
 from icl_lens.prompts import PromptFormat, encode_prompts
-from icl_lens.results import read_results
-from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.cell.results import read_results
+from icl_lens.cell.store import RuntimeOptions, cell_path
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
 # --- order sensitivity -----------------------------------------------------------------------

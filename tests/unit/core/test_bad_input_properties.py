@@ -32,7 +32,7 @@ from icl_lens.cli import main
 from icl_lens.cli.common import LOG_LEVELS
 from icl_lens.errors import IclLensError
 from icl_lens.evaluation import evaluate
-from icl_lens.experiment import ExperimentConfig, apply_task_overrides
+from icl_lens.cell.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.prompts import PromptFormat, encode_prompts
 from icl_lens.tasks import Task, get_task, load_split, sample_queries
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from icl_lens.errors import ConfigError
-from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.metrics import simaou_random_per_example
-from icl_lens.nulls import null_seeds, shuffled_pair, wrong_labels
+from icl_lens.cell.nulls import null_seeds, shuffled_pair, wrong_labels
 from icl_lens.tasks import get_task
 
 CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3)
@@ -108,7 +108,7 @@ def test_lr_sweep_skips_diverging_rates_and_records_its_choice(tiny_gpt):
 
 def test_lcgd_lr_swept_with_lcgd_itself(tiny_gpt, monkeypatch):
     """--lcgd-lr-sweep trains LCGD at every grid rate (not GD) and LCGD runs at the chosen rate."""
-    import icl_lens.experiment as experiment
+    import icl_lens.cell.experiment as experiment
 
     trained_lcgd_lrs = []
     real = experiment.layer_causal_finetune
@@ -205,7 +205,7 @@ def test_results_carry_intervals_tests_nulls_and_per_example_values(tiny_llama):
 
 
 def test_wrong_label_finetuning_trains_on_wrong_labels_and_nulls_can_be_turned_off(tiny_gpt, monkeypatch):
-    import icl_lens.experiment as experiment
+    import icl_lens.cell.experiment as experiment
 
     trained_on = []
     real = experiment.finetune

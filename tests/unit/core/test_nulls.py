@@ -9,7 +9,7 @@ from transformer_lens import ActivationCache
 
 from icl_lens.training.finetune import FinetuneConfig, finetune
 from icl_lens.errors import ConfigError
-from icl_lens.nulls import (
+from icl_lens.cell.nulls import (
     gradient_span_model,
     jaccard_independence,
     random_direction_model,
@@ -106,8 +106,8 @@ def test_jaccard_independence_is_the_hypergeometric_expectation():
 
 
 def test_null_seeds_are_drawn_per_demonstration_seed_and_per_null():
-    from icl_lens.nulls import SEEDED, null_seed, null_seeds
-    from icl_lens.results import NULL_SEED_NAMES
+    from icl_lens.cell.nulls import SEEDED, null_seed, null_seeds
+    from icl_lens.cell.results import NULL_SEED_NAMES
 
     assert SEEDED == NULL_SEED_NAMES
     by_seed = [null_seeds(0, seed) for seed in range(5)]

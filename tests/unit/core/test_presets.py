@@ -10,9 +10,9 @@ from helpers import byte_tokenizer
 from icl_lens.cli import make_parser
 from icl_lens.cli.run import expand_cells
 from icl_lens.errors import ConfigError
-from icl_lens.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
 from icl_lens.prompts import PromptFormat, encode_prompts
-from icl_lens.presets import preset_config
+from icl_lens.cell.presets import preset_config
 from icl_lens.tasks import get_task, sample_demonstrations, sample_queries
 
 
@@ -100,7 +100,7 @@ def test_reproduce_tables_reference_preset_and_untrained_init(tmp_path, monkeypa
     import icl_lens.models
     from helpers import load_experiment_script, tiny_model
     from icl_lens.models import reinitialize_untrained
-    from icl_lens.results import read_results
+    from icl_lens.cell.results import read_results
 
     calls = []
 
@@ -124,7 +124,7 @@ def test_reproduce_tables_reference_preset_and_untrained_init(tmp_path, monkeypa
 
 
 def test_presets_name_five_seeds_for_a_findings_run():
-    from icl_lens.presets import PRESET_SEEDS, preset_seeds
+    from icl_lens.cell.presets import PRESET_SEEDS, preset_seeds
 
     assert preset_seeds("default") == preset_seeds("reference") == (0, 1, 2, 3, 4)
     assert set(PRESET_SEEDS) == {"default", "reference"} and all(len(s) >= 5 for s in PRESET_SEEDS.values())

@@ -6,7 +6,7 @@ import pytest
 from helpers import tiny_model
 
 from icl_lens.errors import ConfigError
-from icl_lens.experiment import DEFAULT_MODEL, ExperimentConfig, run_experiment
+from icl_lens.cell.experiment import DEFAULT_MODEL, ExperimentConfig, run_experiment
 from icl_lens.models.untrained import reinitialize_untrained, untrained_seed
 from icl_lens.tasks import get_task
 

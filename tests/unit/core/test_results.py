@@ -3,7 +3,7 @@ import json
 import pytest
 
 from icl_lens.errors import ResultsError
-from icl_lens.results import checksum, is_complete, read_results, write_results
+from icl_lens.cell.results import checksum, is_complete, read_results, write_results
 
 
 def test_roundtrip_with_checksum_and_nan_as_null(tmp_path):

@@ -1,4 +1,4 @@
-"""The results layout (icl_lens.results.LAYOUT) against what the pipeline writes: a tiny-model cell
+"""The results layout (icl_lens.cell.results.LAYOUT) against what the pipeline writes: a tiny-model cell
 with every setting and null follows it key for key, in memory and as a results file, so the
 documented layout cannot drift from experiment.py; a key too many, too few or of another type fails
 with a message naming it."""
@@ -12,10 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import icl_lens.results as layout
+import icl_lens.cell.results as layout
 from icl_lens.errors import ResultsError
-from icl_lens.experiment import ExperimentConfig, run_experiment
-from icl_lens.results import layout_rows, read_results, validate_results, write_results
+from icl_lens.cell.experiment import ExperimentConfig, run_experiment
+from icl_lens.cell.results import layout_rows, read_results, validate_results, write_results
 from icl_lens.tasks import get_task
 
 CFG = ExperimentConfig(task="sst2", model="tiny", k=3, limit=6, lr=1e-2, batch_size=3, bootstrap_resamples=40)
@@ -117,8 +117,8 @@ def test_accessors_read_what_the_per_query_values_give(cell):
 
 
 def test_a_cell_records_the_rows_behind_its_numbers_and_its_null_seeds(cell):
-    from icl_lens.experiment import cell_rows
-    from icl_lens.nulls import null_seeds
+    from icl_lens.cell.experiment import cell_rows
+    from icl_lens.cell.nulls import null_seeds
 
     ids = cell["query_ids"]
     assert ids["eval"] == [e["row_index"] for e in cell["examples"]]  # the order of every per-query value

@@ -131,8 +131,8 @@ def test_dev_slice_is_disjoint_from_evaluation_queries_and_demonstrations_for_ev
     """What a cell chooses on (its dev slice) shares no row and no input text with the queries it
     reports nor any row with its demonstrations: every built-in task, every preset, five seeds; and
     the same for the task read with its train split as evaluation split."""
-    from icl_lens.experiment import cell_rows
-    from icl_lens.presets import PRESETS, preset_config
+    from icl_lens.cell.experiment import cell_rows
+    from icl_lens.cell.presets import PRESETS, preset_config
 
     builtin = get_task(task_name)
     train = load_split(builtin, builtin.train_split)

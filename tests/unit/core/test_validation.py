@@ -11,7 +11,7 @@ from helpers import tiny_model
 from icl_lens.cli import main
 from icl_lens.errors import ConfigError, DataFormatError, PromptError, TaskError
 from icl_lens.evaluation import RecordSpec, evaluate
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.training.finetune import FinetuneConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.tasks import Task, get_task, load_split

@@ -42,7 +42,7 @@ from icl_lens.models.backends import (
     hf_cache_argument,
 )
 from icl_lens.reporting.report import build_cell_report
-from icl_lens.results import validate_results
+from icl_lens.cell.results import validate_results
 from icl_lens.training.finetune import FinetuneConfig, demo_batches, finetune, select_trainable, trained_parameters
 from icl_lens.training.lcgd import layer_causal_finetune, layer_causal_losses
 
@@ -285,8 +285,8 @@ def test_backend_names_are_checked(monkeypatch):
 def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
     """``run_cells`` on the bridge: every setting and metric, the backend recorded, the cell in a
     folder and identity of its own (a hooked cell of the same config is another cell)."""
-    from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.cell import RuntimeOptions, cell_identity, cell_path
+    from icl_lens.cell.experiment import ExperimentConfig
+    from icl_lens.cell.store import RuntimeOptions, cell_identity, cell_path
     from icl_lens.runs.sweep import run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["gemma3"]), k=2, limit=4, lr=1e-2, batch_size=4)
@@ -314,8 +314,8 @@ def test_a_cell_runs_end_to_end_on_the_bridge(hf_dirs, tmp_path):
 
 @needs_hooked
 def test_a_hooked_model_is_refused_for_a_bridge_cell(hf_dirs, tmp_path):
-    from icl_lens.experiment import ExperimentConfig
-    from icl_lens.runs.cell import RuntimeOptions
+    from icl_lens.cell.experiment import ExperimentConfig
+    from icl_lens.cell.store import RuntimeOptions
     from icl_lens.runs.sweep import run_cells
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["llama"]), k=2, limit=4, lr=1e-2, batch_size=4)
@@ -329,7 +329,7 @@ def test_backends_give_the_same_experiment_results(hf_dirs):
     """The whole pipeline (prompts, four settings, every metric, nulls, tests) agrees across backends."""
     from helpers import assert_same_results
 
-    from icl_lens.experiment import ExperimentConfig, run_experiment
+    from icl_lens.cell.experiment import ExperimentConfig, run_experiment
     from icl_lens.tasks import get_task
 
     cfg = ExperimentConfig(task="sst2", model=str(hf_dirs["llama"]), k=3, limit=6, lr=1e-2, batch_size=3)

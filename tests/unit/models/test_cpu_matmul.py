@@ -208,7 +208,7 @@ def test_models_off_the_cpu_are_not_rerouted_and_nesting_is_free(monkeypatch):
 
 
 def test_results_record_the_kernel(monkeypatch):
-    from icl_lens.experiment import ExperimentConfig, run_experiment
+    from icl_lens.cell.experiment import ExperimentConfig, run_experiment
     from icl_lens.tasks import get_task
 
     model = tiny_model(n_layers=1, name="smollm2-135m")

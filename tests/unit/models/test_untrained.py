@@ -16,7 +16,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from icl_lens.errors import ConfigError, IclLensError
-from icl_lens.experiment import ExperimentConfig
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.models import reinitialize_untrained
 from icl_lens.models.untrained import projection_fans, reference_bound
 
@@ -176,7 +176,7 @@ def test_untrained_init_is_part_of_an_untrained_cell_identity_only():
 def test_run_records_the_init_in_results(tiny_llama):
     import copy
 
-    from icl_lens.experiment import run_experiment
+    from icl_lens.cell.experiment import run_experiment
     from icl_lens.tasks import get_task
 
     model = reinitialize_untrained(copy.deepcopy(tiny_llama), seed=0)

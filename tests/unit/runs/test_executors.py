@@ -16,8 +16,8 @@ from icl_lens.errors import ConfigError
 from icl_lens.runs.executors import (
     ExecutorOptions, SlurmOptions, SweepError, local_threads, read_state, sweep_status, write_state,
 )
-from icl_lens.results import read_results, stable_payload
-from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.cell.results import read_results, stable_payload
+from icl_lens.cell.store import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
 from helpers import TESTS
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from sweep_worker import cells, kill_cells, loader
 
-import icl_lens.runs.cell
+import icl_lens.cell.store
 from icl_lens.errors import ConfigError
-from icl_lens.experiment import ExperimentConfig
-from icl_lens.results import RESULTS_FORMAT_VERSION, read_results, stable_payload
-from icl_lens.runs.cell import RuntimeOptions, cell_path
+from icl_lens.cell.experiment import ExperimentConfig
+from icl_lens.cell.results import RESULTS_FORMAT_VERSION, read_results, stable_payload
+from icl_lens.cell.store import RuntimeOptions, cell_path
 from icl_lens.runs.sweep import run_cells
 from helpers import TESTS
 
@@ -219,7 +219,7 @@ def test_another_results_format_version_is_recomputed(tmp_path, monkeypatch):
     cfg = ExperimentConfig(task="sst2", **ZSL_ICL)
     calls = []
     run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
-    monkeypatch.setattr(icl_lens.runs.cell, "RESULTS_FORMAT_VERSION", RESULTS_FORMAT_VERSION + 1)
+    monkeypatch.setattr(icl_lens.cell.store, "RESULTS_FORMAT_VERSION", RESULTS_FORMAT_VERSION + 1)
     run_cells([cfg], tmp_path, QUIET, model_loader=_counting_loader(calls))
     assert len(calls) == 2
     assert read_results(cell_path(tmp_path, cfg))["identity"]["results_format"] == RESULTS_FORMAT_VERSION + 1

@@ -235,7 +235,7 @@ def test_global_norm_clip_above_the_norm_changes_nothing(tiny_gpt):
 
 def test_new_finetune_field_at_its_default_keeps_cell_digests():
     """clip_global_norm is written only when set, so cells finished before it existed keep their name."""
-    from icl_lens.experiment import ExperimentConfig
+    from icl_lens.cell.experiment import ExperimentConfig
 
     assert "clip_global_norm" not in FinetuneConfig().to_dict()
     assert FinetuneConfig(clip_global_norm=12.0).to_dict()["clip_global_norm"] == 12.0

@@ -241,9 +241,9 @@ def test_report_command(tmp_path, tiny_gpt, capsys):
 
 
 def test_report_of_a_cell_without_finetuning_or_maps(tmp_path, tiny_gpt):
-    from icl_lens.experiment import ExperimentConfig, run_experiment
+    from icl_lens.cell.experiment import ExperimentConfig, run_experiment
     from icl_lens.reporting.report import build_report
-    from icl_lens.results import write_results
+    from icl_lens.cell.results import write_results
 
     cfg = ExperimentConfig(task=str(write_tiny_task(tmp_path / "task")), model="tiny", k=2, limit=3,
                            settings=("zsl", "icl"))

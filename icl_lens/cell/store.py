@@ -3,7 +3,7 @@
 A cell's results are written atomically to ``OUT/<cell>/results.json`` the moment the cell finishes,
 with its *identity* (:func:`cell_identity`): the configuration, the resolved task (template, label
 words, splits, label field and names), the sha256 of the data files it reads, the dtype, the device
-kind (cpu, cuda, mps), the backend and :data:`~icl_lens.results.RESULTS_FORMAT_VERSION`.
+kind (cpu, cuda, mps), the backend and :data:`~icl_lens.cell.results.RESULTS_FORMAT_VERSION`.
 :func:`finished_results` accepts a stored file only if it verifies and has the same identity, so a
 damaged, partial or differently-identified file is recomputed (the log says why).
 
@@ -29,16 +29,16 @@ from typing import Any
 
 import torch
 
-from icl_lens.errors import ConfigError, DataFormatError
-from icl_lens.experiment import ExperimentConfig, apply_task_overrides, run_experiment
-from icl_lens.models.backends import Model, backend_of, check_backend
-from icl_lens.results import (
+from icl_lens.cell.experiment import ExperimentConfig, apply_task_overrides, run_experiment
+from icl_lens.cell.results import (
     RESULTS_FILE,
     RESULTS_FORMAT_VERSION,
     is_complete,
     read_results,
     write_results,
 )
+from icl_lens.errors import ConfigError, DataFormatError
+from icl_lens.models.backends import Model, backend_of, check_backend
 from icl_lens.tasks import (
     Task,
     get_task,

@@ -4,7 +4,7 @@
   after every demonstration (``input + " " + label + EOS``; the query has none), random (not
   label-balanced) demonstrations, no calibration, k = 32 (truncated to the context, the true k is
   recorded as ``prompts.k_used``) and the papers' per-task learning rates.
-* ``default``: the package's defaults (:class:`~icl_lens.experiment.ExperimentConfig` as it is).
+* ``default``: the package's defaults (:class:`~icl_lens.cell.experiment.ExperimentConfig` as it is).
 
 Explicit values win over the preset's: ``preset_config("reference", k=16)`` has k = 16 and
 everything else of the reference preset. The preset's name is recorded in the config
@@ -23,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import RecordSpec
-from icl_lens.experiment import ExperimentConfig
 from icl_lens.prompts import PromptFormat
 from icl_lens.training.finetune import FinetuneConfig
 

@@ -394,7 +394,7 @@ ALL_NULL_KINDS = (*NULL_KINDS, "wrong_label_answer_loss", "gradient_span")
 """Every null a cell may record: format 4 added wrong-label finetuning with the loss on the answer
 tokens only and the random update in the span of the demonstrations' gradients (FT only)."""
 NULL_SEED_NAMES = ("simaou_random", "shuffled_pair", "wrong_label", "random_direction", "gradient_span")
-"""Names of a cell's ``null_seeds`` (:data:`icl_lens.nulls.SEEDED`)."""
+"""Names of a cell's ``null_seeds`` (:data:`icl_lens.cell.nulls.SEEDED`)."""
 SCALAR_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "rec2ftp": (("rec2ftp",), ("rec2ftp_ci",)),
     "jaccard": (("prediction_changes", "jaccard"), ("prediction_changes", "jaccard_ci")),
@@ -704,7 +704,7 @@ LAYOUT = record(
         "checksum": string("sha256 of the payload (results files)", optional=True),
     },
 )
-"""The layout of a results dict, as :func:`icl_lens.experiment.run_experiment` writes it."""
+"""The layout of a results dict, as :func:`icl_lens.cell.experiment.run_experiment` writes it."""
 
 
 def _is_number(value: Any) -> bool:
@@ -765,7 +765,7 @@ def _problems(value: Any, spec: Spec, where: str) -> list[str]:
         if key in spec.fields:
             out += _problems(item, spec.fields[key], f"{where}.{key}")
         elif not spec.open:
-            out.append(f"{where}: unknown key {key!r} (not in the results layout, icl_lens.results.LAYOUT)")
+            out.append(f"{where}: unknown key {key!r} (not in the results layout, icl_lens.cell.results.LAYOUT)")
     out += [
         f"{where}: missing key {key!r} ({sub.meaning})"
         for key, sub in spec.fields.items()

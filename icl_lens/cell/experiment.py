@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from icl_lens import metrics, stats
-from icl_lens import nulls as null_models
 from icl_lens._validation import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SEED, Range, validate_fields
 from icl_lens._version import __version__
 from icl_lens.calibration import calibrate, content_free_row, content_free_scores
+from icl_lens.cell import nulls as null_models
 from icl_lens.errors import ConfigError, IclLensError
 from icl_lens.evaluation import RecordSpec, SettingRun, encode_prefix, evaluate
 from icl_lens.models.backends import Model, backend_of
@@ -69,7 +69,7 @@ class ExperimentConfig:
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, docs/results.md):
     the model (Gemma-3-270M), balanced demonstrations and contextual calibration. They were read off
     that script's evaluation queries, before it chose on a dev slice (CHANGELOG). The reference
-    setting is the ``reference`` preset (:mod:`icl_lens.presets`).
+    setting is the ``reference`` preset (:mod:`icl_lens.cell.presets`).
 
     Args:
         task: task name or task config file.
@@ -99,7 +99,7 @@ class ExperimentConfig:
         alpha_include_sink: count the first (BOS/sink) token as a demonstration token in α.
         random_seed: base seed of the nulls' randomness: the SimAOU random baseline, the
             shuffled-pair derangement, the wrong labels and the random directions each draw from a
-            seed derived from it and the demonstration ``seed`` (:func:`icl_lens.nulls.null_seed`,
+            seed derived from it and the demonstration ``seed`` (:func:`icl_lens.cell.nulls.null_seed`,
             recorded as ``null_seeds``), so every demonstration seed draws its own nulls.
         batch_size: queries per forward pass.
         reuse_prefix: encode the shared demonstration prefix once and reuse its key/value cache
@@ -114,7 +114,7 @@ class ExperimentConfig:
             Dai et al. 2023 leaves it) or ``normal`` (N(0, initializer_range) weights, zero biases).
         preset: ``reference`` (the reference code's setting: EOS after every demonstration, random
             demonstrations, no calibration, k = 32, the papers' per-task learning rates) or
-            ``default``; sets those values, explicit flags win (Python: ``icl_lens.presets.
+            ``default``; sets those values, explicit flags win (Python: ``icl_lens.cell.presets.
             preset_config``; the field itself only records the name).
         template / label_words: override the task's template and label words.
         nulls: which costly nulls of the similarities to run for FT (``shuffled_pair``,
@@ -433,7 +433,7 @@ class CellState:
 
     @property
     def null_seeds(self) -> dict[str, int]:
-        """The seed of each null's randomness in this cell (:func:`icl_lens.nulls.null_seeds`)."""
+        """The seed of each null's randomness in this cell (:func:`icl_lens.cell.nulls.null_seeds`)."""
         return null_models.null_seeds(self.cfg.random_seed, self.cfg.seed)
 
     @property
@@ -794,7 +794,7 @@ def per_example_values(
     the random baseline, ZSL SimAM and the nulls' SimAOU and SimAM_Δ. Every mean and interval of
     the results is computed from these arrays.
 
-    ``seeds``: the cell's null seeds (:func:`icl_lens.nulls.null_seeds`; default: derived from
+    ``seeds``: the cell's null seeds (:func:`icl_lens.cell.nulls.null_seeds`; default: derived from
     ``cfg.random_seed`` and ``cfg.seed``)."""
     seeds = null_models.null_seeds(cfg.random_seed, cfg.seed) if seeds is None else seeds
     values: dict[str, Any] = {
