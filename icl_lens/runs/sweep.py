@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from icl_lens import models
 from icl_lens.cell.experiment import FINETUNED_SETTINGS, ExperimentConfig, apply_task_overrides, cell_rows
 from icl_lens.cell.results import remove_stray_temp_files
 from icl_lens.cell.store import (
@@ -28,7 +29,6 @@ from icl_lens.cell.store import (
 )
 from icl_lens.errors import ConfigError
 from icl_lens.evaluation import check_record_fits
-from icl_lens.models import load_model
 from icl_lens.runs.executors import ExecutorOptions, run_with_executor
 from icl_lens.tasks import get_task, load_split
 from icl_lens.training.lr_sweep import REFERENCE_LRS
@@ -53,7 +53,7 @@ def run_cells(
     :class:`~icl_lens.runs.executors.SweepError` naming it and its logs once the other cells are done.
     """
     if model_loader is None:
-        model_loader = load_model
+        model_loader = models.load_model  # looked up at call time, so a patched loader is used
     out_dir = Path(out_dir)
     results: list[dict[str, Any] | None] = []
     todo: list[int] = []
