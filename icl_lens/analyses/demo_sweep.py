@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from icl_lens import models
 from icl_lens.cell.experiment import ExperimentConfig, apply_task_overrides
 from icl_lens.cell.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
 from icl_lens.cell.store import RuntimeOptions, cell_path, finished_results
@@ -85,9 +86,7 @@ class DemoSweepConfig:
     def model_names(self) -> list[str]:
         if self.models is not None:
             return list(self.models)
-        from icl_lens.models import list_models
-
-        return [m.name for m in list_models()]
+        return [m.name for m in models.list_models()]
 
     def cells(self, model: str) -> list[ExperimentConfig]:
         return [
@@ -219,9 +218,7 @@ def run_demo_sweep(
 ) -> DemoSweepResult:
     """Run (or resume) the sweep into ``out_dir`` and summarise it."""
     if model_loader is None:
-        from icl_lens.models import load_model
-
-        model_loader = load_model
+        model_loader = models.load_model  # looked up at call time, so a patched loader is used
     out_dir = Path(out_dir)
     all_results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -39,6 +39,7 @@ from icl_lens.cell.results import (
 )
 from icl_lens.errors import ConfigError, DataFormatError
 from icl_lens.models.backends import Model, backend_of, check_backend
+from icl_lens.models.loading import resolve_dtype
 from icl_lens.tasks import (
     Task,
     get_task,
@@ -81,7 +82,6 @@ class RuntimeOptions:
 
 
 def _dtype_name(dtype: str) -> str:
-    from icl_lens.models.loading import resolve_dtype
 
     return str(resolve_dtype(dtype)).removeprefix("torch.")
 

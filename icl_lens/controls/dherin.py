@@ -41,9 +41,13 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from icl_lens.cell.nulls import wrong_labels
 from icl_lens.errors import ConfigError
+from icl_lens.prompts import PromptFormat, encode_prompts, sample_prompts
 from icl_lens.reporting.findings import verdict
 from icl_lens.stats import bootstrap_interval, resample_indices
+from icl_lens.tasks import get_task
+from icl_lens.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +218,6 @@ def compare_with_finetuning(
 def _ft_update(model: Any, prompts: Any, layer: int) -> torch.Tensor:
     """ΔW_FT of ``blocks.{layer}.mlp.W_in``: one plain GD step on all k demonstrations together
     (the project's finetuning loss, group ``mlp``); one step's direction does not depend on the rate."""
-    from icl_lens.training.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(params="mlp", lr=1e-3, epochs=1, batch_size=max(1, len(prompts.demo_sequences)))
     tuned, _ = finetune(model, prompts.demo_sequences, prompts.demo_answer_lengths, cfg, progress=False)
@@ -240,9 +243,6 @@ def dherin_study(
     step of the layer's W_in on the demonstrations, and against the same step on wrong labels
     (:func:`icl_lens.cell.nulls.wrong_labels`).
     """
-    from icl_lens.cell.nulls import wrong_labels
-    from icl_lens.prompts import PromptFormat, encode_prompts, sample_prompts
-    from icl_lens.tasks import get_task
 
     if not hasattr(model, "blocks") or not hasattr(model, "run_with_cache"):
         raise ConfigError("dherin_study needs a TransformerLens HookedTransformer (blocks, run_with_cache)")

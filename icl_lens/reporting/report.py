@@ -58,7 +58,19 @@ from icl_lens.cell.results import (
     read_results,
 )
 from icl_lens.errors import ResultsError
+from icl_lens.reporting import figures
+from icl_lens.reporting.aggregate import aggregate, group_label
+from icl_lens.reporting.figures import PARTITION
+from icl_lens.reporting.findings import (
+    FINDINGS_HEADER,
+    evaluate_findings,
+    find_analyses,
+    matrix_tables,
+    table_rows,
+)
 from icl_lens.reporting.tables import Html, Table, format_interval, format_summary, format_value
+from icl_lens.viz.html import js_json, page
+from icl_lens.viz.maps import has_attention_maps, load_attention_maps
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +310,6 @@ def metric_tables(results: dict[str, Any]) -> str:
                 rows,
             ).html()
         )
-        from icl_lens.reporting.figures import PARTITION
 
         partition = [(key, name.replace("FT", "tuned")) for key, name, _ in PARTITION]
         partition += [("n_icl_changed", "ICL changed"), ("n_ft_changed", "tuned changed"), ("n_examples", "examples")]
@@ -490,7 +501,6 @@ def tests_table(results: dict[str, Any]) -> str:
 
 def cell_figures(results: dict[str, Any], cell_dir: Path) -> list[tuple[str, Path]]:
     """Write the cell's PNG figures beside its results; returns (caption, path) pairs."""
-    from icl_lens.reporting import figures
 
     metrics = results.get("metrics", {})
     tuned = tuple(s for s in FINETUNED if s in metrics)
@@ -562,7 +572,6 @@ def attention_payload(
     Examples are embedded in order while their maps fit in ``max_mb`` megabytes (at least one;
     None: no limit), and at most ``max_examples`` of them; ``n_saved`` tells how many there were.
     """
-    from icl_lens.viz.maps import load_attention_maps
 
     kinds = [k for k in kinds if k in KINDS] or ["pattern"]
     saved = load_attention_maps(cell_dir)
@@ -628,7 +637,6 @@ def _options(pairs: Sequence[tuple[str, str]], selected: str | None = None) -> s
 
 def attention_section(payload: dict[str, Any]) -> str:
     """Controls, panel container and embedded data of the attention section (needs REPORT_JS)."""
-    from icl_lens.viz.html import js_json
 
     examples = [
         (str(i), f"#{i}: row {ex['row_index']} (label {ex['label_name']}, {len(ex['tokens'])} tokens)")
@@ -680,8 +688,6 @@ def build_cell_report(
     max_mb: float | None = DEFAULT_MAX_MB,
 ) -> Path:
     """Write ``cell_dir/report.html`` (and its ``report_*.png`` figures); returns the page's path."""
-    from icl_lens.viz.html import page
-    from icl_lens.viz.maps import has_attention_maps
 
     cell_dir = Path(cell_dir)
     if results is None:
@@ -763,7 +769,6 @@ DASHBOARD_COLUMNS = (
 def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
     """Cross-cell tables: per task × model × k (× untrained), each quantity's mean over seeds with
     its two-level bootstrap interval (:func:`icl_lens.reporting.aggregate.aggregate`)."""
-    from icl_lens.reporting.aggregate import aggregate, group_label
 
     agg = aggregate(all_results)
     rows = []
@@ -787,7 +792,6 @@ def dashboard_tables(all_results: Sequence[dict[str, Any]]) -> str:
 
 def dashboard_figures(all_results: Sequence[dict[str, Any]], results_dir: Path) -> list[tuple[str, Path]]:
     """Per-layer SimAOU and SimAM_Δ across tasks (GD vs LCGD), one figure pair per trained model."""
-    from icl_lens.reporting import figures
 
     out: list[tuple[str, Path]] = []
     by_model: dict[str, list[dict[str, Any]]] = {}
@@ -825,14 +829,6 @@ def build_index(
     """Write ``results_dir/index.html``: a dashboard of every cell — the findings (a verdict per
     claim, :mod:`icl_lens.reporting.findings`), cross-cell tables with intervals, per-layer figures across
     tasks — and a table linking every cell's report."""
-    from icl_lens.reporting.findings import (
-        FINDINGS_HEADER,
-        evaluate_findings,
-        find_analyses,
-        matrix_tables,
-        table_rows,
-    )
-    from icl_lens.viz.html import page
 
     results_dir = Path(results_dir)
     rows = []

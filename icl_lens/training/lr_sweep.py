@@ -24,6 +24,7 @@ from icl_lens.errors import ConfigError, NonFiniteError, TrainingDivergedError
 from icl_lens.models.backends import Model, block_parameters
 from icl_lens.models.cpu_matmul import uses_cpu_matmul
 from icl_lens.papers import REFERENCE_LRS
+from icl_lens.tasks import shuffled_indices
 from icl_lens.training.batched import (
     DEFAULT_MAX_BATCH_BYTES,
     bytes_per_rate,
@@ -63,7 +64,6 @@ def dev_slice(
     two validation rows) is never chosen on: nothing chosen on this slice has seen a reported query
     or a demonstration.
     """
-    from icl_lens.tasks import shuffled_indices
 
     excluded = set(int(i) for i in exclude_rows)
     if task is not None and task.eval_split == task.train_split:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icl_lens.cell.results import atomic_write_text
+
 BUNDLE_RELATIVE_PATH = Path("dist") / "cdn" / "iife.js"
 BUNDLE_MARKER = "/* circuitsvis bundle (inlined by icl_lens) */"
 
@@ -179,7 +181,6 @@ class PanelGroup:
 
     def save(self, path: str | Path) -> Path:
         """Write a self-contained page (atomic)."""
-        from icl_lens.cell.results import atomic_write_text
 
         atomic_write_text(path, self.to_html())
         return Path(path)
