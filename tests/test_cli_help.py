@@ -59,15 +59,15 @@ def _help_problems(parser: argparse.ArgumentParser, check_metavars: bool) -> lis
 
 
 def test_the_nested_commands_are_found():
-    assert {("control", "train"), ("control", "run"), ("control", "report")} <= set(ALL_COMMANDS)
+    assert {("control", name) for name in ("train", "run", "dherin", "report")} <= set(ALL_COMMANDS)
     assert {(name,) for name in ("run", "bench", "report", "findings", "status", "tasks", "models")} <= set(
         ALL_COMMANDS
     )
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", sorted(" ".join(c) for c in ALL_COMMANDS))
 def test_every_flag_has_readable_help(command):
-    problems = _help_problems(COMMANDS[command], check_metavars=True)
+    problems = _help_problems(ALL_COMMANDS[tuple(command.split())], check_metavars=True)
     assert not problems, "\n".join(problems)
 
 
@@ -80,8 +80,6 @@ def test_every_help_exits_0_and_reads_plainly(command, capsys):
     assert text.startswith(f"usage: icl-lens {command}")
     for bad in MARKUP:
         assert bad not in text, (command, bad)
-    problems = _help_problems(ALL_COMMANDS[tuple(command.split())], check_metavars=False)
-    assert not problems, "\n".join(problems)
 
 
 def test_top_level_help(capsys):
