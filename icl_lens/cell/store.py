@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import platform
@@ -38,7 +37,7 @@ from icl_lens.cell.results import (
     write_results,
 )
 from icl_lens.errors import ConfigError, DataFormatError
-from icl_lens.models.backends import Model, backend_of, check_backend
+from icl_lens.models.backends import Model, backend_of, check_backend, installed_version
 from icl_lens.models.loading import resolve_dtype
 from icl_lens.tasks import (
     Task,
@@ -229,8 +228,8 @@ def run_cell(
     payload["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "transformers": _installed_version("transformers"),
-        "transformer_lens": _installed_version("transformer-lens"),
+        "transformers": installed_version("transformers"),
+        "transformer_lens": installed_version("transformer-lens"),
         "python": platform.python_version(),
         "device": runtime.device,
         "dtype": runtime.dtype,
@@ -238,11 +237,3 @@ def run_cell(
     }
     write_results(path, payload)
     return read_results(path)
-
-
-def _installed_version(distribution: str) -> str | None:
-    """The installed version of a distribution (recorded with each cell's results), or None."""
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -53,6 +53,14 @@ BACKENDS: tuple[str, ...] = ("hooked", "bridge")
 :class:`transformer_lens.model_bridge.TransformerBridge` in compatibility mode."""
 
 
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``"transformers"``, ``"transformer-lens"``), or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def transformer_lens_version() -> tuple[int, ...]:
     """The installed TransformerLens version as integers, e.g. ``(3, 9, 0)``."""
     raw = importlib.metadata.version("transformer-lens")
@@ -466,13 +474,6 @@ def _bridge_prefix(model: Model, tokens: Int[torch.Tensor, "1 prefix"]) -> Prefi
     return Prefix(length=int(tokens.shape[1]), cache=cache)
 
 
-def _installed_version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - both are dependencies
-        return "not installed"
-
-
 def hf_cache_argument(model: Model) -> str:
     """The keyword under which the installed transformers' forward reads the key/value cache.
 
@@ -545,8 +546,8 @@ def bridge_prefix_cache_works(model: Model, tolerance: float = 1e-3) -> bool:
             "instead: the same numbers, several times slower. Tested to work: %s. To get the fast path, "
             "install those (pip install 'transformers==%s' 'transformer-lens==%s'), or use TransformerLens "
             "3.x's HookedTransformer (--backend hooked), which needs no Hugging Face cache.",
-            _installed_version("transformers"),
-            _installed_version("transformer-lens"),
+            installed_version("transformers"),
+            installed_version("transformer-lens"),
             hf_cache_argument(model),
             ", ".join(f"transformers {t} with TransformerLens {tl}" for t, tl in BRIDGE_CACHE_TESTED),
             *BRIDGE_CACHE_TESTED[-1],
