@@ -1,4 +1,4 @@
-"""Zero-shot vs in-context accuracy over prompt formats, models, tasks and k (issue: foundation §9).
+"""Zero-shot vs in-context accuracy over prompt formats, models, tasks and k.
 
 Does the model learn in context at all? The comparison icl_lens exists for needs a model and a
 prompt format where ICL beats zero-shot. For every (model, format, task) this scores zero-shot and

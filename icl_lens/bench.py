@@ -1,4 +1,4 @@
-"""Benchmark: the naive per-query loop vs the prefix-cached, batched evaluation (issue: performance).
+"""Benchmark: the naive per-query loop vs the prefix-cached, batched evaluation.
 
 The naive loop is what the reference code and a plain TransformerLens loop do: re-encode the whole
 demonstration prefix for every query and keep a full activation cache (``run_with_cache`` with no
