@@ -71,38 +71,64 @@ def selection_rows(task, k_max: int, seed: int, limit: int | None, dev_size: int
     return dev, queries
 
 
-def run_cell(model, task_name: str, variant: dict, ks, limit, seed, batch_size, dev_size: int = 100) -> dict:
-    fmt = variant["fmt"]
+def _cell_record(task_name, task, fmt, variant, seed, dev, queries, dev_size) -> dict:
+    return {"task": task_name, "label_words": list(task.label_words), "format": fmt.to_dict(), "seed": seed,
+            "calibration": "content_free" if variant.get("calibrate") else "none",
+            "n_examples": len(queries), "accuracy": {}, "k_used": {},
+            "dev_size": dev_size, "n_dev": len(dev), "dev_accuracy": {}, "dev_source": DEV_SOURCE,
+            "dev_rows": [r["row_index"] for r in dev], "query_rows": [q["row_index"] for q in queries]}
+
+
+def _shared_prompt(variant: dict) -> tuple:
+    """What decides a variant's prompts and raw scores: formats equal on it differ only in calibration."""
+    return (variant["fmt"], bool(variant.get("lower")), bool(variant.get("balanced")))
+
+
+def run_cells(model, task_name: str, variants: dict[str, dict], ks, limit, seed, batch_size,
+              dev_size: int = 100) -> dict[str, dict]:
+    """One cell per variant (format name -> cell), all sharing one prompt layout and demonstration
+    sampling, so one evaluation serves them all: a calibrated variant adds only the content-free
+    query's scores."""
+    first = next(iter(variants.values()))
+    if len({_shared_prompt(v) for v in variants.values()}) != 1:
+        raise ValueError("run_cells takes variants that differ only in calibration")
+    fmt = first["fmt"]
     task = get_task(task_name)
-    if variant.get("lower"):
+    if first.get("lower"):
         task = task.with_overrides(label_words=tuple(w.lower() for w in task.label_words))
-    demos = sample_demonstrations(task, max(ks), seed, sampling="balanced" if variant.get("balanced") else "random")
+    demos = sample_demonstrations(task, max(ks), seed, sampling="balanced" if first.get("balanced") else "random")
     dev, queries = selection_rows(task, max(ks), seed, limit, dev_size)
     n_dev = len(dev)
     labels = torch.tensor([q["label"] for q in dev + queries])
     content_free = encode_text(model.tokenizer, task.format_input(content_free_row(task.template_fields)))
-    out = {"task": task_name, "label_words": list(task.label_words), "format": fmt.to_dict(), "seed": seed,
-           "calibration": "content_free" if variant.get("calibrate") else "none",
-           "n_examples": len(queries), "accuracy": {}, "k_used": {},
-           "dev_size": dev_size, "n_dev": n_dev, "dev_accuracy": {}, "dev_source": DEV_SOURCE,
-           "dev_rows": [r["row_index"] for r in dev], "query_rows": [q["row_index"] for q in queries]}
+    cells = {name: _cell_record(task_name, task, fmt, v, seed, dev, queries, dev_size) for name, v in variants.items()}
     for k in (0, *ks):
         # dev and evaluation queries share one encoding, so both see the same (truncated) prefix
         prompts = encode_prompts(model.tokenizer, task, demos[:k], dev + queries, fmt, model.cfg.n_ctx)
         prefix = prompts.icl_prefix if k else prompts.zsl_prefix
         run = evaluate(model, prefix, prompts.queries, prompts.labels, n_start=prompts.n_start,
                        batch_size=batch_size, progress=False)
-        scores = run.class_scores
-        if variant.get("calibrate"):
-            cf = evaluate(model, prefix, [content_free], prompts.labels, n_start=prompts.n_start, progress=False)
-            scores = calibrate(scores, cf.class_scores)
-        predictions = scores.argmax(-1)
-        out["dev_accuracy"][str(k)] = accuracy(predictions[:n_dev], labels[:n_dev]) if n_dev else None
-        out["accuracy"][str(k)] = accuracy(predictions[n_dev:], labels[n_dev:])
-        out["k_used"][str(k)] = prompts.k
-        logging.info("%s %s k=%d dev=%s eval=%.3f", task_name, fmt, k, out["dev_accuracy"][str(k)],
-                     out["accuracy"][str(k)])
-    return out
+        cf = None
+        for name, variant in variants.items():
+            scores = run.class_scores
+            if variant.get("calibrate"):
+                if cf is None:
+                    cf = evaluate(model, prefix, [content_free], prompts.labels, n_start=prompts.n_start,
+                                  progress=False)
+                scores = calibrate(scores, cf.class_scores)
+            predictions = scores.argmax(-1)
+            out = cells[name]
+            out["dev_accuracy"][str(k)] = accuracy(predictions[:n_dev], labels[:n_dev]) if n_dev else None
+            out["accuracy"][str(k)] = accuracy(predictions[n_dev:], labels[n_dev:])
+            out["k_used"][str(k)] = prompts.k
+            logging.info("%s %s k=%d dev=%s eval=%.3f", task_name, name, k, out["dev_accuracy"][str(k)],
+                         out["accuracy"][str(k)])
+    return cells
+
+
+def run_cell(model, task_name: str, variant: dict, ks, limit, seed, batch_size, dev_size: int = 100) -> dict:
+    """The cell of one format variant (see :func:`run_cells`)."""
+    return run_cells(model, task_name, {"_": variant}, ks, limit, seed, batch_size, dev_size)["_"]
 
 
 def dev_gain(cell: dict, k_max: int) -> float | None:
@@ -197,26 +223,33 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for model_name in args.models.split(","):
         model = None
+        groups: dict[tuple, list[str]] = {}  # formats differing only in calibration share one evaluation
         for fmt_name in formats:
-            variant = FORMATS[fmt_name]
-            for task_name in tasks:
-                path = out_dir / f"{model_name}__{fmt_name}__{_file_label(task_name)}.json"
-                done = is_complete(path) and read_results(path).get("dev_size") == args.dev_size
-                if args.table_only and not done:
-                    continue
-                if not done:
+            groups.setdefault(_shared_prompt(FORMATS[fmt_name]), []).append(fmt_name)
+        for task_name in tasks:
+            for group in groups.values():
+                paths = {f: out_dir / f"{model_name}__{f}__{_file_label(task_name)}.json" for f in group}
+                done = {f for f, path in paths.items()
+                        if is_complete(path) and read_results(path).get("dev_size") == args.dev_size}
+                todo = [f for f in group if f not in done]
+                if todo and not args.table_only:
                     if model is None:
                         model = load_model(model_name)
                     try:
-                        cell = run_cell(model, task_name, variant, ks, args.limit, args.seed, args.batch_size,
-                                        args.dev_size)
+                        cells = run_cells(model, task_name, {f: FORMATS[f] for f in todo}, ks, args.limit,
+                                          args.seed, args.batch_size, args.dev_size)
                     except IclLensError as exc:  # e.g. a start token this tokenizer lacks
-                        logging.warning("%s / %s / %s: %s", model_name, fmt_name, task_name, exc)
-                        continue
-                    cell.update(model=model_name, format_name=fmt_name)
-                    write_results(path, cell)
-                rows.append(read_results(path))
+                        logging.warning("%s / %s / %s: %s", model_name, ",".join(todo), task_name, exc)
+                        cells = {}
+                    for fmt_name, cell in cells.items():
+                        cell.update(model=model_name, format_name=fmt_name)
+                        write_results(paths[fmt_name], cell)
+                        done.add(fmt_name)
+                rows += [read_results(paths[f]) for f in group if f in done]
         del model
+    order = {(m, f, t): i for i, (m, f, t) in enumerate(
+        (m, f, t) for m in args.models.split(",") for f in formats for t in tasks)}
+    rows.sort(key=lambda r: order.get((r["model"], r["format_name"], r["task"]), len(order)))
     selection = choose(rows, formats, tasks, max(ks))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "selection.json").write_text(json.dumps(selection, indent=1))

@@ -109,3 +109,30 @@ def test_format_is_chosen_on_dev_accuracies_only(tmp_path, monkeypatch):
     assert selection["per_model"]["tiny"]["format"] == "balanced-calibrated"
     table = (out / "table.md").read_text()
     assert "| tiny | balanced-calibrated* |" in table and "| tiny | spec |" in table
+
+
+def test_calibration_variants_share_one_evaluation_and_match_separate_runs(tmp_path, monkeypatch):
+    """Formats differing only in calibration are scored from one evaluation; each cell equals the
+    cell its format gives when run alone, and the calibrated cell really is calibrated."""
+    script = load_experiment_script("icl_vs_zsl")
+    model = tiny_model(gqa=True, n_layers=2)
+    task = _task_file(tmp_path, same_split=True)
+    variants = {name: script.FORMATS[name] for name in ("spec", "spec-calibrated")}
+    calls = []
+    evaluate = script.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(script, "evaluate", counting)
+    together = script.run_cells(model, task, variants, [2, 4], 8, 0, 8, dev_size=10)
+    # per k: one evaluation of the 18 dev + eval queries, one of the content-free query
+    assert calls == [18, 1] * 3
+    for name, variant in variants.items():
+        alone = script.run_cell(model, task, variant, [2, 4], 8, 0, 8, dev_size=10)
+        assert together[name] == alone
+    assert together["spec"]["calibration"] == "none"
+    assert together["spec-calibrated"]["calibration"] == "content_free"
+    with pytest.raises(ValueError, match="only in calibration"):
+        script.run_cells(model, task, {n: script.FORMATS[n] for n in ("spec", "balanced")}, [2], 8, 0, 8)
