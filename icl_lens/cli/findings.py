@@ -46,6 +46,11 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
         help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
     )
     parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="with --readme-table: only the pooled columns, and per task how many verdicts of each kind",
+    )
+    parser.add_argument(
         "--study",
         default=None,
         metavar="LABEL",
@@ -75,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
             findings = json.loads(path.read_text(encoding="utf-8"))
         else:
             findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
-        print(readme_table(findings, args.study), end="")
+        print(readme_table(findings, args.study, compact=args.compact), end="")
         return 0
     findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
     print(findings_markdown(findings), end="")

@@ -322,6 +322,37 @@ def test_readme_table_is_rendered_from_findings_json_and_checked(tmp_path, capsy
     assert "no <!-- findings-table:start -->" in check_readme_table(readme, findings)[0]
 
 
+def test_compact_readme_table_counts_task_verdicts_and_is_checked_as_compact(tmp_path, capsys):
+    root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
+    assert main(["findings", str(root), "--n-resamples", "100"]) == 0
+    capsys.readouterr()
+    assert main(["findings", str(root), "--readme-table", "--compact"]) == 0
+    block = capsys.readouterr().out
+    findings = json.loads((root / "findings.json").read_text())
+    assert block == readme_table(findings, compact=True)
+    assert block.startswith("<!-- findings-table:start compact -->\n")
+    assert "| claim | source | tasks like these | these tasks | per task (2) |" in block
+    full = readme_table(findings)
+    study_rows = [r for r in findings["rows"] if r["task"] in ("sst2", "subj")]
+    for claim in dict.fromkeys(r["statement"] for r in study_rows):
+        kinds = [r["verdict"].split(":")[0] for r in study_rows if r["statement"] == claim]
+        line = next(line for line in block.splitlines() if line.startswith(f"| {claim} |"))
+        counts = line.rsplit("|", 2)[-2].strip()
+        # each verdict's count over the two tasks, as the full table's task cells give them
+        assert sum(int(part.split()[0]) for part in counts.split(" · ")) == len(kinds)
+        for part in counts.split(" · "):
+            n, kind = part.split(" ", 1)
+            assert kinds.count(kind) == int(n)
+        assert f"| {claim} |" in full
+    readme = tmp_path / "README.md"
+    readme.write_text("Intro.\n\n" + block)
+    assert check_readme_table(readme, findings) == []
+    readme.write_text("Intro.\n\n" + full)  # a full table is checked as a full one
+    assert check_readme_table(readme, findings) == []
+    readme.write_text("Intro.\n\n" + block.replace("compact -->", "-->"))
+    assert "paste the output of --readme-table" in check_readme_table(readme, findings)[0]
+
+
 def test_matrix_puts_each_claim_on_a_row_and_each_task_in_a_column():
     from icl_lens.reporting.findings import findings_markdown, matrix_tables
 
