@@ -67,8 +67,8 @@ class ExperimentConfig:
 
     Defaults follow the reference implementations except three choices that make the small
     offline models learn in context at all (measured in ``experiments/icl_vs_zsl.py``, docs/results.md):
-    the model (Gemma-3-270M), balanced demonstrations and contextual calibration. They were read off
-    that script's evaluation queries, before it chose on a dev slice (CHANGELOG). The reference
+    the model (Gemma-3-270M), balanced demonstrations and contextual calibration, chosen on a dev
+    slice of train rows disjoint from the demonstrations and the evaluation queries. The reference
     setting is the ``reference`` preset (:mod:`icl_lens.cell.presets`).
 
     Args:
