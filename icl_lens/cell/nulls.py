@@ -65,6 +65,15 @@ SEEDED = ("simaou_random", "shuffled_pair", "wrong_label", "random_direction", "
 the uniform-random SimAOU baseline and the nulls. Both wrong-label runs use ``wrong_label``'s seed
 (the same wrong labels; only the loss differs)."""
 
+SEED_NAME = {"wrong_label_answer_loss": "wrong_label"}
+"""Nulls whose randomness is drawn under another null's seed name (both wrong-label runs share one
+relabelling); every other null's seed name is its own."""
+
+
+def seed_name(null: str) -> str:
+    """The :data:`SEEDED` name ``null``'s randomness is derived under (its key in ``null_seeds``)."""
+    return SEED_NAME.get(null, null)
+
 
 def null_seed(random_seed: int, seed: int, name: str) -> int:
     """The seed of null ``name``'s randomness in the cell of demonstration seed ``seed``.

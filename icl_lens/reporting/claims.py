@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_lens.cell.nulls import seed_name
 from icl_lens.cell.results import (
     accuracy,
     dig,
@@ -316,7 +317,7 @@ def _null_claim(kind: str) -> Claim:
         f"{OURS}: {NULL_LABELS[kind]}",
         layer_difference(metric("ft", "simaou"), null_metric("ft", kind, "simaou")),
         run=RERUN if kind in ("wrong_label_answer_loss", "gradient_span") else "",
-        seeded_null=kind,
+        seeded_null=seed_name(kind),
         layers=(metric("ft", "simaou"), null_metric("ft", kind, "simaou")),
     )
 

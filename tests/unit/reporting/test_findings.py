@@ -2,6 +2,7 @@
 table and the report's dashboard, on synthetic cells (tests/findings_fixtures.py) that follow the
 results contract."""
 
+import copy
 import json
 import math
 
@@ -405,6 +406,24 @@ def test_null_rows_say_when_the_null_drew_the_same_randomness_in_every_seed():
         cell["null_seeds"] = {"shuffled_pair": 100 + cell["config"]["seed"]}
     row = one(evaluate_findings(cells), "simaou_above_shuffled_pair", "sst2")
     assert "same randomness" not in row["note"]
+
+
+def test_both_wrong_label_nulls_read_the_seed_of_their_shared_relabelling():
+    """The label-token-loss wrong-label run relabels with the wrong-label seed (one relabelling,
+    two losses), so its row looks that seed up, not a seed of its own name."""
+    cells = study(tasks=("sst2",), seeds=(0, 1))
+    for cell in cells:
+        cell["null_seeds"] = {"wrong_label": 7 + cell["config"]["seed"]}
+        cell["nulls"]["ft"]["wrong_label_answer_loss"] = copy.deepcopy(cell["nulls"]["ft"]["wrong_label"])
+    findings = evaluate_findings(cells)
+    for claim in ("simaou_above_wrong_label", "simaou_above_wrong_label_answer_loss"):
+        row = one(findings, claim, "sst2")
+        assert row["verdict"] in ("holds", "fails", "inconclusive"), (claim, row["verdict"])
+        assert "same randomness" not in row["note"], claim
+    for cell in cells:
+        cell["null_seeds"] = {"shuffled_pair": 3}
+    row = one(evaluate_findings(cells), "simaou_above_wrong_label_answer_loss", "sst2")
+    assert "no null_seeds in seed 0, 1" in row["note"]
 
 
 def test_one_claim_over_layers_is_one_holm_family():
