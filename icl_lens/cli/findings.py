@@ -9,7 +9,13 @@ from pathlib import Path
 from icl_lens.cli.common import Parents
 from icl_lens.errors import ConfigError
 from icl_lens.reporting.aggregate import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
-from icl_lens.reporting.findings import FINDINGS_JSON, findings_markdown, readme_table, write_findings
+from icl_lens.reporting.findings import (
+    FINDINGS_JSON,
+    findings_markdown,
+    readme_table,
+    update_readme_table,
+    write_findings,
+)
 
 
 def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
@@ -57,6 +63,14 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
         help="with --readme-table: the study to show, e.g. 'gemma3-270m · k=16' (default: the one with most verdicts)",
     )
     parser.add_argument(
+        "--update-page",
+        action="append",
+        default=None,
+        metavar="PAGE",
+        help="rewrite the findings table of a markdown page (between its findings-table markers, in the form "
+        "its start marker names) from RESULTS_DIR/findings.json, computed if absent; repeatable",
+    )
+    parser.add_argument(
         "--calibration",
         action="store_true",
         help="print the simulated coverage and false-'holds' rate of the verdict rule (no RESULTS_DIR needed)",
@@ -74,13 +88,17 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.results_dir is None:
         raise ConfigError("RESULTS_DIR is required (except with --calibration)")
-    if args.readme_table:
+    if args.readme_table or args.update_page:
         path = Path(args.results_dir) / FINDINGS_JSON
         if path.exists():
             findings = json.loads(path.read_text(encoding="utf-8"))
         else:
             findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
-        print(readme_table(findings, args.study, compact=args.compact), end="")
+        for page in args.update_page or []:
+            changed = update_readme_table(page, findings, args.study)
+            print(f"{page}: {'updated' if changed else 'already up to date'}")
+        if args.readme_table:
+            print(readme_table(findings, args.study, compact=args.compact), end="")
         return 0
     findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
     print(findings_markdown(findings), end="")

@@ -930,12 +930,34 @@ def check_readme_table(
     block = readme_block(Path(readme).read_text(encoding="utf-8"))
     if block is None:
         return [f"{readme}: no {README_START} … {README_END} block"]
-    compact = block.splitlines()[0].split()[2:3] == [README_COMPACT]
-    expected = readme_table(loaded, study, compact=compact)
-    if block != expected:
-        flag = " --compact" if compact else ""
-        return [f"{readme}: the findings table differs from findings.json; paste the output of --readme-table{flag}"]
+    if block != readme_table(loaded, study, compact=_is_compact(block)):
+        return [
+            f"{readme}: the findings table differs from findings.json; "
+            f"run `icl-lens findings RESULTS_DIR --update-page {readme}`"
+        ]
     return []
+
+
+def _is_compact(block: str) -> bool:
+    """Whether a page's findings block is the compact form (its start marker says so)."""
+    return block.splitlines()[0].split()[2:3] == [README_COMPACT]
+
+
+def update_readme_table(page: str | Path, findings: dict[str, Any], study: str | None = None) -> bool:
+    """Replace the findings block of ``page`` by :func:`readme_table` of ``findings``, in the form
+    (full or compact) its start marker names; True when the page changed. The page must already
+    hold the markers: where the table goes is the page author's choice, not this function's."""
+    page = Path(page)
+    text = page.read_text(encoding="utf-8")
+    block = readme_block(text)
+    if block is None:
+        raise ResultsError(f"{page}: no {README_START} … {README_END} block to update; add the two marker lines")
+    new = readme_table(findings, study, compact=_is_compact(block))
+    if new == block:
+        return False
+    atomic_write_text(page, text.replace(block, new, 1))
+    logger.info("updated the findings table in %s", page)
+    return True
 
 
 def write_findings(

@@ -318,9 +318,37 @@ def test_readme_table_is_rendered_from_findings_json_and_checked(tmp_path, capsy
     assert check_readme_table(readme, root / "findings.json") == []
     readme.write_text(readme.read_text().replace("holds", "fails", 1))
     assert check_readme_table(readme, findings) == [
-        f"{readme}: the findings table differs from findings.json; paste the output of --readme-table"]
+        f"{readme}: the findings table differs from findings.json; "
+        f"run `icl-lens findings RESULTS_DIR --update-page {readme}`"]
     readme.write_text("no table\n")
     assert "no <!-- findings-table:start -->" in check_readme_table(readme, findings)[0]
+
+
+def test_update_page_rewrites_only_the_block_in_the_form_its_marker_names(tmp_path, capsys):
+    root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
+    assert main(["findings", str(root), "--n-resamples", "100"]) == 0
+    findings = json.loads((root / "findings.json").read_text())
+    stale_full = readme_table(findings).replace("holds", "fails")
+    stale_compact = readme_table(findings, compact=True).replace("holds", "fails")
+    full_page, compact_page = tmp_path / "results.md", tmp_path / "README.md"
+    full_page.write_text("# Results\n\nBefore.\n\n" + stale_full + "\nAfter.\n")
+    compact_page.write_text("Intro.\n\n" + stale_compact)
+    assert check_readme_table(full_page, findings) and check_readme_table(compact_page, findings)
+    capsys.readouterr()
+    assert main(["findings", str(root), "--update-page", str(full_page), "--update-page", str(compact_page)]) == 0
+    assert capsys.readouterr().out == f"{full_page}: updated\n{compact_page}: updated\n"
+    # the text around the block is kept; each page keeps its own form
+    assert full_page.read_text() == "# Results\n\nBefore.\n\n" + readme_table(findings) + "\nAfter.\n"
+    assert compact_page.read_text() == "Intro.\n\n" + readme_table(findings, compact=True)
+    assert check_readme_table(full_page, findings) == [] and check_readme_table(compact_page, findings) == []
+    assert main(["findings", str(root), "--update-page", str(full_page)]) == 0
+    assert capsys.readouterr().out == f"{full_page}: already up to date\n"
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    assert main(["findings", str(root), "--update-page", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no <!-- findings-table:start --> … <!-- findings-table:end --> block" in err
+    assert bare.read_text() == "no markers\n"
 
 
 def test_compact_readme_table_counts_task_verdicts_and_is_checked_as_compact(tmp_path, capsys):
@@ -351,7 +379,7 @@ def test_compact_readme_table_counts_task_verdicts_and_is_checked_as_compact(tmp
     readme.write_text("Intro.\n\n" + full)  # a full table is checked as a full one
     assert check_readme_table(readme, findings) == []
     readme.write_text("Intro.\n\n" + block.replace("compact -->", "-->"))
-    assert "paste the output of --readme-table" in check_readme_table(readme, findings)[0]
+    assert "--update-page" in check_readme_table(readme, findings)[0]
 
 
 def test_matrix_puts_each_claim_on_a_row_and_each_task_in_a_column():
