@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from icl_lens.cli.common import Parents
@@ -16,6 +17,8 @@ from icl_lens.reporting.findings import (
     update_readme_table,
     write_findings,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
@@ -49,7 +52,8 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
     parser.add_argument(
         "--readme-table",
         action="store_true",
-        help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed if absent)",
+        help="print the claim × task table for the README (from RESULTS_DIR/findings.json, computed again if absent "
+        "or older than a results file)",
     )
     parser.add_argument(
         "--compact",
@@ -68,7 +72,8 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
         default=None,
         metavar="PAGE",
         help="rewrite the findings table of a markdown page (between its findings-table markers, in the form "
-        "its start marker names) from RESULTS_DIR/findings.json, computed if absent; repeatable",
+        "its start marker names) from RESULTS_DIR/findings.json, computed again if absent or older than a "
+        "results file; repeatable",
     )
     parser.add_argument(
         "--calibration",
@@ -89,11 +94,7 @@ def main(args: argparse.Namespace) -> int:
     if args.results_dir is None:
         raise ConfigError("RESULTS_DIR is required (except with --calibration)")
     if args.readme_table or args.update_page:
-        path = Path(args.results_dir) / FINDINGS_JSON
-        if path.exists():
-            findings = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
+        findings = _current_findings(args)
         for page in args.update_page or []:
             changed = update_readme_table(page, findings, args.study)
             print(f"{page}: {'updated' if changed else 'already up to date'}")
@@ -103,3 +104,18 @@ def main(args: argparse.Namespace) -> int:
     findings = write_findings(args.results_dir, args.n_resamples, args.confidence, args.seed)
     print(findings_markdown(findings), end="")
     return 0
+
+
+def _current_findings(args: argparse.Namespace) -> dict:
+    """RESULTS_DIR/findings.json when it is newer than every other JSON file under RESULTS_DIR (the
+    cells' results and the analyses it reads); else computed again, so that a table is never
+    rendered from findings that miss a cell finished after them."""
+    results_dir = Path(args.results_dir)
+    path = results_dir / FINDINGS_JSON
+    if path.exists():
+        written = path.stat().st_mtime
+        inputs = (p for p in results_dir.rglob("*.json") if p.name != FINDINGS_JSON)
+        if all(p.stat().st_mtime <= written for p in inputs):
+            return json.loads(path.read_text(encoding="utf-8"))
+        logger.info("%s is older than a results file under %s: computing the findings again", path, results_dir)
+    return write_findings(results_dir, args.n_resamples, args.confidence, args.seed)

@@ -324,6 +324,30 @@ def test_readme_table_is_rendered_from_findings_json_and_checked(tmp_path, capsy
     assert "no <!-- findings-table:start -->" in check_readme_table(readme, findings)[0]
 
 
+def test_tables_are_rendered_from_findings_computed_again_when_a_cell_is_newer(tmp_path, capsys):
+    import os
+
+    root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
+    assert main(["findings", str(root), "--n-resamples", "100"]) == 0
+    path = root / "findings.json"
+    # a findings.json newer than every cell is read as it is (here: marked, to see that it was read)
+    marked = json.loads(path.read_text())
+    for r in marked["rows"]:
+        r["verdict"] = "fails"
+    path.write_text(json.dumps(marked))
+    capsys.readouterr()
+    assert main(["findings", str(root), "--readme-table"]) == 0
+    assert capsys.readouterr().out == readme_table(marked)
+    # a cell finished after it (a later mtime) makes the findings be computed again, with that cell
+    later = path.stat().st_mtime + 10
+    for cell in root.rglob("results.json"):
+        os.utime(cell, (later, later))
+    assert main(["findings", str(root), "--readme-table", "--n-resamples", "100"]) == 0
+    fresh = json.loads(path.read_text())
+    assert capsys.readouterr().out == readme_table(fresh) != readme_table(marked)
+    assert any(r["verdict"] != "fails" for r in fresh["rows"])
+
+
 def test_update_page_rewrites_only_the_block_in_the_form_its_marker_names(tmp_path, capsys):
     root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
     assert main(["findings", str(root), "--n-resamples", "100"]) == 0
