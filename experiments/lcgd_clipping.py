@@ -28,7 +28,7 @@ from icl_lens.cell.experiment import ExperimentConfig
 from icl_lens.cell.presets import preset_config
 from icl_lens.cell.store import RuntimeOptions
 from icl_lens.errors import ConfigError
-from icl_lens.reporting.findings import find_results, is_clipped
+from icl_lens.reporting.findings import find_results, is_clipped, lcgd_learning_rate
 from icl_lens.runs.sweep import run_cells
 from icl_lens.training.finetune import FinetuneConfig
 
@@ -48,8 +48,8 @@ VARIANTS: dict[str, dict] = {
 
 
 def unclipped_lcgd_lrs(results_dir: str | Path, model: str, task: str, k: int, preset: str | None) -> dict[int, float]:
-    """Each seed's LCGD learning rate in the unclipped, trained cells of ``task`` under ``results_dir``
-    (its own when chosen apart, else the cell's), so a clipped cell can change only the clip."""
+    """Each seed's LCGD learning rate (:func:`icl_lens.reporting.findings.lcgd_learning_rate`) in the
+    unclipped, trained cells of ``task`` under ``results_dir``, so a clipped cell can change only the clip."""
     rates: dict[int, float] = {}
     for _, r in find_results(results_dir):
         cfg = r["config"]
@@ -57,8 +57,9 @@ def unclipped_lcgd_lrs(results_dir: str | Path, model: str, task: str, k: int, p
             continue
         if cfg.get("untrained") or is_clipped(r) or "lcgd" not in cfg.get("settings", ()):
             continue
-        record = r.get("lcgd_lr") or r.get("lr") or {}
-        rates[int(cfg["seed"])] = float(record.get("lr", cfg.get("lr")))
+        rate = lcgd_learning_rate(r)
+        if rate is not None:
+            rates[int(cfg["seed"])] = rate
     return rates
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             return ExperimentConfig(**fields, finetune=FinetuneConfig(**options))
         try:
             return preset_config(args.preset, **fields, finetune=options)
-        except (ConfigError, KeyError) as exc:
+        except ConfigError as exc:
             raise SystemExit(f"preset {args.preset!r}: {exc}") from None
 
     cells = [(name, seed, config(name, seed)) for seed in seeds for name in names]

@@ -101,11 +101,14 @@ __all__ = [
     "find_results",
     "findings_markdown",
     "group_studies",
+    "is_clipped",
     "layer_tables",
+    "lcgd_learning_rate",
     "matrix_tables",
     "readme_table",
     "README_COMPACT",
     "table_rows",
+    "update_readme_table",
     "verdict",
     "write_findings",
 ]
@@ -601,7 +604,7 @@ def _clipping_rows(ctx: _Context, study: Study) -> list[Row]:
         if pairs:
             rng = stable_rng(ctx.seed, study.label, CLIPPING.id, task)
             per_task[task] = task_estimate(pairs, quantity, ctx.n_resamples, ctx.confidence, rng)
-            rates = {(_lcgd_lr(p["clipped"]), _lcgd_lr(p["unclipped"])) for p in pairs}
+            rates = {(lcgd_learning_rate(p["clipped"]), lcgd_learning_rate(p["unclipped"])) for p in pairs}
             differing = sorted(f"{a:g} vs {b:g}" for a, b in rates if a is not None and b is not None and a != b)
             notes[task] = "clipped − unclipped LCGD cell of the same seed" + (
                 f"; learning rates differ ({', '.join(differing)}): not only the clip changed" if differing else ""
@@ -614,7 +617,7 @@ def _clipping_rows(ctx: _Context, study: Study) -> list[Row]:
     )  # fmt: skip
 
 
-def _lcgd_lr(results: dict[str, Any]) -> float | None:
+def lcgd_learning_rate(results: dict[str, Any]) -> float | None:
     """The learning rate LCGD ran with: its own when chosen apart (``lcgd_lr``), else the cell's."""
     value = dig(results, "lcgd_lr", "lr") or dig(results, "lr", "lr") or dig(results, "config", "lr")
     return None if value is None else float(value)

@@ -5,6 +5,7 @@ results contract."""
 import copy
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -325,8 +326,6 @@ def test_readme_table_is_rendered_from_findings_json_and_checked(tmp_path, capsy
 
 
 def test_tables_are_rendered_from_findings_computed_again_when_a_cell_is_newer(tmp_path, capsys):
-    import os
-
     root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
     assert main(["findings", str(root), "--n-resamples", "100"]) == 0
     path = root / "findings.json"
