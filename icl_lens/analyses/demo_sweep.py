@@ -37,10 +37,16 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 SKIP_FILE = "skipped.json"
+CELLS_DIR = "sweep"
+"""The folder, beside ``demo_sweep.json``, that holds the sweep's cells: ``icl-lens findings`` reads the
+sweep through ``demo_sweep.json`` and leaves these cells out of its studies (each k would otherwise
+be a study of its own, without the nulls)."""
 
 
 def _default_base() -> ExperimentConfig:
-    return ExperimentConfig(settings=("zsl", "icl", "ft"), lr=1e-3, limit=100)
+    # No costly nulls: the sweep reports the accuracy gap and SimAOU, whose uniform-random
+    # baseline is computed anyway; the nulls of SimAOU belong to the findings run.
+    return ExperimentConfig(settings=("zsl", "icl", "ft"), lr=1e-3, limit=100, nulls=())
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class DemoSweepConfig:
         ks: numbers of demonstrations.
         seeds: demonstration sampling seeds.
         base: every other cell setting (default: settings ZSL, ICL, FT; lr 1e-3 fixed — give
-            ``lr=None`` for the per-cell lr sweep; limit 100). Its task, model, k and seed are
+            ``lr=None`` for the per-cell lr sweep; limit 100; none of the costly nulls). Its task, model, k and seed are
             replaced per cell.
         max_context: treat the context as at most this many tokens when deciding which k fit
             (None: the model's ``n_ctx``).

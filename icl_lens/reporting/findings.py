@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_lens.analyses.demo_sweep import CELLS_DIR as SWEEP_CELLS_DIR
 from icl_lens.cell.results import RESULTS_FILE, atomic_write_text, dig, precision_of, read_results
 from icl_lens.errors import ConfigError, ResultsError
 from icl_lens.papers import HANDBUILT_ICL_GD_SPARSITY
@@ -158,14 +159,28 @@ def is_clipped(results: dict[str, Any]) -> bool:
 
 
 def find_results(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every verified ``results.json`` under ``results_dir`` (recursively); damaged ones are skipped."""
+    """Every verified ``results.json`` under ``results_dir`` (recursively); damaged ones are skipped,
+    and so are the demonstration-count sweep's cells (a ``sweep/`` folder beside ``demo_sweep.json``,
+    which the findings read instead)."""
     out = []
     for path in sorted(Path(results_dir).rglob(RESULTS_FILE)):
+        if _in_demo_sweep(path, Path(results_dir)):
+            continue
         try:
             out.append((path.parent, read_results(path)))
         except ResultsError as exc:
             logger.warning("skipping %s", exc)
     return out
+
+
+def _in_demo_sweep(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in the cells folder of a demonstration-count sweep under ``root``."""
+    folder = path.parent
+    while folder != root and folder.parent != folder:
+        if folder.name == SWEEP_CELLS_DIR and (folder.parent / "demo_sweep.json").exists():
+            return True
+        folder = folder.parent
+    return False
 
 
 def find_analyses(results_dir: str | Path) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from icl_lens.reporting.findings import (
     evaluate_findings,
     readme_table,
     verdict,
+    write_findings,
 )
 from icl_lens.stats import clopper_pearson, holm_adjust
 
@@ -262,6 +263,22 @@ def test_gap_against_k_and_between_models_from_the_demonstration_sweep():
     between = [r for r in findings["rows"] if r["claim"] == "gap_varies_with_model" and r["task"] == "sst2"]
     assert between[0]["study"] == "across models" and between[0]["effect"] == pytest.approx(0.2)
     assert between[0]["statement"].endswith("other − tiny")
+
+
+def test_the_sweeps_own_cells_are_read_through_demo_sweep_json_not_as_studies(tmp_path):
+    root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
+    sweep_cells = [synthetic_cell("sst2", seed) for seed in (0, 1)]
+    for cell in sweep_cells:
+        cell["config"]["k"] = 2
+    write_cells(root / "shen" / "sweep", sweep_cells)
+    labels = {row["study"] for row in write_findings(root)["rows"]}
+    assert labels == {"tiny · k=2", "tiny · k=4"}  # without demo_sweep.json the folder is a study like any
+    rows = [{"model": "tiny", "task": "sst2", "k": k, "seed": seed, "gap_accuracy": 0.1 * k}
+            for k in (2, 4) for seed in (0, 1)]
+    (root / "shen" / "demo_sweep.json").write_text(json.dumps({"analysis": "demo_sweep", "rows": rows}))
+    findings = write_findings(root)
+    assert {row["study"] for row in findings["rows"]} == {"tiny · k=4"}
+    assert one(findings, "gap_varies_with_k", "sst2")["effect"] == pytest.approx(0.2)
 
 
 def test_clipping_claim_pairs_clipped_and_unclipped_lcgd_cells_by_seed():
