@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -929,26 +930,69 @@ def readme_table(findings: dict[str, Any], study: str | None = None, compact: bo
     return f"{start}\n{caption}\n\n{table}\n{README_END}\n"
 
 
+def readme_blocks(text: str) -> list[str]:
+    """Every block of ``text`` from a :data:`README_START` line (plain or compact) to the next
+    :data:`README_END` (both lines included), in order."""
+    blocks, position = [], 0
+    while True:
+        start = text.find(_README_START_OPEN, position)
+        end = text.find(README_END, start)
+        if start < 0 or end < 0:
+            return blocks
+        blocks.append(text[start : end + len(README_END)] + "\n")
+        position = end + len(README_END)
+
+
 def readme_block(text: str) -> str | None:
-    """The block of ``text`` from its :data:`README_START` line (plain or compact) to
-    :data:`README_END` (both lines included), None when the markers are absent."""
-    start, end = text.find(_README_START_OPEN), text.find(README_END)
-    if start < 0 or end < start:
-        return None
-    return text[start : end + len(README_END)] + "\n"
+    """The first of :func:`readme_blocks`, None when the markers are absent."""
+    blocks = readme_blocks(text)
+    return blocks[0] if blocks else None
+
+
+_CAPTION_STUDY = re.compile(r"^Findings for (.+) \([\d.]+ % intervals")
+
+
+def block_study(block: str) -> str | None:
+    """The study a findings block shows, read from its caption (None for bare markers)."""
+    lines = block.splitlines()
+    match = _CAPTION_STUDY.match(lines[1]) if len(lines) > 1 else None
+    return match.group(1) if match else None
+
+
+def _blocks_of(findings: dict[str, Any], blocks: Sequence[str], study: str | None) -> list[tuple[str, str | None]]:
+    """The blocks of a page that show a study of ``findings`` (or ``study``), each with the study to
+    render; bare markers take ``study`` (None: the default study). Blocks of other studies (another
+    run's table on the same page) are not these findings' to check or rewrite."""
+    studies = {r["study"] for r in findings["rows"]}
+    mine = []
+    for block in blocks:
+        shown = block_study(block)
+        if shown is None:
+            mine.append((block, study))
+        elif shown == study or (study is None and shown in studies):
+            mine.append((block, shown))
+    return mine
+
+
+def _no_block_of(page: str | Path, findings: dict[str, Any], blocks: Sequence[str]) -> str:
+    if not blocks:
+        return f"{page}: no {README_START} … {README_END} block"
+    shown = sorted({str(block_study(b)) for b in blocks})
+    return f"{page}: no findings block of these findings' studies (the page shows {shown})"
 
 
 def check_readme_table(
     readme: str | Path, findings: dict[str, Any] | str | Path, study: str | None = None
 ) -> list[str]:
-    """Problems (empty: none) with a page's findings table: its block between the markers must
-    equal :func:`readme_table` of ``findings`` (a dict or a findings.json path), compact when its
-    start marker says so."""
+    """Problems (empty: none) with a page's findings tables: each block that shows a study of
+    ``findings`` (a dict or a findings.json path) must equal :func:`readme_table` of it, compact when
+    its start marker says so. A page may hold tables of several runs, one block each."""
     loaded = findings if isinstance(findings, dict) else json.loads(Path(findings).read_text(encoding="utf-8"))
-    block = readme_block(Path(readme).read_text(encoding="utf-8"))
-    if block is None:
-        return [f"{readme}: no {README_START} … {README_END} block"]
-    if block != readme_table(loaded, study, compact=_is_compact(block)):
+    blocks = readme_blocks(Path(readme).read_text(encoding="utf-8"))
+    mine = _blocks_of(loaded, blocks, study)
+    if not mine:
+        return [_no_block_of(readme, loaded, blocks)]
+    if any(block != readme_table(loaded, shown, compact=_is_compact(block)) for block, shown in mine):
         return [
             f"{readme}: the findings table differs from findings.json; "
             f"run `icl-lens findings RESULTS_DIR --update-page {readme}`"
@@ -962,18 +1006,22 @@ def _is_compact(block: str) -> bool:
 
 
 def update_readme_table(page: str | Path, findings: dict[str, Any], study: str | None = None) -> bool:
-    """Replace the findings block of ``page`` by :func:`readme_table` of ``findings``, in the form
-    (full or compact) its start marker names; True when the page changed. The page must already
-    hold the markers: where the table goes is the page author's choice, not this function's."""
+    """Replace each findings block of ``page`` that shows a study of ``findings`` (bare markers: the
+    default study, or ``study``) by :func:`readme_table`, in the form (full or compact) its start
+    marker names; True when the page changed. The page must already hold the markers: where the
+    table goes is the page author's choice, not this function's."""
     page = Path(page)
     text = page.read_text(encoding="utf-8")
-    block = readme_block(text)
-    if block is None:
-        raise ResultsError(f"{page}: no {README_START} … {README_END} block to update; add the two marker lines")
-    new = readme_table(findings, study, compact=_is_compact(block))
-    if new == block:
+    blocks = readme_blocks(text)
+    mine = _blocks_of(findings, blocks, study)
+    if not mine:
+        raise ResultsError(_no_block_of(page, findings, blocks) + " to update; add the two marker lines")
+    new_text = text
+    for block, shown in mine:
+        new_text = new_text.replace(block, readme_table(findings, shown, compact=_is_compact(block)), 1)
+    if new_text == text:
         return False
-    atomic_write_text(page, text.replace(block, new, 1))
+    atomic_write_text(page, new_text)
     logger.info("updated the findings table in %s", page)
     return True
 

@@ -18,6 +18,7 @@ from icl_lens.reporting.findings import (
     FINDINGS_FORMAT,
     POOLED,
     THESE_TASKS,
+    block_study,
     check_readme_table,
     evaluate_findings,
     readme_table,
@@ -389,6 +390,31 @@ def test_update_page_rewrites_only_the_block_in_the_form_its_marker_names(tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no <!-- findings-table:start --> … <!-- findings-table:end --> block" in err
     assert bare.read_text() == "no markers\n"
+
+
+def test_a_page_holds_tables_of_two_runs_and_each_run_rewrites_only_its_own(tmp_path, capsys):
+    first = write_cells(tmp_path / "first", study(seeds=(0, 1)))
+    second_cells = study(seeds=(0, 1))
+    for cell in second_cells:
+        cell["config"]["k"] = 32
+    second = write_cells(tmp_path / "second", second_cells)
+    for root in (first, second):
+        assert main(["findings", str(root), "--n-resamples", "100"]) == 0
+    a, b = (json.loads((root / "findings.json").read_text()) for root in (first, second))
+    assert block_study(readme_table(a)) == "tiny · k=4" and block_study(readme_table(b)) == "tiny · k=32"
+    page = tmp_path / "results.md"
+    stale_b = readme_table(b).replace("holds", "fails")
+    page.write_text("# Results\n\n" + readme_table(a, compact=True) + "\nThe papers' setting:\n\n" + stale_b)
+    assert check_readme_table(page, a) == [] and check_readme_table(page, b)
+    capsys.readouterr()
+    assert main(["findings", str(second), "--update-page", str(page)]) == 0
+    assert page.read_text() == "# Results\n\n" + readme_table(a, compact=True) + "\nThe papers' setting:\n\n" \
+        + readme_table(b)
+    assert check_readme_table(page, a) == [] and check_readme_table(page, b) == []
+    # a run of neither study finds no table of its own on the page, and says which studies it shows
+    other_cells = study(seeds=(0, 1), model="other")
+    other = json.loads(json.dumps(evaluate_findings(other_cells, n_resamples=100)))
+    assert "the page shows ['tiny · k=32', 'tiny · k=4']" in check_readme_table(page, other)[0]
 
 
 def test_compact_readme_table_counts_task_verdicts_and_is_checked_as_compact(tmp_path, capsys):
