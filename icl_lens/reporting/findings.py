@@ -933,7 +933,8 @@ def readme_table(findings: dict[str, Any], study: str | None = None, compact: bo
 def readme_blocks(text: str) -> list[str]:
     """Every block of ``text`` from a :data:`README_START` line (plain or compact) to the next
     :data:`README_END` (both lines included), in order."""
-    blocks, position = [], 0
+    blocks: list[str] = []
+    position = 0
     while True:
         start = text.find(_README_START_OPEN, position)
         end = text.find(README_END, start)
