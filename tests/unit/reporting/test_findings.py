@@ -264,6 +264,10 @@ def test_gap_against_k_and_between_models_from_the_demonstration_sweep():
     between = [r for r in findings["rows"] if r["claim"] == "gap_varies_with_model" and r["task"] == "sst2"]
     assert between[0]["study"] == "across models" and between[0]["effect"] == pytest.approx(0.2)
     assert between[0]["statement"].endswith("other − tiny")
+    # a table of a study other than the default one says so in its caption, and is read back as that study
+    across = readme_table(findings, "across models")
+    assert "--readme-table --study 'across models'`" in across and block_study(across) == "across models"
+    assert "--study" not in readme_table(findings) and block_study(readme_table(findings)) == "tiny · k=4"
 
 
 def test_the_sweeps_own_cells_are_read_through_demo_sweep_json_not_as_studies(tmp_path):
