@@ -15,7 +15,7 @@ Examples (small settings):
     python experiments/shen_analyses.py order --tasks sst2 --k 4 --permutations 3 --limit 20
     python experiments/shen_analyses.py agreement --tasks sst2 --k 4 --limit 20
     python experiments/shen_analyses.py sparsity
-    python experiments/shen_analyses.py sweep --tasks sst2 --ks 1,2,4 --limit 20 --models smollm2-135m
+    python experiments/shen_analyses.py sweep --tasks sst2 --ks 1,2,4 --seeds 0 --limit 20 --models smollm2-135m
     python experiments/shen_analyses.py weights --tasks sst2 --k 4 --queries 4
     python experiments/shen_analyses.py all --tasks sst2 --k 4 --limit 20
 """
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--permutations", type=int, default=10, help="order: P")
     parser.add_argument("--batch-sizes", default="1,2,4", help="order: GD batch sizes")
     parser.add_argument("--ks", default="1,2,4,8,16,32", help="sweep: numbers of demonstrations")
-    parser.add_argument("--seeds", default="0", help="sweep: demonstration seeds")
+    parser.add_argument("--seeds", default="0,1,2,3,4",
+                        help="sweep: demonstration seeds (default 0-4: the gap's slope gets a t interval over seeds)")
     parser.add_argument("--max-context", type=int, default=None, help="sweep: context limit for choosing k")
     parser.add_argument("--queries", type=int, default=8, help="weights: queries the dual cosine averages over")
     parser.add_argument("--sparsity-scale", choices=("absolute", "rms"), default="absolute")

@@ -25,6 +25,7 @@ from typing import Any
 
 from icl_lens import models
 from icl_lens.cell.experiment import ExperimentConfig, apply_task_overrides
+from icl_lens.cell.presets import FINDINGS_SEEDS
 from icl_lens.cell.results import accuracy, is_complete, metric_summary, metric_value, read_results, write_results
 from icl_lens.cell.store import RuntimeOptions, cell_path, finished_results
 from icl_lens.errors import ConfigError, IclLensError, PromptError, ResultsError
@@ -57,7 +58,8 @@ class DemoSweepConfig:
         tasks: task names.
         models: model names (None: every named offline model, :func:`icl_lens.models.list_models`).
         ks: numbers of demonstrations.
-        seeds: demonstration sampling seeds.
+        seeds: demonstration sampling seeds (default: the findings runs' five; the slope of the gap
+            over k gets a t interval over seeds, which one seed cannot give).
         base: every other cell setting (default: settings ZSL, ICL, FT; lr 1e-3 fixed — give
             ``lr=None`` for the per-cell lr sweep; limit 100; none of the costly nulls). Its task, model, k and seed are
             replaced per cell.
@@ -68,7 +70,7 @@ class DemoSweepConfig:
     tasks: tuple[str, ...] = ("sst2",)
     models: tuple[str, ...] | None = None
     ks: tuple[int, ...] = DEFAULT_KS
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = FINDINGS_SEEDS
     base: ExperimentConfig = field(default_factory=_default_base)
     max_context: int | None = None
 

@@ -28,11 +28,15 @@ def add_parser(subparsers, parents: Parents) -> argparse.ArgumentParser:
         help="a verdict (holds / fails / inconclusive) per claim of Dai et al. 2023, Deutch et al. "
         "2024 and Shen et al. 2023, per task and pooled; writes findings.json and findings.md",
         description="Test each claim of Dai et al. 2023, Deutch et al. 2024 and Shen et al. 2023 on every cell "
+        "and every Shen et al. analysis output (order sensitivity, sparsity, the demonstration-count sweep) "
         "under RESULTS_DIR: one row per task and two pooled rows, each with its effect, interval and verdict "
         "(holds, fails, inconclusive). Writes findings.json and findings.md in RESULTS_DIR and prints the table.",
     )
     parser.add_argument(
-        "results_dir", metavar="RESULTS_DIR", nargs="?", help="results folder; every results.json under it is a cell"
+        "results_dir",
+        metavar="RESULTS_DIR",
+        nargs="?",
+        help="results folder; every results.json under it is a cell (a sweep's through its demo_sweep.json)",
     )
     parser.add_argument(
         "--n-resamples",

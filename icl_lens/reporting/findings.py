@@ -124,6 +124,8 @@ two pooled rows (tasks like these / these tasks); verdicts may be "undefined".""
 POOLED = "tasks like these (pooled)"
 THESE_TASKS = "these tasks (pooled)"
 ANALYSES = ("order_sensitivity", "sparsity", "demo_sweep")
+SWEEP_STUDY = "demonstration sweep"
+"""The study of the demonstration-count sweep's rows: the gap against k per model and between models."""
 README_START = "<!-- findings-table:start -->"
 README_END = "<!-- findings-table:end -->"
 
@@ -547,31 +549,45 @@ def _sweep_rows(analyses: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for a in analyses if a.get("analysis") == "demo_sweep" for row in a.get("rows", [])]
 
 
-def _gap_k_rows(ctx: _Context, study: Study, analyses: Sequence[dict[str, Any]]) -> list[Row]:
-    """Per task and seed, the least-squares slope of the ICL − GD accuracy gap over log₂ k; t over seeds."""
-    mine = [r for r in _sweep_rows(analyses) if r.get("model") == study.model and r.get("gap_accuracy") is not None]
-    by_cell: dict[tuple[str, Any], dict[Any, float]] = defaultdict(dict)
-    for r in mine:
-        by_cell[(r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
-    per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for (task, seed), gaps in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
-        if len(gaps) >= 2:
-            ks = np.log2(np.asarray(list(gaps), dtype=float))
-            slope = float(np.polyfit(ks, np.asarray(list(gaps.values())), 1)[0])
-            per_task[task].append({"config": {"seed": seed}, "value": slope})
-    if not per_task:
-        return [_missing_row(study.label, GAP_VS_K, "a demonstration-count sweep with two k or more for this model")]
-    estimates = {
-        task: task_estimate(cells, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, study.label, task))
-        for task, cells in sorted(per_task.items())
-    }
-    for est in estimates.values():
-        if est.missing.startswith("interval"):
-            est.missing = "interval: one seed of the sweep (slopes vary by seed; run it with two seeds or more)"
-    return _rows_of_tasks(
-        ctx, study.label, GAP_VS_K.id, GAP_VS_K.statement, GAP_VS_K.source, estimates, 0.0, "≠", run=GAP_VS_K.run,
-        notes={t: "slope of (ICL − GD accuracy) per doubling of k, per seed" for t in estimates},
-    )  # fmt: skip
+def _sweep_models(analyses: Sequence[dict[str, Any]]) -> set[str]:
+    """The models the demonstration-count sweep ran with a gap to read."""
+    return {r["model"] for r in _sweep_rows(analyses) if r.get("gap_accuracy") is not None}
+
+
+def _gap_k_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+    """Per model of the sweep, per task and seed, the least-squares slope of the ICL − GD accuracy gap over
+    log₂ k; t over seeds. The rows belong to the sweep's own study (its cells run at one fixed learning
+    rate and k of their own, not a preset study's); one family per model."""
+    by_cell: dict[tuple[str, str, Any], dict[Any, float]] = defaultdict(dict)
+    for r in _sweep_rows(analyses):
+        if r.get("gap_accuracy") is not None:
+            by_cell[(r["model"], r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
+    out: list[Row] = []
+    for model in sorted(_sweep_models(analyses)):
+        per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for (m, task, seed), gaps in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
+            if m == model and len(gaps) >= 2:
+                ks = np.log2(np.asarray(list(gaps), dtype=float))
+                slope = float(np.polyfit(ks, np.asarray(list(gaps.values())), 1)[0])
+                per_task[task].append({"config": {"seed": seed}, "value": slope})
+        statement = f"{GAP_VS_K.statement}: {model}"
+        if not per_task:
+            what = f"missing: {_with_run('a demonstration-count sweep with two k or more', GAP_VS_K.run)}"
+            out.append(Row(SWEEP_STUDY, GAP_VS_K.id, statement, POOLED, what, GAP_VS_K.source))
+            continue
+        estimates = {
+            task: task_estimate(cells, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, model, task))
+            for task, cells in sorted(per_task.items())
+        }
+        for est in estimates.values():
+            if est.missing.startswith("interval"):
+                est.missing = "interval: one seed of the sweep (slopes vary by seed; run it with two seeds or more)"
+        out += _rows_of_tasks(
+            ctx, SWEEP_STUDY, GAP_VS_K.id, statement, GAP_VS_K.source, estimates, 0.0, "≠", run=GAP_VS_K.run,
+            family=f"{SWEEP_STUDY} / {GAP_VS_K.id} / {model}",
+            notes={t: "slope of (ICL − GD accuracy) per doubling of k, per seed" for t in estimates},
+        )  # fmt: skip
+    return out
 
 
 def _gap_model_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
@@ -602,9 +618,9 @@ def _gap_model_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[R
             }
             if estimates:
                 out += _rows_of_tasks(
-                    ctx, "across models", GAP_VS_MODEL.id, f"{GAP_VS_MODEL.statement}: {first} − {second}",
+                    ctx, SWEEP_STUDY, GAP_VS_MODEL.id, f"{GAP_VS_MODEL.statement}: {first} − {second}",
                     GAP_VS_MODEL.source, estimates, 0.0, "≠", run=GAP_VS_MODEL.run,
-                    family=f"across models / {GAP_VS_MODEL.id} / {first} − {second}",
+                    family=f"{SWEEP_STUDY} / {GAP_VS_MODEL.id} / {first} − {second}",
                 )  # fmt: skip
     return out
 
@@ -687,7 +703,10 @@ def evaluate_findings(
             by_claim[claim.id] = _claim_rows(ctx, study, claim)
         for row in _order_rows(ctx, study, analyses):
             by_claim[row.claim].append(row)
-        by_claim[GAP_VS_K.id] = _gap_k_rows(ctx, study, analyses)
+        if study.model not in _sweep_models(analyses):  # else the sweep's own study holds its rows
+            by_claim[GAP_VS_K.id] = [
+                _missing_row(study.label, GAP_VS_K, "a demonstration-count sweep with two k or more for this model")
+            ]
         by_claim[CLIPPING.id] = _clipping_rows(ctx, study)
         by_claim[SPARSITY.id] = _sparsity_rows(study, analyses)
         if len({r.get("model") for r in _sweep_rows(analyses)}) < 2:
@@ -696,7 +715,7 @@ def evaluate_findings(
             rows.extend(by_claim.get(cid, []))
         for claim in CELL_CLAIMS:
             layer_rows.extend(_layer_rows(ctx, study, claim))
-    rows += _gap_model_rows(ctx, analyses)
+    rows += _gap_k_rows(ctx, analyses) + _gap_model_rows(ctx, analyses)
     alpha = 1 - confidence
     adjust_and_decide([*rows, *layer_rows], alpha)
     return {
@@ -1033,9 +1052,13 @@ def write_findings(
     """Evaluate the claims on every cell under ``results_dir``; write findings.json and findings.md."""
     results_dir = Path(results_dir)
     cells = [r for _, r in find_results(results_dir)]
-    if not cells:
-        raise ResultsError(f"no finished cell (verified {RESULTS_FILE}) under {results_dir}")
-    findings = evaluate_findings(cells, find_analyses(results_dir), n_resamples, confidence, seed)
+    analyses = find_analyses(results_dir)
+    if not cells and not analyses:
+        raise ResultsError(
+            f"no finished cell (verified {RESULTS_FILE}) and no analysis output ({', '.join(ANALYSES)}) "
+            f"under {results_dir}"
+        )
+    findings = evaluate_findings(cells, analyses, n_resamples, confidence, seed)
     atomic_write_text(results_dir / FINDINGS_JSON, json.dumps(findings, indent=1, ensure_ascii=False) + "\n")
     atomic_write_text(results_dir / FINDINGS_MD, findings_markdown(findings))
     logger.info("wrote %s and %s", results_dir / FINDINGS_JSON, results_dir / FINDINGS_MD)

@@ -288,7 +288,7 @@ def _sweep_loader(calls):
 
 def test_demo_sweep_skips_k_that_do_not_fit_and_records_why(tmp_path):
     base = ExperimentConfig(settings=("zsl", "icl", "ft"), limit=2, lr=1e-2, batch_size=4)
-    cfg = DemoSweepConfig(tasks=("sst2",), models=("tiny",), ks=(1, 2, 64), base=base)
+    cfg = DemoSweepConfig(tasks=("sst2",), models=("tiny",), ks=(1, 2, 64), seeds=(0,), base=base)
     calls = []
     result = run_demo_sweep(cfg, tmp_path, RuntimeOptions(progress=False), model_loader=_sweep_loader(calls))
     assert calls == ["tiny"]  # loaded once, for planning and running
@@ -320,6 +320,7 @@ def test_context_fit_respects_max_context(tiny_llama):
     with pytest.raises(ConfigError):
         DemoSweepConfig(base=ExperimentConfig(settings=("zsl", "icl")))
     assert DemoSweepConfig().base.nulls == ()  # the sweep reports the gap; the costly nulls are the findings run's
+    assert len(DemoSweepConfig().seeds) >= 5  # the gap's slope gets a t interval over seeds
 
 
 # --- figures and the experiment script -------------------------------------------------------

@@ -252,22 +252,31 @@ def test_sparsity_reads_the_shen_output():
     assert one(evaluate_findings(study(), [dense_not]), "attention_not_sparse")["verdict"] == "fails"
 
 
-def test_gap_against_k_and_between_models_from_the_demonstration_sweep():
+def test_gap_against_k_and_between_models_are_the_sweeps_own_study():
     rows = [{"model": model, "task": "sst2", "k": k, "seed": seed,
              "gap_accuracy": slope * math.log2(k) + 0.01 * seed + offset}
-            for model, slope, offset in (("tiny", 0.05, 0.0), ("other", 0.05, 0.2))
+            for model, slope, offset in (("tiny", 0.05, 0.0), ("other", -0.1, 0.2))
             for k in (1, 2, 4, 8) for seed in (0, 1, 2)]
     sweep = {"analysis": "demo_sweep", "rows": rows}
     findings = evaluate_findings(study(), [sweep])
-    row = one(findings, "gap_varies_with_k", "sst2")
-    assert row["effect"] == pytest.approx(0.05) and row["n_seeds"] == 3
-    between = [r for r in findings["rows"] if r["claim"] == "gap_varies_with_model" and r["task"] == "sst2"]
-    assert between[0]["study"] == "across models" and between[0]["effect"] == pytest.approx(0.2)
+    slopes = rows_of(findings, "gap_varies_with_k", "sst2")
+    assert {r["study"] for r in slopes} == {"demonstration sweep"}
+    by_model = {r["statement"].rsplit(": ", 1)[1]: r for r in slopes}
+    assert by_model["tiny"]["effect"] == pytest.approx(0.05) and by_model["other"]["effect"] == pytest.approx(-0.1)
+    assert by_model["tiny"]["n_seeds"] == 3 and by_model["tiny"]["family"].endswith("gap_varies_with_k / tiny")
+    # the preset study the sweep covers holds no copy of the sweep's rows
+    assert not [r for r in findings["rows"] if r["study"] == "tiny · k=4" and r["claim"] == "gap_varies_with_k"]
+    # the gap averaged over k = 1…8: tiny 0.075 + 0.01 s, other 0.2 − 0.15 + 0.01 s
+    between = rows_of(findings, "gap_varies_with_model", "sst2")
+    assert between[0]["study"] == "demonstration sweep" and between[0]["effect"] == pytest.approx(-0.025)
     assert between[0]["statement"].endswith("other − tiny")
     # a table of a study other than the default one says so in its caption, and is read back as that study
-    across = readme_table(findings, "across models")
-    assert "--readme-table --study 'across models'`" in across and block_study(across) == "across models"
+    table = readme_table(findings, "demonstration sweep")
+    assert "--readme-table --study 'demonstration sweep'`" in table and block_study(table) == "demonstration sweep"
     assert "--study" not in readme_table(findings) and block_study(readme_table(findings)) == "tiny · k=4"
+    # without a sweep of its model, the preset study says which run would test the claim
+    alone = one(evaluate_findings(study()), "gap_varies_with_k")
+    assert alone["study"] == "tiny · k=4" and "experiments/shen_analyses.py sweep" in alone["verdict"]
 
 
 def test_the_sweeps_own_cells_are_read_through_demo_sweep_json_not_as_studies(tmp_path):
@@ -282,8 +291,12 @@ def test_the_sweeps_own_cells_are_read_through_demo_sweep_json_not_as_studies(tm
             for k in (2, 4) for seed in (0, 1)]
     (root / "shen" / "demo_sweep.json").write_text(json.dumps({"analysis": "demo_sweep", "rows": rows}))
     findings = write_findings(root)
-    assert {row["study"] for row in findings["rows"]} == {"tiny · k=4"}
+    assert {row["study"] for row in findings["rows"]} == {"tiny · k=4", "demonstration sweep"}
     assert one(findings, "gap_varies_with_k", "sst2")["effect"] == pytest.approx(0.2)
+    # a folder with the sweep alone has findings of its own: the sweep's study
+    alone = write_findings(root / "shen")
+    assert {row["study"] for row in alone["rows"]} == {"demonstration sweep"}
+    assert one(alone, "gap_varies_with_k", "sst2")["effect"] == pytest.approx(0.2)
 
 
 def test_clipping_claim_pairs_clipped_and_unclipped_lcgd_cells_by_seed():
