@@ -279,6 +279,19 @@ def test_gap_against_k_and_between_models_are_the_sweeps_own_study():
     assert alone["study"] == "tiny · k=4" and "experiments/shen_analyses.py sweep" in alone["verdict"]
 
 
+def test_a_sweep_adds_its_own_study_and_changes_no_row_of_the_preset_studies():
+    """Each claim is its own Holm family, so a preset study's rows are the same with or without a sweep
+    beside it, except the gap-against-k row, which the sweep's study then holds."""
+    rows = [{"model": "tiny", "task": task, "k": k, "seed": seed, "gap_accuracy": 0.02 * k + 0.01 * seed}
+            for task in ("sst2", "subj") for k in (2, 4, 8) for seed in (0, 1, 2)]
+    cells = study(tasks=("sst2", "subj"), seeds=(0, 1, 2))
+    without = evaluate_findings(cells)["rows"]
+    with_sweep = evaluate_findings(cells, [{"analysis": "demo_sweep", "rows": rows}])["rows"]
+    preset = [r for r in with_sweep if r["study"] != "demonstration sweep"]
+    assert preset == [r for r in without if r["claim"] != "gap_varies_with_k"]
+    assert {r["claim"] for r in with_sweep if r["study"] == "demonstration sweep"} == {"gap_varies_with_k"}
+
+
 def test_the_sweeps_own_cells_are_read_through_demo_sweep_json_not_as_studies(tmp_path):
     root = write_cells(tmp_path / "results", study(seeds=(0, 1)))
     sweep_cells = [synthetic_cell("sst2", seed) for seed in (0, 1)]
