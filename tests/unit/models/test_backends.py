@@ -428,8 +428,9 @@ SWEEP_GRID = (1e-3, 0.1, 1.0, 10.0)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bridge_trains_the_sweeps_rates_together_as_one_at_a_time(hf_dirs, family, sweep, monkeypatch):
     """The bridge's batched sweep (per-rate Hugging Face projections, one pass for all rates) gives the
-    sequential sweep's scores and choice, and every rate the weights its own training gives (measured
-    here: identical to the bit on these tiny models; the bound is test_lr_sweep_batched's)."""
+    sequential sweep's scores and choice, and every rate the weights its own training gives (identical to
+    the bit on some machines, within 1e-7 of the largest entry on others; the bound is
+    test_lr_sweep_batched's)."""
     from icl_lens.training import lr_sweep
     from icl_lens.training.batched import train_rates, unsupported_reason
 
@@ -465,6 +466,11 @@ def test_bridge_trains_the_sweeps_rates_together_as_one_at_a_time(hf_dirs, famil
         own = block_parameters(student)
         names = sorted(trained.params[lr])
         assert names and all(".attn." in name for name in names)
+        # The key bias's gradient is zero in exact arithmetic (softmax ignores q·b_K, the same for every key),
+        # so Adam's scale-free step turns float32 rounding into steps of either sign up to lr: no two
+        # summation orders agree there (seen: 22 of GPT-2's 64 key-bias entries on one 2-core machine).
+        if cfg.optimizer == "adam":
+            names = [n for n in names if not n.endswith(("k.bias", "b_K"))]
         got = torch.cat([trained.params[lr][n].flatten() for n in names])
         want = torch.cat([own[n].detach().flatten() for n in names])
         update = want - torch.cat([original[n].detach().flatten() for n in names])
