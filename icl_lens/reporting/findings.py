@@ -294,8 +294,12 @@ def _rows_of_tasks(
     return rows
 
 
-def _missing_row(study: str, claim: AnalysisClaim | Claim, what: str, task: str = POOLED) -> Row:
-    return Row(study, claim.id, claim.statement, task, f"missing: {_with_run(what, claim.run)}", claim.source)
+def _missing_row(
+    study: str, claim: AnalysisClaim | Claim, what: str, task: str = POOLED, statement: str | None = None
+) -> Row:
+    return Row(
+        study, claim.id, statement or claim.statement, task, f"missing: {_with_run(what, claim.run)}", claim.source
+    )
 
 
 def _same_queries(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -549,31 +553,35 @@ def _sweep_rows(analyses: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [row for a in analyses if a.get("analysis") == "demo_sweep" for row in a.get("rows", [])]
 
 
-def _sweep_models(analyses: Sequence[dict[str, Any]]) -> set[str]:
-    """The models the demonstration-count sweep ran with a gap to read."""
-    return {r["model"] for r in _sweep_rows(analyses) if r.get("gap_accuracy") is not None}
+SweepGaps = dict[str, dict[tuple[str, Any], dict[Any, float]]]
+"""model -> (task, seed) -> k -> the ICL − GD accuracy gap the demonstration-count sweep measured."""
 
 
-def _gap_k_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+def _sweep_gaps(analyses: Sequence[dict[str, Any]]) -> SweepGaps:
+    """The sweep's gaps by model, (task, seed) and k; a model without a gap to read is absent."""
+    gaps: SweepGaps = defaultdict(lambda: defaultdict(dict))
+    for r in _sweep_rows(analyses):
+        if r.get("gap_accuracy") is not None:
+            gaps[r["model"]][(r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
+    return gaps
+
+
+def _gap_k_rows(ctx: _Context, gaps: SweepGaps) -> list[Row]:
     """Per model of the sweep, per task and seed, the least-squares slope of the ICL − GD accuracy gap over
     log₂ k; t over seeds. The rows belong to the sweep's own study (its cells run at one fixed learning
     rate and k of their own, not a preset study's); one family per model."""
-    by_cell: dict[tuple[str, str, Any], dict[Any, float]] = defaultdict(dict)
-    for r in _sweep_rows(analyses):
-        if r.get("gap_accuracy") is not None:
-            by_cell[(r["model"], r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
     out: list[Row] = []
-    for model in sorted(_sweep_models(analyses)):
+    for model, by_cell in sorted(gaps.items()):
         per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for (m, task, seed), gaps in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
-            if m == model and len(gaps) >= 2:
-                ks = np.log2(np.asarray(list(gaps), dtype=float))
-                slope = float(np.polyfit(ks, np.asarray(list(gaps.values())), 1)[0])
+        for (task, seed), at_k in sorted(by_cell.items(), key=lambda kv: str(kv[0])):
+            if len(at_k) >= 2:
+                ks = np.log2(np.asarray(list(at_k), dtype=float))
+                slope = float(np.polyfit(ks, np.asarray(list(at_k.values())), 1)[0])
                 per_task[task].append({"config": {"seed": seed}, "value": slope})
         statement = f"{GAP_VS_K.statement}: {model}"
         if not per_task:
-            what = f"missing: {_with_run('a demonstration-count sweep with two k or more', GAP_VS_K.run)}"
-            out.append(Row(SWEEP_STUDY, GAP_VS_K.id, statement, POOLED, what, GAP_VS_K.source))
+            what = "a demonstration-count sweep with two k or more"
+            out.append(_missing_row(SWEEP_STUDY, GAP_VS_K, what, statement=statement))
             continue
         estimates = {
             task: task_estimate(cells, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, model, task))
@@ -590,27 +598,19 @@ def _gap_k_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
     return out
 
 
-def _gap_model_rows(ctx: _Context, analyses: Sequence[dict[str, Any]]) -> list[Row]:
+def _gap_model_rows(ctx: _Context, gaps: SweepGaps) -> list[Row]:
     """Between two models of the sweep: per task and seed, the difference of their gaps (mean over the
     k both ran); t over seeds. One family per pair of models."""
-    rows_in = [r for r in _sweep_rows(analyses) if r.get("gap_accuracy") is not None]
-    models = sorted({r["model"] for r in rows_in})
-    if len(models) < 2:
-        return []
-    gap: dict[tuple[str, str, Any], dict[Any, float]] = defaultdict(dict)
-    for r in rows_in:
-        gap[(r["model"], r["task"], r.get("seed"))][r["k"]] = float(r["gap_accuracy"])
+    models = sorted(gaps)
     out: list[Row] = []
     for i, first in enumerate(models):
         for second in models[i + 1 :]:
             per_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for (model, task, seed), gaps in gap.items():
-                other = gap.get((second, task, seed))
-                if model != first or other is None:
-                    continue
-                common = sorted(set(gaps) & set(other))
+            for (task, seed), mine in gaps[first].items():
+                other = gaps[second].get((task, seed)) or {}
+                common = sorted(set(mine) & set(other))
                 if common:
-                    value = float(np.mean([gaps[k] - other[k] for k in common]))
+                    value = float(np.mean([mine[k] - other[k] for k in common]))
                     per_task[task].append({"config": {"seed": seed}, "value": value})
             estimates = {
                 t: task_estimate(c, SERIES, ctx.n_resamples, ctx.confidence, stable_rng(ctx.seed, first, second, t))
@@ -695,6 +695,7 @@ def evaluate_findings(
     ctx = _Context(n_resamples, confidence, seed)
     rows: list[Row] = []
     layer_rows: list[Row] = []
+    gaps = _sweep_gaps(analyses)
     for study in group_studies(results):
         if not study.tasks(untrained=False):
             continue  # untrained-only studies are read by their trained study's claims
@@ -703,7 +704,7 @@ def evaluate_findings(
             by_claim[claim.id] = _claim_rows(ctx, study, claim)
         for row in _order_rows(ctx, study, analyses):
             by_claim[row.claim].append(row)
-        if study.model not in _sweep_models(analyses):  # else the sweep's own study holds its rows
+        if study.model not in gaps:  # else the sweep's own study holds its rows
             by_claim[GAP_VS_K.id] = [
                 _missing_row(study.label, GAP_VS_K, "a demonstration-count sweep with two k or more for this model")
             ]
@@ -715,7 +716,7 @@ def evaluate_findings(
             rows.extend(by_claim.get(cid, []))
         for claim in CELL_CLAIMS:
             layer_rows.extend(_layer_rows(ctx, study, claim))
-    rows += _gap_k_rows(ctx, analyses) + _gap_model_rows(ctx, analyses)
+    rows += _gap_k_rows(ctx, gaps) + _gap_model_rows(ctx, gaps)
     alpha = 1 - confidence
     adjust_and_decide([*rows, *layer_rows], alpha)
     return {
